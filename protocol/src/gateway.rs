@@ -1,0 +1,963 @@
+//! The gateway endpoint: handshakes, sessions, data, reattach and timers, sans I/O.
+//!
+//! Driving API (quinn-proto style):
+//! - [`Gateway::handle_datagram`] for every datagram received, with the path it came from;
+//!   data for a session is decrypted in place and returned borrowed ([`Output::Deliver`]).
+//! - [`Gateway::encapsulate`] to seal an inner packet for a session, in place.
+//! - [`Gateway::poll_transmit`] after each call, until `None`: control messages to send.
+//! - [`Gateway::poll_event`] likewise: events to record.
+//! - [`Gateway::poll_timeout`] for when to call [`Gateway::handle_timeout`] next.
+//!
+//! A message that fails authentication, freshness or replay checks never changes a session
+//! (SPEC.md section 3): every such path below returns before touching session state.
+
+use std::collections::{HashMap, VecDeque};
+
+use core::time::Duration;
+
+use rand_core::{CryptoRng, RngCore};
+
+use crate::cookie::CookieChecker;
+use crate::crypto::{hash, ct_eq};
+use crate::event::{Event, RejectCode, SecurityKind};
+use crate::handshake::{hex_lower, HandshakeError, Purpose, Responder, StaticKeypair};
+use crate::keys::{EpochKeys, KeySet, Role, Slot};
+use crate::path::{Path, Transport};
+use crate::policy::Policy;
+use crate::reattach::{control_mac, proof, verify_control_mac, PendingValidation, SwitchBudget};
+use crate::replay::{ReplayError, ReplayWindow};
+use crate::session::{GatewaySession, Quality};
+use crate::state::{resolve, Machine, State, Transition, Trigger};
+use crate::time::{millis, Instant};
+use crate::wire::{
+    self, emit_reattach_common, put_transport_header, HandshakeInit, Message, MessageType,
+    ReattachRequest, ReattachResponse, SessionId, TransportMsg, DATA_HEADER_LEN,
+    HEARTBEAT_PLAINTEXT_LEN, MAC_LEN, REATTACH_ACK_LEN, REATTACH_CHALLENGE_LEN,
+    REATTACH_REJECT_LEN, TAG_LEN, TERMINATE_PLAINTEXT_LEN, TOKEN_LEN,
+};
+
+/// Why the gateway dropped a datagram. Small and `Copy`; [`DropReason::index`] is a stable
+/// counter slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Not a well-formed message.
+    Malformed(wire::WireError),
+    /// A message type the gateway never receives.
+    WrongDirection,
+    /// No such session.
+    UnknownSession,
+    /// The session is terminated.
+    SessionTerminated,
+    /// No key for the packet's epoch.
+    UnknownEpoch,
+    /// Counter already seen or too old.
+    Replay,
+    /// AEAD or MAC failed.
+    AuthFailed,
+    /// The session has no active path to send to.
+    NoActivePath,
+    /// Handshake mac1 wrong.
+    HandshakeMac1,
+    /// Handshake did not authenticate.
+    HandshakeAuth,
+    /// Handshake timestamp not newer than the last one.
+    HandshakeReplay,
+    /// Client key not allowed or revoked.
+    UnknownClient,
+    /// Under load and no valid mac2: answered with a cookie.
+    CookieRequired,
+    /// Rekey refused.
+    RekeyDenied,
+    /// Too many sessions.
+    SessionLimit,
+    /// Inner packet too large for the buffer.
+    TooLarge,
+    /// A reattach was refused (with an explicit reject where allowed).
+    ReattachRejected,
+}
+
+impl DropReason {
+    /// All reasons' names, by [`DropReason::index`].
+    pub const NAMES: [&'static str; 17] = [
+        "malformed",
+        "wrong_direction",
+        "unknown_session",
+        "session_terminated",
+        "unknown_epoch",
+        "replay",
+        "auth_failed",
+        "no_active_path",
+        "handshake_mac1",
+        "handshake_auth",
+        "handshake_replay",
+        "unknown_client",
+        "cookie_required",
+        "rekey_denied",
+        "session_limit",
+        "too_large",
+        "reattach_rejected",
+    ];
+
+    /// Stable counter index.
+    #[must_use]
+    pub const fn index(self) -> usize {
+        match self {
+            DropReason::Malformed(_) => 0,
+            DropReason::WrongDirection => 1,
+            DropReason::UnknownSession => 2,
+            DropReason::SessionTerminated => 3,
+            DropReason::UnknownEpoch => 4,
+            DropReason::Replay => 5,
+            DropReason::AuthFailed => 6,
+            DropReason::NoActivePath => 7,
+            DropReason::HandshakeMac1 => 8,
+            DropReason::HandshakeAuth => 9,
+            DropReason::HandshakeReplay => 10,
+            DropReason::UnknownClient => 11,
+            DropReason::CookieRequired => 12,
+            DropReason::RekeyDenied => 13,
+            DropReason::SessionLimit => 14,
+            DropReason::TooLarge => 15,
+            DropReason::ReattachRejected => 16,
+        }
+    }
+
+    /// Stable name.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        Self::NAMES[self.index()]
+    }
+}
+
+/// What became of a datagram.
+#[derive(Debug)]
+pub enum Output<'b> {
+    /// An authenticated inner packet for `session_id`, decrypted in place.
+    Deliver {
+        /// Session.
+        session_id: SessionId,
+        /// The inner IP packet, borrowed from the input buffer.
+        packet: &'b mut [u8],
+    },
+    /// Handled; see [`Gateway::poll_transmit`] and [`Gateway::poll_event`].
+    Consumed,
+    /// Dropped and counted.
+    Dropped(DropReason),
+}
+
+/// A control message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub dst: Path,
+    /// The message.
+    pub payload: Vec<u8>,
+}
+
+/// Node-level configuration (not policy).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// This node's id, encoded in SessionIds.
+    pub node_id: u8,
+    /// Worker cores that can own sessions (owners are 0..cores).
+    pub cores: u8,
+    /// The core this protocol object acts for when checking ownership; `None` for the control
+    /// process, which acts for every core of the node.
+    pub local_core: Option<u8>,
+    /// Handshakes per second above which mac2 (a cookie) is required.
+    pub cookie_threshold: u32,
+    /// Most sessions held at once.
+    pub max_sessions: usize,
+    /// How long a terminated session is kept before eviction.
+    pub terminated_linger: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            node_id: 0,
+            cores: 1,
+            local_core: None,
+            cookie_threshold: 1000,
+            max_sessions: 1_000_000,
+            terminated_linger: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ClientEntry {
+    last_timestamp: Option<u64>,
+    revoked: bool,
+}
+
+/// Counters of the gateway protocol object.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Drops by [`DropReason::index`].
+    pub drops: [u64; 17],
+    /// Reattach rejects by code (index = wire code - 1).
+    pub rejects: [u64; 15],
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Accepted reattaches.
+    pub reattaches: u64,
+    /// Cookie replies sent.
+    pub cookies_sent: u64,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+/// The gateway protocol endpoint.
+pub struct Gateway<R> {
+    config: GatewayConfig,
+    policy: Policy,
+    rng: R,
+    responder: Responder,
+    cookies: CookieChecker,
+    clients: HashMap<[u8; 32], ClientEntry>,
+    sessions: HashMap<SessionId, GatewaySession>,
+    per_core: Vec<u64>,
+    hs_window: (Instant, u32),
+    out: Outbox,
+    counters: Counters,
+}
+
+impl<R> core::fmt::Debug for Gateway<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Gateway").field("config", &self.config).field("sessions", &self.sessions.len()).finish_non_exhaustive()
+    }
+}
+
+/// Short public id of a client key: first 8 bytes of its BLAKE2s hash, hex.
+#[must_use]
+pub fn client_key_id(public: &[u8; 32]) -> String {
+    hex_lower(&hash(&[b"jumping key id", public])[..8])
+}
+
+impl<R: RngCore + CryptoRng> Gateway<R> {
+    /// A gateway with identity `keypair`, validated `policy` and an injected RNG.
+    ///
+    /// # Errors
+    /// The policy's first violated bound.
+    pub fn new(
+        config: GatewayConfig,
+        policy: Policy,
+        keypair: StaticKeypair,
+        mut rng: R,
+        now: Instant,
+    ) -> Result<Self, crate::policy::PolicyError> {
+        policy.validate()?;
+        let cookies = CookieChecker::new(&mut rng, now, &keypair.public());
+        let cores = usize::from(config.cores.max(1));
+        Ok(Gateway {
+            config,
+            policy,
+            rng,
+            responder: Responder::new(keypair),
+            cookies,
+            clients: HashMap::new(),
+            sessions: HashMap::new(),
+            per_core: vec![0; cores],
+            hs_window: (now, 0),
+            out: Outbox::default(),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The policy in force.
+    #[must_use]
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Replace the policy for new decisions. Refused whole if invalid.
+    ///
+    /// # Errors
+    /// The first violated bound; the old policy stays.
+    pub fn set_policy(&mut self, policy: Policy) -> Result<(), crate::policy::PolicyError> {
+        policy.validate()?;
+        self.policy = policy;
+        Ok(())
+    }
+
+    /// Allow a client identity key.
+    pub fn allow_client(&mut self, public: [u8; 32]) {
+        self.clients.entry(public).or_default().revoked = false;
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// A session, for inspection.
+    #[must_use]
+    pub fn session(&self, id: SessionId) -> Option<&GatewaySession> {
+        self.sessions.get(&id)
+    }
+
+    /// All sessions.
+    pub fn sessions(&self) -> impl Iterator<Item = &GatewaySession> {
+        self.sessions.values()
+    }
+
+    /// Next control message to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.transmits.pop_front()
+    }
+
+    /// Next event to record.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.out.events.pop_front()
+    }
+
+    fn drop_(&mut self, r: DropReason) -> Output<'static> {
+        self.counters.drops[r.index()] += 1;
+        Output::Dropped(r)
+    }
+
+    /// Process one received datagram from `from`.
+    #[must_use]
+    pub fn handle_datagram<'b>(&mut self, now: Instant, from: Path, buf: &'b mut [u8]) -> Output<'b> {
+        let ty = match wire::parse(buf) {
+            Err(e) => return self.drop_(DropReason::Malformed(e)),
+            Ok(m) => match m {
+                Message::HandshakeInit(_) => MessageType::HandshakeInit,
+                Message::Transport(_) => MessageType::Data,
+                Message::ReattachRequest(_) => MessageType::ReattachRequest,
+                Message::ReattachResponse(_) => MessageType::ReattachResponse,
+                _ => return self.drop_(DropReason::WrongDirection),
+            },
+        };
+        match ty {
+            MessageType::HandshakeInit => self.handle_init(now, from, buf),
+            MessageType::ReattachRequest => self.handle_reattach_request(now, from, buf),
+            MessageType::ReattachResponse => self.handle_reattach_response(now, from, buf),
+            _ => self.handle_transport(now, from, buf),
+        }
+    }
+
+    fn under_load(&mut self, now: Instant) -> bool {
+        if now - self.hs_window.0 >= Duration::from_secs(1) {
+            self.hs_window = (now, 0);
+        }
+        self.hs_window.1 = self.hs_window.1.saturating_add(1);
+        self.hs_window.1 > self.config.cookie_threshold
+    }
+
+    fn handle_init<'b>(&mut self, now: Instant, from: Path, buf: &'b mut [u8]) -> Output<'b> {
+        let Ok(init) = HandshakeInit::new_checked(buf) else {
+            return self.drop_(DropReason::WrongDirection);
+        };
+        if !self.responder.check_mac1(&init) {
+            return self.drop_(DropReason::HandshakeMac1);
+        }
+        if self.under_load(now) && !self.cookies.verify_mac2(&from.addr, init.mac2_covered(), &init.mac2()) {
+            let (nonce, sealed) = self.cookies.seal_cookie(&mut self.rng, now, &from.addr, &init.mac1());
+            let reply = wire::emit_cookie_reply(init.sender_id(), &nonce, &sealed);
+            self.out.transmits.push_back(Transmit { dst: from, payload: reply.to_vec() });
+            self.counters.cookies_sent += 1;
+            if self.counters.cookies_sent == 1 || self.counters.cookies_sent % 1024 == 0 {
+                self.out.events.push_back(Event::Security { session_id: None, kind: SecurityKind::Flood, source: from.addr });
+            }
+            return self.drop_(DropReason::CookieRequired);
+        }
+        let accepted = match self.responder.read_init(&mut self.rng, &init) {
+            Ok(a) => a,
+            Err(HandshakeError::BadPayload | HandshakeError::Noise | _) => {
+                self.out.events.push_back(Event::Security { session_id: None, kind: SecurityKind::AuthFailed, source: from.addr });
+                return self.drop_(DropReason::HandshakeAuth);
+            }
+        };
+        let client = accepted.client_public;
+        let Some(entry) = self.clients.get_mut(&client).filter(|e| !e.revoked) else {
+            return self.drop_(DropReason::UnknownClient);
+        };
+        // WireGuard's rule: the timestamp must grow per client key, so a captured initiation
+        // replayed later creates nothing.
+        if entry.last_timestamp.is_some_and(|t| accepted.payload.timestamp <= t) {
+            self.out.events.push_back(Event::Security { session_id: None, kind: SecurityKind::Replay, source: from.addr });
+            return self.drop_(DropReason::HandshakeReplay);
+        }
+        entry.last_timestamp = Some(accepted.payload.timestamp);
+        match accepted.payload.purpose {
+            Purpose::NewSession => {
+                if self.sessions.len() >= self.config.max_sessions {
+                    return self.drop_(DropReason::SessionLimit);
+                }
+                let owner = self.pick_owner();
+                let sid = loop {
+                    let sid = SessionId::compose(owner, self.config.node_id, self.rng.next_u64());
+                    if sid.0 != 0 && !self.sessions.contains_key(&sid) {
+                        break sid;
+                    }
+                };
+                let Ok((keys, response)) = accepted.respond(sid, 0) else {
+                    return self.drop_(DropReason::HandshakeAuth);
+                };
+                let epoch = EpochKeys::derive(&keys, 0, Role::Gateway, now);
+                let mut s = GatewaySession {
+                    id: sid,
+                    machine: Machine::new(),
+                    client_public: client,
+                    transcript: keys.transcript,
+                    keys: KeySet::new(epoch),
+                    send_counter: 0,
+                    recv_window: ReplayWindow::new(),
+                    reattach_window: ReplayWindow::new(),
+                    active: Some(from),
+                    owner,
+                    created: now,
+                    entered_state: now,
+                    last_rx_active: now,
+                    lost_at: None,
+                    pending: None,
+                    budget: SwitchBudget::default(),
+                    reattach_failures: 0,
+                    quality: Quality { window_start: now, ..Quality::default() },
+                    rx_packets: 0,
+                    rx_bytes: 0,
+                    tx_packets: 0,
+                    tx_bytes: 0,
+                };
+                self.out.events.push_back(Event::SessionCreated {
+                    session_id: sid,
+                    client_key_id: client_key_id(&client),
+                    path: from,
+                    version: 0,
+                });
+                apply(&mut s, &mut self.out, now, Trigger::HandshakeCompleted, &self.policy);
+                let slot = usize::from(owner) % self.per_core.len();
+                self.per_core[slot] += 1;
+                self.sessions.insert(sid, s);
+                self.counters.handshakes += 1;
+                self.out.transmits.push_back(Transmit { dst: from, payload: response.to_vec() });
+                Output::Consumed
+            }
+            Purpose::Rekey(sid) => {
+                let Some(s) = self.sessions.get_mut(&sid) else {
+                    return self.drop_(DropReason::RekeyDenied);
+                };
+                if !ct_eq(&s.client_public, &client) || matches!(s.state(), State::Terminated | State::Birth) {
+                    self.out.events.push_back(Event::RekeyDenied { session_id: sid, key_epoch: s.key_epoch(), version: s.version() });
+                    return self.drop_(DropReason::RekeyDenied);
+                }
+                let next_epoch = s.key_epoch().wrapping_add(1);
+                let Ok((keys, response)) = accepted.respond(sid, next_epoch) else {
+                    return self.drop_(DropReason::HandshakeAuth);
+                };
+                s.keys.install_next(EpochKeys::derive(&keys, next_epoch, Role::Gateway, now));
+                self.counters.handshakes += 1;
+                self.out.transmits.push_back(Transmit { dst: from, payload: response.to_vec() });
+                Output::Consumed
+            }
+        }
+    }
+
+    fn pick_owner(&self) -> u8 {
+        let (i, _) = self.per_core.iter().enumerate().min_by_key(|(_, &n)| n).unwrap_or((0, &0));
+        u8::try_from(i).unwrap_or(0)
+    }
+
+    fn handle_transport<'b>(&mut self, now: Instant, from: Path, buf: &'b mut [u8]) -> Output<'b> {
+        let Ok(msg) = TransportMsg::new_checked(buf) else {
+            return self.drop_(DropReason::WrongDirection);
+        };
+        let (sid, counter, epoch, ty) = (msg.session_id(), msg.counter(), msg.epoch(), msg.message_type());
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return self.drop_(DropReason::UnknownSession);
+        };
+        if s.state() == State::Terminated {
+            return self.drop_(DropReason::SessionTerminated);
+        }
+        let Some((slot, keys)) = s.keys.for_receive(now, epoch) else {
+            return self.drop_(DropReason::UnknownEpoch);
+        };
+        if s.recv_window.check(counter).is_err() {
+            self.out.events.push_back(Event::Security { session_id: Some(sid), kind: SecurityKind::Replay, source: from.addr });
+            return self.drop_(DropReason::Replay);
+        }
+        let (header, body) = buf.split_at_mut(DATA_HEADER_LEN);
+        let Ok(plain) = keys.recv.open_in_place(counter, header, body) else {
+            self.out.events.push_back(Event::Security { session_id: Some(sid), kind: SecurityKind::AuthFailed, source: from.addr });
+            return self.drop_(DropReason::AuthFailed);
+        };
+        // Authentic and fresh from here on.
+        if s.recv_window.accept(counter).is_err() {
+            return self.drop_(DropReason::Replay);
+        }
+        if slot == Slot::Next {
+            if let Some(e) = s.keys.promote_next(now, self.policy.key_grace) {
+                self.out.events.push_back(Event::KeyRotated { session_id: sid, key_epoch: e, version: s.version() });
+            }
+        }
+        s.quality.on_packet(counter);
+        if s.active == Some(from) {
+            s.last_rx_active = now;
+        } else {
+            // NAT rebind or a new path: deliver (it is authentic), keep replies on the active
+            // path, and start validating the new address at once.
+            start_unsolicited_validation(s, &mut self.out, &mut self.rng, now, from, buf_len(plain.len()), &self.policy);
+        }
+        match ty {
+            MessageType::Heartbeat => {
+                let mut probe = [0u8; 8];
+                probe.copy_from_slice(&plain[..8]);
+                if probe != [0; 8] {
+                    let mut hb = [0u8; HEARTBEAT_PLAINTEXT_LEN];
+                    hb[8..].copy_from_slice(&probe);
+                    send_sealed(s, &mut self.out, MessageType::Heartbeat, &hb);
+                }
+                Output::Consumed
+            }
+            MessageType::Terminate => {
+                apply(s, &mut self.out, now, Trigger::PeerTerminated, &self.policy);
+                Output::Consumed
+            }
+            _ => {
+                s.rx_packets += 1;
+                s.rx_bytes += plain.len() as u64;
+                Output::Deliver { session_id: sid, packet: plain }
+            }
+        }
+    }
+
+    /// Seal an inner packet for `sid` in place and return where to send it and the datagram
+    /// length. `buf[DATA_HEADER_LEN..DATA_HEADER_LEN + inner_len]` holds the inner packet; the
+    /// buffer must have [`TAG_LEN`] bytes of room after it.
+    ///
+    /// # Errors
+    /// [`DropReason`] if the session is unknown, terminated, has no active path, or the buffer
+    /// is too small.
+    pub fn encapsulate(&mut self, sid: SessionId, buf: &mut [u8], inner_len: usize) -> Result<(Path, usize), DropReason> {
+        let total = DATA_HEADER_LEN + inner_len + TAG_LEN;
+        if buf.len() < total {
+            self.counters.drops[DropReason::TooLarge.index()] += 1;
+            return Err(DropReason::TooLarge);
+        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            self.counters.drops[DropReason::UnknownSession.index()] += 1;
+            return Err(DropReason::UnknownSession);
+        };
+        let Some(dst) = s.active.filter(|_| s.state() != State::Terminated) else {
+            self.counters.drops[DropReason::NoActivePath.index()] += 1;
+            return Err(DropReason::NoActivePath);
+        };
+        seal_into(s, MessageType::Data, &mut buf[..total]);
+        s.tx_packets += 1;
+        s.tx_bytes += inner_len as u64;
+        Ok((dst, total))
+    }
+
+    fn reject(&mut self, now: Instant, from: Path, sid: SessionId, counter: u64, code: RejectCode, authenticated: bool) -> Output<'static> {
+        let _ = now;
+        self.counters.rejects[usize::from(code.code() - 1)] += 1;
+        let mut msg: [u8; REATTACH_REJECT_LEN] = emit_reattach_common(MessageType::ReattachReject, 0, sid, counter);
+        msg[20] = code.code();
+        let version = self.sessions.get(&sid).map_or(0, GatewaySession::version);
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            if authenticated {
+                let k = s.keys.current();
+                msg[2..4].copy_from_slice(&k.wire_epoch().to_be_bytes());
+                let mac = control_mac(k.ctrl_send.expose(), &msg[..REATTACH_REJECT_LEN - MAC_LEN]);
+                msg[REATTACH_REJECT_LEN - MAC_LEN..].copy_from_slice(&mac);
+            }
+            self.out.events.push_back(Event::ReattachRejected { session_id: sid, path: from, code, version });
+            if let Some(p) = s.pending.as_mut().filter(|p| p.path == from) {
+                if !p.may_send(msg.len()) {
+                    return self.drop_(DropReason::ReattachRejected);
+                }
+                p.bytes_out += msg.len();
+            }
+        }
+        // A reject is never larger than the request it answers, so it cannot amplify.
+        self.out.transmits.push_back(Transmit { dst: from, payload: msg.to_vec() });
+        self.drop_(DropReason::ReattachRejected)
+    }
+
+    fn handle_reattach_request<'b>(&mut self, now: Instant, from: Path, buf: &'b mut [u8]) -> Output<'b> {
+        let Ok(req) = ReattachRequest::new_checked(buf) else {
+            return self.drop_(DropReason::WrongDirection);
+        };
+        let (sid, counter) = (req.session_id(), req.request_counter());
+        // 1. Session exists.
+        let Some(s) = self.sessions.get(&sid) else {
+            return self.reject(now, from, sid, counter, RejectCode::UnknownSession, false);
+        };
+        // 2. State allows a reattach.
+        if matches!(s.state(), State::Birth | State::Terminated) {
+            return self.reject(now, from, sid, counter, RejectCode::InvalidState, false);
+        }
+        // 3. Session and key lifetimes.
+        if now - s.created >= self.policy.session_max_lifetime {
+            return self.reject(now, from, sid, counter, RejectCode::SessionExpired, false);
+        }
+        let Some((_, keys)) = s.keys.for_receive(now, req.epoch()) else {
+            return self.reject(now, from, sid, counter, RejectCode::KeyExpired, false);
+        };
+        if now - keys.created >= self.policy.reject_after {
+            return self.reject(now, from, sid, counter, RejectCode::KeyExpired, false);
+        }
+        // 4. Symmetric integrity under the session's control key.
+        if !verify_control_mac(keys.ctrl_recv.expose(), req.mac_covered(), &req.mac()) || !req.reserved_ok() {
+            self.out.events.push_back(Event::Security { session_id: Some(sid), kind: SecurityKind::AuthFailed, source: from.addr });
+            return self.reject(now, from, sid, counter, RejectCode::AuthFailed, false);
+        }
+        // 5. Freshness (session-relative time, so no wall-clock sync is needed) and replay.
+        let gateway_ms = millis(now - s.created);
+        if gateway_ms.abs_diff(req.client_time_ms()) > millis(self.policy.reattach_max_age) {
+            return self.reject(now, from, sid, counter, RejectCode::StaleRequest, true);
+        }
+        if let Err(e) = s.reattach_window.check(counter) {
+            self.out.events.push_back(Event::Security { session_id: Some(sid), kind: SecurityKind::Replay, source: from.addr });
+            let _: ReplayError = e;
+            return self.reject(now, from, sid, counter, RejectCode::ReplayDetected, true);
+        }
+        // 6. Asymmetric proof of possession of the client identity key.
+        let expected = proof(self.responder.keypair(), &s.client_public, &s.transcript, req.proof_covered());
+        if !ct_eq(&expected, &req.proof()) {
+            self.out.events.push_back(Event::Security { session_id: Some(sid), kind: SecurityKind::BadProof, source: from.addr });
+            return self.reject(now, from, sid, counter, RejectCode::BadProof, true);
+        }
+        let echo = req.challenge_echo();
+        let transport = Transport::from_code(req.transport_code());
+        let req_len = req.bytes().len();
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return self.drop_(DropReason::UnknownSession);
+        };
+        // The request is genuine: consume its counter.
+        let _ = s.reattach_window.accept(counter);
+        // 7.-8. Policy and ownership.
+        if let Err(code) = self.policy_and_ownership(now, sid, transport) {
+            return self.reject(now, from, sid, counter, code, true);
+        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return self.drop_(DropReason::UnknownSession);
+        };
+        // 9. Path validation: an echo of a challenge we sent to exactly this path proves the
+        // client receives there; otherwise challenge it now.
+        if let Some(p) = s.pending.as_mut().filter(|p| p.path == from && now < p.deadline) {
+            p.bytes_in += req_len;
+            if echo != [0; TOKEN_LEN] && ct_eq(&echo, &p.token) {
+                let version = p.version;
+                return self.bind(now, sid, from, counter, version);
+            }
+        }
+        let version = s.version();
+        let mut token = [0u8; TOKEN_LEN];
+        self.rng.fill_bytes(&mut token);
+        let mut pending = PendingValidation {
+            path: from,
+            token,
+            request_counter: counter,
+            version,
+            deadline: now + self.policy.path_validation_timeout,
+            bytes_in: req_len,
+            bytes_out: 0,
+        };
+        send_challenge(s, &mut self.out, &mut pending);
+        s.pending = Some(pending);
+        Output::Consumed
+    }
+
+    /// Policy (transport, DEGRADED cooldown, switch cooldown, budget) and ownership checks.
+    /// May apply SWITCH_RATE_LIMITED or RECOVERY_ATTEMPTS_EXCEEDED.
+    fn policy_and_ownership(&mut self, now: Instant, sid: SessionId, transport: Option<Transport>) -> Result<(), RejectCode> {
+        let policy = &self.policy;
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Err(RejectCode::UnknownSession);
+        };
+        let code = if !transport.is_some_and(|t| policy.allows(t)) {
+            Some(RejectCode::PolicyDenied)
+        } else if s.state() == State::Degraded && now - s.entered_state < policy.degraded_cooldown {
+            Some(RejectCode::CooldownActive)
+        } else if s.budget.cooling(now, policy.switch_cooldown) {
+            Some(RejectCode::CooldownActive)
+        } else if s.budget.exhausted(now, policy.max_switches_per_min) {
+            let observed = s.budget.in_window(now) as u64 + 1;
+            self.out.events.push_back(Event::PolicyLimit {
+                session_id: sid,
+                limit: "max_switches_per_min",
+                threshold: u64::from(policy.max_switches_per_min),
+                observed,
+                version: s.version(),
+            });
+            if matches!(s.state(), State::Attached | State::Volatile | State::Recovering) {
+                apply(s, &mut self.out, now, Trigger::SwitchBudgetExceeded, policy);
+            }
+            Some(RejectCode::SwitchRateLimited)
+        } else if self.config.local_core.is_some_and(|c| c != s.owner) {
+            Some(RejectCode::NotOwner)
+        } else {
+            None
+        };
+        if let Some(code) = code {
+            if s.state() == State::Recovering && code.is_valid_but_denied() {
+                s.reattach_failures += 1;
+                if s.reattach_failures >= policy.max_reattach_failures {
+                    apply(s, &mut self.out, now, Trigger::ReattachFailuresExceeded, policy);
+                }
+            }
+            return Err(code);
+        }
+        Ok(())
+    }
+
+    fn handle_reattach_response<'b>(&mut self, now: Instant, from: Path, buf: &'b mut [u8]) -> Output<'b> {
+        let Ok(resp) = ReattachResponse::new_checked(buf) else {
+            return self.drop_(DropReason::WrongDirection);
+        };
+        let sid = resp.session_id();
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return self.drop_(DropReason::UnknownSession);
+        };
+        let Some((_, keys)) = s.keys.for_receive(now, resp.epoch()) else {
+            return self.drop_(DropReason::UnknownEpoch);
+        };
+        if !verify_control_mac(keys.ctrl_recv.expose(), resp.mac_covered(), &resp.mac()) {
+            self.out.events.push_back(Event::Security { session_id: Some(sid), kind: SecurityKind::AuthFailed, source: from.addr });
+            return self.drop_(DropReason::AuthFailed);
+        }
+        let Some(p) = s.pending.as_mut() else {
+            return self.drop_(DropReason::ReattachRejected);
+        };
+        p.bytes_in += resp.bytes().len();
+        let matches = p.path == from && p.request_counter == resp.request_counter() && ct_eq(&p.token, &resp.token());
+        if !matches || now >= p.deadline {
+            let counter = resp.request_counter();
+            return self.reject(now, from, sid, counter, RejectCode::PathValidationFailed, true);
+        }
+        let (counter, version) = (p.request_counter, p.version);
+        // Policy may have changed while the challenge was out: check again at bind time.
+        if let Err(code) = self.policy_and_ownership(now, sid, Some(from.transport)) {
+            return self.reject(now, from, sid, counter, code, true);
+        }
+        self.bind(now, sid, from, counter, version)
+    }
+
+    /// The atomic step: compare the version seen when validation started, switch the active
+    /// path, apply REATTACH_OK (version + 1), record the switch. Nothing changes on failure.
+    fn bind(&mut self, now: Instant, sid: SessionId, path: Path, counter: u64, seen_version: u64) -> Output<'static> {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return self.drop_(DropReason::UnknownSession);
+        };
+        if s.version() != seen_version || transition_check(s.state()).is_err() {
+            s.pending = None;
+            return self.reject(now, path, sid, counter, RejectCode::AtomicityFailed, true);
+        }
+        let from_path = s.active;
+        let recovery_ms = s.lost_at.map(|t| millis(now - t));
+        s.pending = None;
+        s.active = Some(path);
+        s.last_rx_active = now;
+        s.lost_at = None;
+        s.reattach_failures = 0;
+        s.budget.record(now);
+        let Some(tr) = apply(s, &mut self.out, now, Trigger::ReattachAccepted, &self.policy) else {
+            return self.drop_(DropReason::ReattachRejected);
+        };
+        self.out.events.push_back(Event::PathSwitched { session_id: sid, from_path, to_path: path, recovery_ms, version: tr.version });
+        let k = s.keys.current();
+        let mut ack: [u8; REATTACH_ACK_LEN] = emit_reattach_common(MessageType::ReattachAck, k.wire_epoch(), sid, counter);
+        ack[20..28].copy_from_slice(&tr.version.to_be_bytes());
+        let mac = control_mac(k.ctrl_send.expose(), &ack[..REATTACH_ACK_LEN - MAC_LEN]);
+        ack[REATTACH_ACK_LEN - MAC_LEN..].copy_from_slice(&mac);
+        self.out.transmits.push_back(Transmit { dst: path, payload: ack.to_vec() });
+        self.counters.reattaches += 1;
+        Output::Consumed
+    }
+
+    /// End a session by operator command (`OPERATOR_TERMINATED`).
+    ///
+    /// # Errors
+    /// `UnknownSession` if there is no live session `sid`.
+    pub fn terminate(&mut self, now: Instant, sid: SessionId) -> Result<(), DropReason> {
+        let s = self.sessions.get_mut(&sid).filter(|s| s.state() != State::Terminated).ok_or(DropReason::UnknownSession)?;
+        apply(s, &mut self.out, now, Trigger::OperatorTerminated, &self.policy);
+        Ok(())
+    }
+
+    /// Revoke a client key: refuse its handshakes and end its sessions with REVOKED.
+    pub fn revoke_client(&mut self, now: Instant, public: &[u8; 32]) -> usize {
+        self.clients.entry(*public).or_default().revoked = true;
+        let mut n = 0;
+        for s in self.sessions.values_mut() {
+            if ct_eq(&s.client_public, public) && s.state() != State::Terminated {
+                apply(s, &mut self.out, now, Trigger::Revoked, &self.policy);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// When [`Gateway::handle_timeout`] should next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions
+            .values()
+            .filter_map(|s| {
+                if s.state() == State::Terminated {
+                    Some(s.entered_state + self.config.terminated_linger)
+                } else {
+                    s.next_deadline(&self.policy)
+                }
+            })
+            .min()
+    }
+
+    /// Run every timer due at `now`: path dead, recovery window, DEGRADED bounds, quality,
+    /// lifetimes, key expiry, key grace, path-validation deadlines, eviction.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let policy = &self.policy;
+        let linger = self.config.terminated_linger;
+        let mut evict = Vec::new();
+        for s in self.sessions.values_mut() {
+            if s.state() == State::Terminated {
+                if now - s.entered_state >= linger {
+                    evict.push(s.id);
+                }
+                continue;
+            }
+            s.keys.expire_previous(now);
+            if s.pending.as_ref().is_some_and(|p| now >= p.deadline) {
+                s.pending = None;
+            }
+            let due = s.due_triggers(now, policy);
+            if let Some(t) = resolve(s.state(), &due) {
+                if t == Trigger::PathDead {
+                    s.lost_at = Some(s.last_rx_active);
+                }
+                if t == Trigger::KeysExpired {
+                    self.out.events.push_back(Event::KeyExpired { session_id: s.id, key_epoch: s.key_epoch(), version: s.version() });
+                }
+                apply(s, &mut self.out, now, t, policy);
+            }
+        }
+        for id in evict {
+            if let Some(s) = self.sessions.remove(&id) {
+                let c = usize::from(s.owner) % self.per_core.len();
+                self.per_core[c] = self.per_core[c].saturating_sub(1);
+            }
+        }
+    }
+}
+
+fn transition_check(state: State) -> Result<(), ()> {
+    crate::state::transition(state, Trigger::ReattachAccepted).map(|_| ()).map_err(|_| ())
+}
+
+fn buf_len(plain: usize) -> usize {
+    DATA_HEADER_LEN + plain + TAG_LEN
+}
+
+/// Apply a trigger to a session, emitting exactly one SESSION_STATE_CHANGED per accepted
+/// transition (and SESSION_TERMINATED plus a TERMINATE message on the way out), or an
+/// INVALID_STATE_TRANSITION event without mutation.
+fn apply(s: &mut GatewaySession, out: &mut Outbox, now: Instant, trigger: Trigger, policy: &Policy) -> Option<Transition> {
+    let _ = policy;
+    match s.machine.apply(trigger) {
+        Ok(tr) => {
+            s.entered_state = now;
+            match tr.to {
+                State::Recovering => s.active = None,
+                State::Volatile | State::Attached => s.quality.healthy_since = None,
+                _ => {}
+            }
+            out.events.push_back(Event::StateChanged { session_id: s.id, from: tr.from, to: tr.to, reason: tr.reason, version: tr.version });
+            if tr.to == State::Terminated {
+                let mut p = [0u8; TERMINATE_PLAINTEXT_LEN];
+                p[0] = tr.reason.code();
+                send_sealed(s, out, MessageType::Terminate, &p);
+                s.active = None;
+                s.pending = None;
+                out.events.push_back(Event::SessionTerminated {
+                    session_id: s.id,
+                    reason: tr.reason,
+                    session_age_ms: millis(now - s.created),
+                    switches_total: s.budget.total(),
+                    version: tr.version,
+                });
+            }
+            Some(tr)
+        }
+        Err(e) => {
+            out.events.push_back(Event::InvalidTransition { session_id: s.id, state: e.from, trigger: e.trigger, version: s.version() });
+            None
+        }
+    }
+}
+
+/// Seal `buf` (header space, plaintext, tag space) under the current key with the next counter.
+fn seal_into(s: &mut GatewaySession, ty: MessageType, buf: &mut [u8]) {
+    let k = s.keys.current_mut();
+    let counter = s.send_counter;
+    s.send_counter += 1;
+    k.sent += 1;
+    put_transport_header(buf, ty, k.wire_epoch(), s.id, counter);
+    let tag_at = buf.len() - TAG_LEN;
+    let (header, rest) = buf.split_at_mut(DATA_HEADER_LEN);
+    let tag = k.send.seal_in_place(counter, header, &mut rest[..tag_at - DATA_HEADER_LEN]);
+    buf[tag_at..].copy_from_slice(&tag);
+}
+
+fn send_sealed(s: &mut GatewaySession, out: &mut Outbox, ty: MessageType, plaintext: &[u8]) {
+    let Some(dst) = s.active else { return };
+    let mut buf = vec![0u8; DATA_HEADER_LEN + plaintext.len() + TAG_LEN];
+    buf[DATA_HEADER_LEN..DATA_HEADER_LEN + plaintext.len()].copy_from_slice(plaintext);
+    seal_into(s, ty, &mut buf);
+    out.transmits.push_back(Transmit { dst, payload: buf });
+}
+
+fn send_challenge(s: &GatewaySession, out: &mut Outbox, p: &mut PendingValidation) {
+    if !p.may_send(REATTACH_CHALLENGE_LEN) {
+        return;
+    }
+    let k = s.keys.current();
+    let mut msg: [u8; REATTACH_CHALLENGE_LEN] = emit_reattach_common(MessageType::ReattachChallenge, k.wire_epoch(), s.id, p.request_counter);
+    msg[20..36].copy_from_slice(&p.token);
+    let mac = control_mac(k.ctrl_send.expose(), &msg[..REATTACH_CHALLENGE_LEN - MAC_LEN]);
+    msg[REATTACH_CHALLENGE_LEN - MAC_LEN..].copy_from_slice(&mac);
+    p.bytes_out += msg.len();
+    out.transmits.push_back(Transmit { dst: p.path, payload: msg.to_vec() });
+}
+
+fn start_unsolicited_validation<R: RngCore>(
+    s: &mut GatewaySession,
+    out: &mut Outbox,
+    rng: &mut R,
+    now: Instant,
+    from: Path,
+    received: usize,
+    policy: &Policy,
+) {
+    if s.lost_at.is_none() && s.active.is_some() {
+        s.lost_at = Some(now);
+    }
+    if let Some(p) = s.pending.as_mut().filter(|p| p.path == from && now < p.deadline) {
+        // Already validating this path: more received bytes widen the send budget, and a lost
+        // challenge is resent once the budget allows.
+        p.bytes_in += received;
+        return;
+    }
+    let mut token = [0u8; TOKEN_LEN];
+    rng.fill_bytes(&mut token);
+    let mut p = PendingValidation {
+        path: from,
+        token,
+        request_counter: 0,
+        version: s.version(),
+        deadline: now + policy.path_validation_timeout,
+        bytes_in: received,
+        bytes_out: 0,
+    };
+    send_challenge(s, out, &mut p);
+    s.pending = Some(p);
+}

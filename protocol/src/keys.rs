@@ -1,0 +1,216 @@
+//! Per-session key epochs: previous, current and next, and their lifetimes.
+//!
+//! Each handshake (the first, and every rekey) yields one epoch: a packet key and a control key
+//! per direction, all derived from the Noise split and the handshake transcript
+//! (docs/PROTOCOL.md, "Key schedule"). Rotation never loses a packet:
+//!
+//! - the **gateway** installs a rekey's keys as *next*; it keeps sending under *current* and
+//!   promotes *next* when the first packet sealed under it authenticates;
+//! - the **client** switches to the new epoch for sending as soon as the response arrives;
+//! - on promotion the old *current* becomes *previous* and still opens packets for
+//!   `key_grace`, so packets in flight across the switch are delivered.
+//!
+//! Packet counters are per session and direction and continue across epochs, so a counter is
+//! never reused under any key and one replay window serves all epochs.
+
+use core::time::Duration;
+
+use crate::crypto::{kdf, AeadKey, CipherSuite, SecretKey};
+use crate::handshake::HandshakeKeys;
+use crate::time::Instant;
+
+/// Which end of the session holds the keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The client (handshake initiator).
+    Client,
+    /// The gateway (handshake responder).
+    Gateway,
+}
+
+/// The keys of one epoch, oriented for one side.
+#[derive(Debug)]
+pub struct EpochKeys {
+    /// Full epoch number (the wire carries its low 16 bits).
+    pub epoch: u32,
+    /// Seals packets we send.
+    pub send: AeadKey,
+    /// Opens packets we receive.
+    pub recv: AeadKey,
+    /// MACs control messages we send.
+    pub ctrl_send: SecretKey,
+    /// Verifies control messages we receive.
+    pub ctrl_recv: SecretKey,
+    /// When the epoch was created.
+    pub created: Instant,
+    /// Packets sealed under this epoch.
+    pub sent: u64,
+}
+
+impl EpochKeys {
+    /// Derive an epoch from a handshake's keys.
+    #[must_use]
+    pub fn derive(hk: &HandshakeKeys, epoch: u32, role: Role, now: Instant) -> Self {
+        let suite: CipherSuite = hk.suite;
+        let c2g_data = kdf(hk.c2g.expose(), b"jumping data", &[]);
+        let g2c_data = kdf(hk.g2c.expose(), b"jumping data", &[]);
+        let c2g_ctrl = kdf(hk.c2g.expose(), b"jumping control", &[]);
+        let g2c_ctrl = kdf(hk.g2c.expose(), b"jumping control", &[]);
+        let (send, recv, ctrl_send, ctrl_recv) = match role {
+            Role::Client => (c2g_data, g2c_data, c2g_ctrl, g2c_ctrl),
+            Role::Gateway => (g2c_data, c2g_data, g2c_ctrl, c2g_ctrl),
+        };
+        EpochKeys {
+            epoch,
+            send: AeadKey::new(suite, &send),
+            recv: AeadKey::new(suite, &recv),
+            ctrl_send,
+            ctrl_recv,
+            created: now,
+            sent: 0,
+        }
+    }
+
+    /// The wire form of the epoch.
+    #[must_use]
+    pub fn wire_epoch(&self) -> u16 {
+        (self.epoch & 0xFFFF) as u16
+    }
+}
+
+/// The epochs of a session.
+#[derive(Debug)]
+pub struct KeySet {
+    previous: Option<(EpochKeys, Instant)>,
+    current: EpochKeys,
+    next: Option<EpochKeys>,
+}
+
+/// Which slot a received epoch matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The previous epoch, in its grace period.
+    Previous,
+    /// The current epoch.
+    Current,
+    /// The next epoch (gateway, before promotion).
+    Next,
+}
+
+impl KeySet {
+    /// A set holding only `current`.
+    #[must_use]
+    pub fn new(current: EpochKeys) -> Self {
+        KeySet { previous: None, current, next: None }
+    }
+
+    /// The current epoch (used for sending).
+    #[must_use]
+    pub fn current(&self) -> &EpochKeys {
+        &self.current
+    }
+
+    /// The current epoch, mutable (to count packets sent).
+    pub fn current_mut(&mut self) -> &mut EpochKeys {
+        &mut self.current
+    }
+
+    /// The next epoch, if a rekey is waiting for promotion.
+    #[must_use]
+    pub fn next(&self) -> Option<&EpochKeys> {
+        self.next.as_ref()
+    }
+
+    /// The keys that may open a packet carrying `wire_epoch` at `now`.
+    #[must_use]
+    pub fn for_receive(&self, now: Instant, wire_epoch: u16) -> Option<(Slot, &EpochKeys)> {
+        if self.current.wire_epoch() == wire_epoch {
+            return Some((Slot::Current, &self.current));
+        }
+        if let Some(n) = self.next.as_ref().filter(|n| n.wire_epoch() == wire_epoch) {
+            return Some((Slot::Next, n));
+        }
+        match &self.previous {
+            Some((p, until)) if p.wire_epoch() == wire_epoch && now < *until => Some((Slot::Previous, p)),
+            _ => None,
+        }
+    }
+
+    /// Gateway: hold a rekey's keys until the client uses them.
+    pub fn install_next(&mut self, next: EpochKeys) {
+        self.next = Some(next);
+    }
+
+    /// Gateway: the first packet under *next* authenticated; make it current. Returns the new
+    /// current epoch.
+    pub fn promote_next(&mut self, now: Instant, grace: Duration) -> Option<u32> {
+        let next = self.next.take()?;
+        let old = core::mem::replace(&mut self.current, next);
+        self.previous = Some((old, now + grace));
+        Some(self.current.epoch)
+    }
+
+    /// Client: a rekey completed; send under `new` from now on, keep opening the old epoch for
+    /// `grace`.
+    pub fn rotate_to(&mut self, new: EpochKeys, now: Instant, grace: Duration) {
+        let old = core::mem::replace(&mut self.current, new);
+        self.previous = Some((old, now + grace));
+        self.next = None;
+    }
+
+    /// Drop the previous epoch once its grace is over (its keys are zeroed on drop).
+    pub fn expire_previous(&mut self, now: Instant) {
+        if matches!(&self.previous, Some((_, until)) if now >= *until) {
+            self.previous = None;
+        }
+    }
+
+    /// When the previous epoch's grace ends, if one is held.
+    #[must_use]
+    pub fn previous_deadline(&self) -> Option<Instant> {
+        self.previous.as_ref().map(|(_, until)| *until)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hk(seed: u8) -> HandshakeKeys {
+        HandshakeKeys {
+            c2g: SecretKey::from_bytes([seed; 32]),
+            g2c: SecretKey::from_bytes([seed.wrapping_add(1); 32]),
+            transcript: [0; 32],
+            suite: CipherSuite::Aes256Gcm,
+        }
+    }
+
+    #[test]
+    fn sides_are_mirrored() {
+        let c = EpochKeys::derive(&hk(1), 0, Role::Client, Instant::ZERO);
+        let g = EpochKeys::derive(&hk(1), 0, Role::Gateway, Instant::ZERO);
+        assert_eq!(c.ctrl_send.expose(), g.ctrl_recv.expose());
+        assert_eq!(c.ctrl_recv.expose(), g.ctrl_send.expose());
+        assert_ne!(c.ctrl_send.expose(), c.ctrl_recv.expose());
+        let mut buf = *b"0123456789abcdef0123456789abcdef";
+        let (pt, tag) = buf.split_at_mut(16);
+        tag.copy_from_slice(&c.send.seal_in_place(1, b"h", pt));
+        assert!(g.recv.open_in_place(1, b"h", &mut buf).is_ok());
+    }
+
+    #[test]
+    fn gateway_rotation_keeps_previous_for_grace() {
+        let t0 = Instant::ZERO;
+        let mut ks = KeySet::new(EpochKeys::derive(&hk(1), 0, Role::Gateway, t0));
+        ks.install_next(EpochKeys::derive(&hk(2), 1, Role::Gateway, t0));
+        assert_eq!(ks.for_receive(t0, 1).map(|x| x.0), Some(Slot::Next));
+        assert_eq!(ks.current().epoch, 0);
+        let t1 = Instant::from_millis(1000);
+        assert_eq!(ks.promote_next(t1, Duration::from_secs(10)), Some(1));
+        assert_eq!(ks.for_receive(t1, 0).map(|x| x.0), Some(Slot::Previous));
+        assert_eq!(ks.for_receive(Instant::from_millis(11_000), 0).map(|x| x.0), None);
+        ks.expire_previous(Instant::from_millis(11_000));
+        assert!(ks.previous_deadline().is_none());
+        assert!(ks.for_receive(t1, 7).is_none());
+    }
+}

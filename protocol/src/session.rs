@@ -1,0 +1,213 @@
+//! A session as the gateway holds it: state machine, keys, replay windows, the active path,
+//! path validation, switch budget and quality signals.
+//!
+//! Only [`crate::gateway::Gateway`] drives this type; it is public so the control process can
+//! read it (`jumpctl session show`) and persist it.
+
+use core::time::Duration;
+
+use crate::keys::KeySet;
+use crate::path::Path;
+use crate::policy::Policy;
+use crate::reattach::{PendingValidation, SwitchBudget};
+use crate::replay::ReplayWindow;
+use crate::state::{Machine, State, Trigger};
+use crate::time::Instant;
+use crate::wire::SessionId;
+
+/// Loss and liveness measured on the gateway from authenticated packets.
+#[derive(Debug, Clone, Default)]
+pub struct Quality {
+    pub(crate) window_start: Instant,
+    pub(crate) first_counter: Option<u64>,
+    pub(crate) received: u64,
+    /// Loss fraction measured over the last complete `loss_window`.
+    pub last_loss: f64,
+    /// Since when every signal has been under its threshold.
+    pub healthy_since: Option<Instant>,
+}
+
+impl Quality {
+    /// Count an authenticated packet with `counter`.
+    pub fn on_packet(&mut self, counter: u64) {
+        if self.first_counter.is_none() {
+            self.first_counter = Some(counter);
+        }
+        self.received += 1;
+    }
+
+    /// Close the loss window if it is over; `top` is the highest counter accepted.
+    pub fn roll(&mut self, now: Instant, top: Option<u64>, window: Duration) {
+        if now - self.window_start < window {
+            return;
+        }
+        if let (Some(first), Some(top)) = (self.first_counter, top) {
+            let expected = top.saturating_sub(first) + 1;
+            #[expect(clippy::cast_precision_loss, reason = "a ratio of packet counts")]
+            let loss = 1.0 - (self.received.min(expected) as f64 / expected as f64);
+            self.last_loss = loss;
+        } else {
+            self.last_loss = 0.0;
+        }
+        self.window_start = now;
+        self.first_counter = None;
+        self.received = 0;
+    }
+}
+
+/// The gateway's state of one session.
+#[derive(Debug)]
+pub struct GatewaySession {
+    /// The SessionId; never changes.
+    pub id: SessionId,
+    pub(crate) machine: Machine,
+    /// The client's identity key.
+    pub client_public: [u8; 32],
+    pub(crate) transcript: [u8; 32],
+    pub(crate) keys: KeySet,
+    pub(crate) send_counter: u64,
+    pub(crate) recv_window: ReplayWindow,
+    pub(crate) reattach_window: ReplayWindow<4>,
+    /// The one active path, if any.
+    pub active: Option<Path>,
+    /// Owner core of the session inside this node.
+    pub owner: u8,
+    /// When the handshake completed.
+    pub created: Instant,
+    /// When the current state was entered.
+    pub entered_state: Instant,
+    /// Last authenticated packet on the active path.
+    pub last_rx_active: Instant,
+    /// When the active path was lost (for `recovery_ms`).
+    pub lost_at: Option<Instant>,
+    pub(crate) pending: Option<PendingValidation>,
+    pub(crate) budget: SwitchBudget,
+    pub(crate) reattach_failures: u32,
+    pub(crate) quality: Quality,
+    /// Packets and bytes received and delivered.
+    pub rx_packets: u64,
+    /// Bytes of inner packets delivered.
+    pub rx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes of inner packets sent.
+    pub tx_bytes: u64,
+}
+
+impl GatewaySession {
+    /// Current state.
+    #[must_use]
+    pub fn state(&self) -> State {
+        self.machine.state()
+    }
+
+    /// Current version.
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.machine.version()
+    }
+
+    /// Current key epoch.
+    #[must_use]
+    pub fn key_epoch(&self) -> u32 {
+        self.keys.current().epoch
+    }
+
+    /// Accepted switches over the session's life.
+    #[must_use]
+    pub fn switches_total(&self) -> u64 {
+        self.budget.total()
+    }
+
+    /// Is the active path healthy (an authenticated packet within `path_dead_after`)?
+    #[must_use]
+    pub fn active_healthy(&self, now: Instant, policy: &Policy) -> bool {
+        self.active.is_some() && now - self.last_rx_active < policy.path_dead_after
+    }
+
+    /// Every timer-driven trigger that holds at `now`, for [`crate::state::resolve`].
+    pub(crate) fn due_triggers(&mut self, now: Instant, policy: &Policy) -> Vec<Trigger> {
+        let mut due = Vec::new();
+        let state = self.state();
+        if state == State::Terminated {
+            return due;
+        }
+        if now - self.created >= policy.session_max_lifetime {
+            due.push(Trigger::SessionLifetimeElapsed);
+        }
+        if now - self.keys.current().created >= policy.reject_after {
+            due.push(Trigger::KeysExpired);
+        }
+        let in_state = now - self.entered_state;
+        match state {
+            State::Attached | State::Volatile => {
+                if now - self.last_rx_active >= policy.path_dead_after {
+                    due.push(Trigger::PathDead);
+                }
+                self.quality.roll(now, self.recv_window.top(), policy.loss_window);
+                let age = now - self.last_rx_active;
+                let bad = self.quality.last_loss > policy.volatile_loss || age > policy.volatile_heartbeat_age;
+                if bad {
+                    self.quality.healthy_since = None;
+                    due.push(Trigger::QualityThresholdCrossed);
+                } else {
+                    let since = *self.quality.healthy_since.get_or_insert(now);
+                    if now - since >= policy.stability_window {
+                        due.push(Trigger::StabilityWindowMet);
+                    }
+                }
+            }
+            State::Recovering => {
+                if in_state >= policy.recovery_window {
+                    due.push(Trigger::RecoveryWindowElapsed);
+                }
+            }
+            State::Degraded => {
+                if in_state >= policy.degraded_max {
+                    due.push(Trigger::DegradedMaxElapsed);
+                }
+                if in_state >= policy.degraded_cooldown && self.active_healthy(now, policy) {
+                    due.push(Trigger::CooldownOverPathHealthy);
+                }
+            }
+            State::Birth | State::Terminated => {}
+        }
+        due
+    }
+
+    /// The earliest instant at which a timer of this session may fire.
+    #[must_use]
+    pub fn next_deadline(&self, policy: &Policy) -> Option<Instant> {
+        let state = self.state();
+        if state == State::Terminated {
+            return None;
+        }
+        let mut d = vec![
+            self.created + policy.session_max_lifetime,
+            self.keys.current().created + policy.reject_after,
+        ];
+        match state {
+            State::Attached | State::Volatile => {
+                d.push(self.last_rx_active + policy.path_dead_after);
+                d.push(self.last_rx_active + policy.volatile_heartbeat_age);
+                d.push(self.quality.window_start + policy.loss_window);
+                if let Some(s) = self.quality.healthy_since {
+                    d.push(s + policy.stability_window);
+                }
+            }
+            State::Recovering => d.push(self.entered_state + policy.recovery_window),
+            State::Degraded => {
+                d.push(self.entered_state + policy.degraded_max);
+                d.push(self.entered_state + policy.degraded_cooldown);
+            }
+            State::Birth | State::Terminated => {}
+        }
+        if let Some(p) = &self.pending {
+            d.push(p.deadline);
+        }
+        if let Some(p) = self.keys.previous_deadline() {
+            d.push(p);
+        }
+        d.into_iter().min()
+    }
+}

@@ -1,0 +1,95 @@
+//! `cargo xtask`: the project's automation. Each subcommand dispatches to one function; every
+//! external command runs through [`exec`], which says what failed and how to rerun it.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Jumping project automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the system packages and toolchain parts the project needs (idempotent).
+    Setup,
+    /// What CI runs: format check, clippy with -D warnings, every test (including the fuzz
+    /// corpus replay).
+    Ci,
+    /// The demo: a session surviving a NAT rebind, a path switch and a rekey (deterministic
+    /// simulation of the protocol core, for now).
+    Demo,
+    /// Run criterion benchmarks and write their numbers to target/bench/.
+    Bench {
+        /// Which: `aead`, `protocol`, or `all`.
+        #[arg(default_value = "all")]
+        which: String,
+    },
+    /// Run a cargo-fuzz target (needs the nightly toolchain and cargo-fuzz).
+    Fuzz {
+        /// Target name (see fuzz/Cargo.toml).
+        target: String,
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Run `cmd` in the workspace root; fail with the command line if it fails.
+fn exec(cmd: &mut Command) -> Result<()> {
+    let line = format!("{cmd:?}");
+    eprintln!("xtask: running {line}");
+    let status = cmd.current_dir(root()).status().with_context(|| format!("could not start {line}"))?;
+    if !status.success() {
+        bail!("{line} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn ci() -> Result<()> {
+    exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    exec(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    exec(cargo().args(["test", "--workspace", "--all-targets"]))?;
+    exec(cargo().args(["test", "--workspace", "--doc"]))
+}
+
+fn bench(which: &str) -> Result<()> {
+    let benches: &[&str] = match which {
+        "aead" => &["aead"],
+        "protocol" => &["protocol"],
+        "all" => &["aead", "protocol"],
+        other => bail!("unknown benchmark set `{other}`: use aead, protocol or all"),
+    };
+    for b in benches {
+        exec(cargo().args(["bench", "-p", "jumping-benches", "--bench", b]))?;
+    }
+    exec(cargo().args(["run", "--quiet", "-p", "jumping-benches", "--bin", "bench-report"]))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => exec(Command::new("bash").arg("scripts/setup.sh")),
+        Cmd::Ci => ci(),
+        Cmd::Demo => exec(cargo().args(["run", "--release", "-p", "jumping-protocol", "--example", "demo"])),
+        Cmd::Bench { which } => bench(&which),
+        Cmd::Fuzz { target, seconds } => exec(
+            cargo()
+                .args(["+nightly", "fuzz", "run", &target, "--fuzz-dir", "fuzz", "--"])
+                .arg(format!("-max_total_time={seconds}")),
+        ),
+    }
+}
