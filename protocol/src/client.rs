@@ -605,7 +605,13 @@ impl<R: RngCore + CryptoRng> Client<R> {
         match &self.phase {
             Phase::Handshaking { sent, .. } => Some(*sent + self.cfg.handshake_retry),
             Phase::Established(e) => {
-                let mut d = vec![e.last_tx + p.heartbeat_interval, e.last_rx + p.path_dead_after, e.keys.current().created + p.rekey_after];
+                let mut d = vec![e.last_tx + p.heartbeat_interval];
+                if matches!(self.state, State::Attached | State::Volatile) {
+                    d.push(e.last_rx + p.path_dead_after);
+                }
+                if e.rekey.is_none() {
+                    d.push(e.keys.current().created + p.rekey_after);
+                }
                 if let Some(pr) = &e.pending {
                     d.push(pr.sent + self.cfg.reattach_retry);
                 }

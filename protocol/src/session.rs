@@ -146,7 +146,7 @@ impl GatewaySession {
                 }
                 self.quality.roll(now, self.recv_window.top(), policy.loss_window);
                 let age = now - self.last_rx_active;
-                let bad = self.quality.last_loss > policy.volatile_loss || age > policy.volatile_heartbeat_age;
+                let bad = self.quality.last_loss > policy.volatile_loss || age >= policy.volatile_heartbeat_age;
                 if bad {
                     self.quality.healthy_since = None;
                     due.push(Trigger::QualityThresholdCrossed);
@@ -187,9 +187,15 @@ impl GatewaySession {
             self.keys.current().created + policy.reject_after,
         ];
         match state {
-            State::Attached | State::Volatile => {
+            // Only deadlines that a timer can still act on: a signal already acted on (heartbeat
+            // age in VOLATILE, stability in ATTACHED) would otherwise stay due forever.
+            State::Attached => {
                 d.push(self.last_rx_active + policy.path_dead_after);
                 d.push(self.last_rx_active + policy.volatile_heartbeat_age);
+                d.push(self.quality.window_start + policy.loss_window);
+            }
+            State::Volatile => {
+                d.push(self.last_rx_active + policy.path_dead_after);
                 d.push(self.quality.window_start + policy.loss_window);
                 if let Some(s) = self.quality.healthy_since {
                     d.push(s + policy.stability_window);
