@@ -170,7 +170,12 @@ struct Established {
 #[derive(Debug)]
 enum Phase {
     Idle,
-    Handshaking { init: Box<Initiator>, via: LocalPath, sent: Instant, attempts: u32 },
+    Handshaking {
+        init: Box<Initiator>,
+        via: LocalPath,
+        sent: Instant,
+        attempts: u32,
+    },
     Established(Box<Established>),
     Closed(Reason),
 }
@@ -279,7 +284,10 @@ impl<R: RngCore + CryptoRng> Client<R> {
     }
 
     fn timestamp(&mut self, now: Instant) -> u64 {
-        let t = self.wall_offset_ns.saturating_add(now.as_nanos()).max(self.last_timestamp + 1);
+        let t = self
+            .wall_offset_ns
+            .saturating_add(now.as_nanos())
+            .max(self.last_timestamp + 1);
         self.last_timestamp = t;
         t
     }
@@ -288,7 +296,8 @@ impl<R: RngCore + CryptoRng> Client<R> {
         if self.state != to || reason == Reason::ReattachOk {
             let from = self.state;
             self.state = to;
-            self.events.push_back(ClientEvent::StateChanged { from, to, reason });
+            self.events
+                .push_back(ClientEvent::StateChanged { from, to, reason });
         }
     }
 
@@ -301,21 +310,50 @@ impl<R: RngCore + CryptoRng> Client<R> {
     }
 
     fn send_init(&mut self, now: Instant, via: LocalPath, purpose: Purpose, attempts: u32) {
-        let payload = InitPayload { timestamp: self.timestamp(now), purpose, suite: self.cfg.suite };
-        let cookie = self.cookie.as_ref().filter(|(_, t)| now - *t < crate::cookie::COOKIE_SECRET_LIFETIME).map(|(c, _)| **c);
-        let Ok(init) = Initiator::start(&mut self.rng, &self.cfg.keypair, &self.cfg.gateway_public, payload, cookie.as_ref()) else {
+        let payload = InitPayload {
+            timestamp: self.timestamp(now),
+            purpose,
+            suite: self.cfg.suite,
+        };
+        let cookie = self
+            .cookie
+            .as_ref()
+            .filter(|(_, t)| now - *t < crate::cookie::COOKIE_SECRET_LIFETIME)
+            .map(|(c, _)| **c);
+        let Ok(init) = Initiator::start(
+            &mut self.rng,
+            &self.cfg.keypair,
+            &self.cfg.gateway_public,
+            payload,
+            cookie.as_ref(),
+        ) else {
             return;
         };
-        self.transmits.push_back(ClientTransmit { via, payload: init.message().to_vec() });
+        self.transmits.push_back(ClientTransmit {
+            via,
+            payload: init.message().to_vec(),
+        });
         match (purpose, &mut self.phase) {
             (Purpose::Rekey(_), Phase::Established(e)) => e.rekey = Some((Box::new(init), now)),
-            _ => self.phase = Phase::Handshaking { init: Box::new(init), via, sent: now, attempts },
+            _ => {
+                self.phase = Phase::Handshaking {
+                    init: Box::new(init),
+                    via,
+                    sent: now,
+                    attempts,
+                }
+            }
         }
     }
 
     /// Process a datagram received on `via`.
     #[must_use]
-    pub fn handle_datagram<'b>(&mut self, now: Instant, via: LocalPath, buf: &'b mut [u8]) -> ClientOutput<'b> {
+    pub fn handle_datagram<'b>(
+        &mut self,
+        now: Instant,
+        via: LocalPath,
+        buf: &'b mut [u8],
+    ) -> ClientOutput<'b> {
         let ty = match wire::parse(buf) {
             Err(e) => return ClientOutput::Dropped(e.as_str()),
             Ok(Message::HandshakeResponse(_)) => MessageType::HandshakeResponse,
@@ -337,7 +375,9 @@ impl<R: RngCore + CryptoRng> Client<R> {
     }
 
     fn on_cookie<'b>(&mut self, now: Instant, buf: &[u8]) -> ClientOutput<'b> {
-        let Ok(reply) = wire::CookieReply::new_checked(buf) else { return ClientOutput::Dropped("malformed") };
+        let Ok(reply) = wire::CookieReply::new_checked(buf) else {
+            return ClientOutput::Dropped("malformed");
+        };
         let init = match &self.phase {
             Phase::Handshaking { init, .. } => init,
             Phase::Established(e) => match &e.rekey {
@@ -349,7 +389,12 @@ impl<R: RngCore + CryptoRng> Client<R> {
         if reply.receiver_id() != init.sender_id() {
             return ClientOutput::Dropped("unexpected_cookie");
         }
-        match open_cookie(&self.cfg.gateway_public, reply.nonce(), reply.sealed_cookie(), init.mac1()) {
+        match open_cookie(
+            &self.cfg.gateway_public,
+            reply.nonce(),
+            reply.sealed_cookie(),
+            init.mac1(),
+        ) {
             Ok(c) => {
                 // The next (re)transmission carries mac2; WireGuard waits for the retry timer
                 // rather than answering at once, so a cookie reply cannot be used to make the
@@ -363,7 +408,12 @@ impl<R: RngCore + CryptoRng> Client<R> {
 
     fn on_response<'b>(&mut self, now: Instant, buf: &[u8]) -> ClientOutput<'b> {
         match core::mem::replace(&mut self.phase, Phase::Idle) {
-            Phase::Handshaking { init, via, sent, attempts } => match init.handle_response(buf) {
+            Phase::Handshaking {
+                init,
+                via,
+                sent,
+                attempts,
+            } => match init.handle_response(buf) {
                 Ok(done) => {
                     let epoch = EpochKeys::derive(&done.keys, done.epoch, Role::Client, now);
                     self.phase = Phase::Established(Box::new(Established {
@@ -384,12 +434,19 @@ impl<R: RngCore + CryptoRng> Client<R> {
                         rtt: None,
                         gateway_version: 1,
                     }));
-                    self.events.push_back(ClientEvent::Established { session_id: done.session_id });
+                    self.events.push_back(ClientEvent::Established {
+                        session_id: done.session_id,
+                    });
                     self.set_state(State::Attached, Reason::HandshakeOk);
                     ClientOutput::Consumed
                 }
                 Err((init, _)) => {
-                    self.phase = Phase::Handshaking { init, via, sent, attempts };
+                    self.phase = Phase::Handshaking {
+                        init,
+                        via,
+                        sent,
+                        attempts,
+                    };
                     ClientOutput::Dropped("bad_handshake_response")
                 }
             },
@@ -402,7 +459,8 @@ impl<R: RngCore + CryptoRng> Client<R> {
                     Ok(done) if done.session_id == e.sid => {
                         let new = EpochKeys::derive(&done.keys, done.epoch, Role::Client, now);
                         e.keys.rotate_to(new, now, self.cfg.policy.key_grace);
-                        self.events.push_back(ClientEvent::Rekeyed { epoch: done.epoch });
+                        self.events
+                            .push_back(ClientEvent::Rekeyed { epoch: done.epoch });
                         ClientOutput::Consumed
                     }
                     Ok(_) => ClientOutput::Dropped("bad_handshake_response"),
@@ -422,18 +480,31 @@ impl<R: RngCore + CryptoRng> Client<R> {
     }
 
     fn on_transport<'b>(&mut self, now: Instant, buf: &'b mut [u8]) -> ClientOutput<'b> {
-        let Phase::Established(e) = &mut self.phase else { return ClientOutput::Dropped("no_session") };
-        let Ok(msg) = wire::TransportMsg::new_checked(buf) else { return ClientOutput::Dropped("malformed") };
-        let (sid, counter, epoch, ty) = (msg.session_id(), msg.counter(), msg.epoch(), msg.message_type());
+        let Phase::Established(e) = &mut self.phase else {
+            return ClientOutput::Dropped("no_session");
+        };
+        let Ok(msg) = wire::TransportMsg::new_checked(buf) else {
+            return ClientOutput::Dropped("malformed");
+        };
+        let (sid, counter, epoch, ty) = (
+            msg.session_id(),
+            msg.counter(),
+            msg.epoch(),
+            msg.message_type(),
+        );
         if sid != e.sid {
             return ClientOutput::Dropped("unknown_session");
         }
-        let Some((_, keys)) = e.keys.for_receive(now, epoch) else { return ClientOutput::Dropped("unknown_epoch") };
+        let Some((_, keys)) = e.keys.for_receive(now, epoch) else {
+            return ClientOutput::Dropped("unknown_epoch");
+        };
         if e.recv_window.check(counter).is_err() {
             return ClientOutput::Dropped("replay");
         }
         let (header, body) = buf.split_at_mut(DATA_HEADER_LEN);
-        let Ok(plain) = keys.recv.open_in_place(counter, header, body) else { return ClientOutput::Dropped("auth_failed") };
+        let Ok(plain) = keys.recv.open_in_place(counter, header, body) else {
+            return ClientOutput::Dropped("auth_failed");
+        };
         if e.recv_window.accept(counter).is_err() {
             return ClientOutput::Dropped("replay");
         }
@@ -465,70 +536,121 @@ impl<R: RngCore + CryptoRng> Client<R> {
     }
 
     fn on_challenge<'b>(&mut self, now: Instant, via: LocalPath, buf: &[u8]) -> ClientOutput<'b> {
-        let Ok(ch) = wire::ReattachChallenge::new_checked(buf) else { return ClientOutput::Dropped("malformed") };
-        let Phase::Established(e) = &mut self.phase else { return ClientOutput::Dropped("no_session") };
+        let Ok(ch) = wire::ReattachChallenge::new_checked(buf) else {
+            return ClientOutput::Dropped("malformed");
+        };
+        let Phase::Established(e) = &mut self.phase else {
+            return ClientOutput::Dropped("no_session");
+        };
         if ch.session_id() != e.sid {
             return ClientOutput::Dropped("unknown_session");
         }
-        let Some((_, keys)) = e.keys.for_receive(now, ch.epoch()) else { return ClientOutput::Dropped("unknown_epoch") };
+        let Some((_, keys)) = e.keys.for_receive(now, ch.epoch()) else {
+            return ClientOutput::Dropped("unknown_epoch");
+        };
         if !verify_control_mac(keys.ctrl_recv.expose(), ch.mac_covered(), &ch.mac()) {
             return ClientOutput::Dropped("auth_failed");
         }
         if ch.request_counter() == 0 {
             // Unsolicited: the gateway saw our packets from a new address (NAT rebind). Answer
-            // with a full reattach request that echoes the token: one round trip.
+            // with a full reattach request that echoes the token: one round trip. Only for the
+            // path we use now: a challenge to a path we left (packets still in flight on it
+            // after a switch) must not pull the session back.
+            if via != e.via {
+                return ClientOutput::Dropped("challenge_for_old_path");
+            }
             let token = ch.token();
             self.send_reattach(now, via, token);
-            self.events.push_back(ClientEvent::ChallengeAnswered { via });
+            self.events
+                .push_back(ClientEvent::ChallengeAnswered { via });
             return ClientOutput::Consumed;
         }
-        if !e.pending.as_ref().is_some_and(|p| p.counter == ch.request_counter() && p.via == via) {
+        if !e
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.counter == ch.request_counter() && p.via == via)
+        {
             return ClientOutput::Dropped("unexpected_challenge");
         }
         let k = e.keys.current();
-        let mut msg: [u8; REATTACH_RESPONSE_LEN] =
-            emit_reattach_common(MessageType::ReattachResponse, k.wire_epoch(), e.sid, ch.request_counter());
+        let mut msg: [u8; REATTACH_RESPONSE_LEN] = emit_reattach_common(
+            MessageType::ReattachResponse,
+            k.wire_epoch(),
+            e.sid,
+            ch.request_counter(),
+        );
         msg[20..36].copy_from_slice(&ch.token());
-        let mac = control_mac(k.ctrl_send.expose(), &msg[..REATTACH_RESPONSE_LEN - MAC_LEN]);
+        let mac = control_mac(
+            k.ctrl_send.expose(),
+            &msg[..REATTACH_RESPONSE_LEN - MAC_LEN],
+        );
         msg[REATTACH_RESPONSE_LEN - MAC_LEN..].copy_from_slice(&mac);
-        self.transmits.push_back(ClientTransmit { via, payload: msg.to_vec() });
+        self.transmits.push_back(ClientTransmit {
+            via,
+            payload: msg.to_vec(),
+        });
         ClientOutput::Consumed
     }
 
     fn on_ack<'b>(&mut self, now: Instant, buf: &[u8]) -> ClientOutput<'b> {
-        let Ok(ack) = wire::ReattachAck::new_checked(buf) else { return ClientOutput::Dropped("malformed") };
-        let Phase::Established(e) = &mut self.phase else { return ClientOutput::Dropped("no_session") };
-        let Some((_, keys)) = e.keys.for_receive(now, ack.epoch()) else { return ClientOutput::Dropped("unknown_epoch") };
-        if ack.session_id() != e.sid || !verify_control_mac(keys.ctrl_recv.expose(), ack.mac_covered(), &ack.mac()) {
+        let Ok(ack) = wire::ReattachAck::new_checked(buf) else {
+            return ClientOutput::Dropped("malformed");
+        };
+        let Phase::Established(e) = &mut self.phase else {
+            return ClientOutput::Dropped("no_session");
+        };
+        let Some((_, keys)) = e.keys.for_receive(now, ack.epoch()) else {
+            return ClientOutput::Dropped("unknown_epoch");
+        };
+        if ack.session_id() != e.sid
+            || !verify_control_mac(keys.ctrl_recv.expose(), ack.mac_covered(), &ack.mac())
+        {
             return ClientOutput::Dropped("auth_failed");
         }
-        let Some(p) = e.pending.take().filter(|p| p.counter == ack.request_counter()) else {
+        let Some(p) = e
+            .pending
+            .take()
+            .filter(|p| p.counter == ack.request_counter())
+        else {
             return ClientOutput::Dropped("unexpected_ack");
         };
         e.via = p.via;
         e.last_rx = now;
         e.gateway_version = ack.state_version();
         let version = ack.state_version();
-        self.events.push_back(ClientEvent::Reattached { via: p.via, version });
+        self.events.push_back(ClientEvent::Reattached {
+            via: p.via,
+            version,
+        });
         self.set_state(State::Attached, Reason::ReattachOk);
         ClientOutput::Consumed
     }
 
     fn on_reject<'b>(&mut self, now: Instant, buf: &[u8]) -> ClientOutput<'b> {
-        let Ok(rej) = wire::ReattachReject::new_checked(buf) else { return ClientOutput::Dropped("malformed") };
-        let Phase::Established(e) = &mut self.phase else { return ClientOutput::Dropped("no_session") };
+        let Ok(rej) = wire::ReattachReject::new_checked(buf) else {
+            return ClientOutput::Dropped("malformed");
+        };
+        let Phase::Established(e) = &mut self.phase else {
+            return ClientOutput::Dropped("no_session");
+        };
         if rej.session_id() != e.sid {
             return ClientOutput::Dropped("unknown_session");
         }
-        let authenticated = e
-            .keys
-            .for_receive(now, rej.epoch())
-            .is_some_and(|(_, k)| verify_control_mac(k.ctrl_recv.expose(), rej.mac_covered(), &rej.mac()));
+        let authenticated = e.keys.for_receive(now, rej.epoch()).is_some_and(|(_, k)| {
+            verify_control_mac(k.ctrl_recv.expose(), rej.mac_covered(), &rej.mac())
+        });
         let code = RejectCode::from_code(rej.code());
-        if authenticated && e.pending.as_ref().is_some_and(|p| p.counter == rej.request_counter()) {
+        if authenticated
+            && e.pending
+                .as_ref()
+                .is_some_and(|p| p.counter == rej.request_counter())
+        {
             e.pending = None;
         }
-        self.events.push_back(ClientEvent::ReattachRejected { code, authenticated });
+        self.events.push_back(ClientEvent::ReattachRejected {
+            code,
+            authenticated,
+        });
         if authenticated && code == Some(RejectCode::SwitchRateLimited) {
             self.set_state(State::Degraded, Reason::SwitchRateLimited);
         }
@@ -536,7 +658,9 @@ impl<R: RngCore + CryptoRng> Client<R> {
     }
 
     fn send_reattach(&mut self, now: Instant, via: LocalPath, echo: [u8; TOKEN_LEN]) {
-        let Phase::Established(e) = &mut self.phase else { return };
+        let Phase::Established(e) = &mut self.phase else {
+            return;
+        };
         let counter = e.reattach_counter;
         e.reattach_counter += 1;
         let k = e.keys.current();
@@ -549,14 +673,32 @@ impl<R: RngCore + CryptoRng> Client<R> {
             challenge_echo: echo,
         };
         let mut msg = emit_reattach_request(&fields);
-        let p = proof(&self.cfg.keypair, &self.cfg.gateway_public, &e.transcript, &msg[..52]);
+        let p = proof(
+            &self.cfg.keypair,
+            &self.cfg.gateway_public,
+            &e.transcript,
+            &msg[..52],
+        );
         msg[52..68].copy_from_slice(&p);
         let mac = control_mac(k.ctrl_send.expose(), &msg[..REATTACH_REQUEST_LEN - MAC_LEN]);
         msg[REATTACH_REQUEST_LEN - MAC_LEN..].copy_from_slice(&mac);
-        let attempts = e.pending.as_ref().filter(|p| p.via == via).map_or(1, |p| p.attempts + 1);
-        e.pending = Some(PendingReattach { counter, via, echo, sent: now, attempts });
+        let attempts = e
+            .pending
+            .as_ref()
+            .filter(|p| p.via == via)
+            .map_or(1, |p| p.attempts + 1);
+        e.pending = Some(PendingReattach {
+            counter,
+            via,
+            echo,
+            sent: now,
+            attempts,
+        });
         e.last_tx = now;
-        self.transmits.push_back(ClientTransmit { via, payload: msg.to_vec() });
+        self.transmits.push_back(ClientTransmit {
+            via,
+            payload: msg.to_vec(),
+        });
     }
 
     /// Ask the gateway to bind the path `via` (a switch, or recovery after the path died).
@@ -569,24 +711,36 @@ impl<R: RngCore + CryptoRng> Client<R> {
     ///
     /// # Errors
     /// `"no_session"` before the handshake or after the end, `"too_large"` if `buf` is short.
-    pub fn encapsulate(&mut self, now: Instant, buf: &mut [u8], inner_len: usize) -> Result<(LocalPath, usize), &'static str> {
+    pub fn encapsulate(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        inner_len: usize,
+    ) -> Result<(LocalPath, usize), &'static str> {
         let total = DATA_HEADER_LEN + inner_len + TAG_LEN;
         if buf.len() < total {
             return Err("too_large");
         }
-        let Phase::Established(e) = &mut self.phase else { return Err("no_session") };
+        let Phase::Established(e) = &mut self.phase else {
+            return Err("no_session");
+        };
         seal(e, MessageType::Data, &mut buf[..total]);
         e.last_tx = now;
         Ok((e.via, total))
     }
 
     fn send_sealed(&mut self, now: Instant, ty: MessageType, plaintext: &[u8]) {
-        let Phase::Established(e) = &mut self.phase else { return };
+        let Phase::Established(e) = &mut self.phase else {
+            return;
+        };
         let mut buf = vec![0u8; DATA_HEADER_LEN + plaintext.len() + TAG_LEN];
         buf[DATA_HEADER_LEN..DATA_HEADER_LEN + plaintext.len()].copy_from_slice(plaintext);
         seal(e, ty, &mut buf);
         e.last_tx = now;
-        self.transmits.push_back(ClientTransmit { via: e.via, payload: buf });
+        self.transmits.push_back(ClientTransmit {
+            via: e.via,
+            payload: buf,
+        });
     }
 
     /// End the session: send TERMINATE and close.
@@ -628,7 +782,12 @@ impl<R: RngCore + CryptoRng> Client<R> {
     pub fn handle_timeout(&mut self, now: Instant) {
         let p = self.cfg.policy.clone();
         match &mut self.phase {
-            Phase::Handshaking { sent, via, attempts, .. } if now - *sent >= self.cfg.handshake_retry => {
+            Phase::Handshaking {
+                sent,
+                via,
+                attempts,
+                ..
+            } if now - *sent >= self.cfg.handshake_retry => {
                 let (via, attempts) = (*via, *attempts);
                 if attempts >= self.cfg.handshake_attempts {
                     self.phase = Phase::Closed(Reason::HandshakeFailed);
@@ -642,10 +801,17 @@ impl<R: RngCore + CryptoRng> Client<R> {
                 let sid = e.sid;
                 let via = e.via;
                 let rekey_due = e.rekey.as_ref().map_or_else(
-                    || now - e.keys.current().created >= p.rekey_after || e.keys.current().sent >= p.rekey_after_packets,
+                    || {
+                        now - e.keys.current().created >= p.rekey_after
+                            || e.keys.current().sent >= p.rekey_after_packets
+                    },
                     |(_, t)| now - *t >= self.cfg.handshake_retry,
                 );
-                let retry = e.pending.as_ref().filter(|pr| now - pr.sent >= self.cfg.reattach_retry).map(|pr| (pr.via, pr.echo, pr.attempts));
+                let retry = e
+                    .pending
+                    .as_ref()
+                    .filter(|pr| now - pr.sent >= self.cfg.reattach_retry)
+                    .map(|pr| (pr.via, pr.echo, pr.attempts));
                 let dead = now - e.last_rx >= p.path_dead_after;
                 let heartbeat = now - e.last_tx >= p.heartbeat_interval;
                 if rekey_due {
@@ -662,7 +828,9 @@ impl<R: RngCore + CryptoRng> Client<R> {
                     self.set_state(State::Recovering, Reason::TransportDead);
                 }
                 if heartbeat || (dead && self.state == State::Recovering) {
-                    let Phase::Established(e) = &mut self.phase else { return };
+                    let Phase::Established(e) = &mut self.phase else {
+                        return;
+                    };
                     let probe = e.next_probe;
                     e.next_probe += 1;
                     if e.probe_sent.is_none() {
@@ -686,6 +854,8 @@ fn seal(e: &mut Established, ty: MessageType, buf: &mut [u8]) {
     put_transport_header(buf, ty, k.wire_epoch(), e.sid, counter);
     let tag_at = buf.len() - TAG_LEN;
     let (header, rest) = buf.split_at_mut(DATA_HEADER_LEN);
-    let tag = k.send.seal_in_place(counter, header, &mut rest[..tag_at - DATA_HEADER_LEN]);
+    let tag = k
+        .send
+        .seal_in_place(counter, header, &mut rest[..tag_at - DATA_HEADER_LEN]);
     buf[tag_at..].copy_from_slice(&tag);
 }

@@ -85,18 +85,29 @@ pub struct CookieChecker {
 
 impl core::fmt::Debug for CookieChecker {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("CookieChecker").field("rotated_at", &self.rotated_at).finish_non_exhaustive()
+        f.debug_struct("CookieChecker")
+            .field("rotated_at", &self.rotated_at)
+            .finish_non_exhaustive()
     }
 }
 
 impl CookieChecker {
     /// A checker for the gateway whose static public key is `gateway_public`.
-    pub fn new<R: RngCore + CryptoRng>(rng: &mut R, now: Instant, gateway_public: &[u8; 32]) -> Self {
+    pub fn new<R: RngCore + CryptoRng>(
+        rng: &mut R,
+        now: Instant,
+        gateway_public: &[u8; 32],
+    ) -> Self {
         let mut secret = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut *secret);
         let mut previous = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut *previous);
-        CookieChecker { secret, previous, rotated_at: now, seal_key: cookie_key(gateway_public) }
+        CookieChecker {
+            secret,
+            previous,
+            rotated_at: now,
+            seal_key: cookie_key(gateway_public),
+        }
     }
 
     fn rotate<R: RngCore + CryptoRng>(&mut self, rng: &mut R, now: Instant) {
@@ -151,7 +162,10 @@ impl CookieChecker {
 ///
 /// # Errors
 /// `Err(())` if the reply does not authenticate (forged, or for another message).
-#[expect(clippy::result_unit_err, reason = "the only failure is 'does not authenticate'")]
+#[expect(
+    clippy::result_unit_err,
+    reason = "the only failure is 'does not authenticate'"
+)]
 pub fn open_cookie(
     gateway_public: &[u8; 32],
     nonce: &[u8],

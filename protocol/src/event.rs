@@ -97,7 +97,9 @@ impl RejectCode {
     /// The code with wire value `code`.
     #[must_use]
     pub fn from_code(code: u8) -> Option<Self> {
-        RejectCode::ALL.get(usize::from(code).checked_sub(1)?).copied()
+        RejectCode::ALL
+            .get(usize::from(code).checked_sub(1)?)
+            .copied()
     }
 
     /// A valid-but-denied attempt: the request authenticated and proved possession, and policy

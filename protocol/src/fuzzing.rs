@@ -17,7 +17,10 @@ use crate::wire;
 /// Fixed identities for fuzzing: (gateway, client).
 #[must_use]
 pub fn identities() -> (StaticKeypair, StaticKeypair) {
-    (StaticKeypair::from_secret_bytes([0x11; 32]), StaticKeypair::from_secret_bytes([0x22; 32]))
+    (
+        StaticKeypair::from_secret_bytes([0x11; 32]),
+        StaticKeypair::from_secret_bytes([0x22; 32]),
+    )
 }
 
 /// The wire parser on arbitrary bytes.
@@ -26,10 +29,22 @@ pub fn parse(data: &[u8]) {
         // Touch every accessor of the view: none may panic after the checked constructor.
         let _ = format!("{m:?}");
         if let wire::Message::Transport(t) = m {
-            let _ = (t.session_id(), t.counter(), t.epoch(), t.plaintext_len(), t.message_type());
+            let _ = (
+                t.session_id(),
+                t.counter(),
+                t.epoch(),
+                t.plaintext_len(),
+                t.message_type(),
+            );
         }
         if let wire::Message::ReattachRequest(r) = m {
-            let _ = (r.client_time_ms(), r.proof(), r.challenge_echo(), r.reserved_ok(), r.mac());
+            let _ = (
+                r.client_time_ms(),
+                r.proof(),
+                r.challenge_echo(),
+                r.reserved_ok(),
+                r.mac(),
+            );
         }
     }
 }
@@ -39,7 +54,16 @@ pub fn parse(data: &[u8]) {
 pub fn gateway_datagrams(data: &[u8]) {
     let (gw, client) = identities();
     let rng = ChaCha20Rng::seed_from_u64(1);
-    let Ok(mut g) = Gateway::new(GatewayConfig { cookie_threshold: 4, ..GatewayConfig::default() }, Policy::default(), gw, rng, Instant::ZERO) else {
+    let Ok(mut g) = Gateway::new(
+        GatewayConfig {
+            cookie_threshold: 4,
+            ..GatewayConfig::default()
+        },
+        Policy::default(),
+        gw,
+        rng,
+        Instant::ZERO,
+    ) else {
         return;
     };
     g.allow_client(client.public());
@@ -58,7 +82,10 @@ pub fn gateway_datagrams(data: &[u8]) {
 /// The client on a sequence of datagrams (after it sent its initiation).
 pub fn client_datagrams(data: &[u8]) {
     let (gw, client) = identities();
-    let mut c = Client::new(ClientConfig::new(client, gw.public()), ChaCha20Rng::seed_from_u64(2));
+    let mut c = Client::new(
+        ClientConfig::new(client, gw.public()),
+        ChaCha20Rng::seed_from_u64(2),
+    );
     c.connect(Instant::ZERO, LocalPath(0), 1);
     for (i, chunk) in split(data).enumerate() {
         let mut buf = chunk.to_vec();

@@ -18,7 +18,7 @@ use core::time::Duration;
 use rand_core::{CryptoRng, RngCore};
 
 use crate::cookie::CookieChecker;
-use crate::crypto::{hash, ct_eq};
+use crate::crypto::{ct_eq, hash};
 use crate::event::{Event, RejectCode, SecurityKind};
 use crate::handshake::{hex_lower, HandshakeError, Purpose, Responder, StaticKeypair};
 use crate::keys::{EpochKeys, KeySet, Role, Slot};
@@ -229,7 +229,10 @@ pub struct Gateway<R> {
 
 impl<R> core::fmt::Debug for Gateway<R> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Gateway").field("config", &self.config).field("sessions", &self.sessions.len()).finish_non_exhaustive()
+        f.debug_struct("Gateway")
+            .field("config", &self.config)
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -326,7 +329,12 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
 
     /// Process one received datagram from `from`.
     #[must_use]
-    pub fn handle_datagram<'b>(&mut self, now: Instant, from: Path, buf: &'b mut [u8]) -> Output<'b> {
+    pub fn handle_datagram<'b>(
+        &mut self,
+        now: Instant,
+        from: Path,
+        buf: &'b mut [u8],
+    ) -> Output<'b> {
         let ty = match wire::parse(buf) {
             Err(e) => return self.drop_(DropReason::Malformed(e)),
             Ok(m) => match m {
@@ -360,20 +368,37 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         if !self.responder.check_mac1(&init) {
             return self.drop_(DropReason::HandshakeMac1);
         }
-        if self.under_load(now) && !self.cookies.verify_mac2(&from.addr, init.mac2_covered(), &init.mac2()) {
-            let (nonce, sealed) = self.cookies.seal_cookie(&mut self.rng, now, &from.addr, &init.mac1());
+        if self.under_load(now)
+            && !self
+                .cookies
+                .verify_mac2(&from.addr, init.mac2_covered(), &init.mac2())
+        {
+            let (nonce, sealed) =
+                self.cookies
+                    .seal_cookie(&mut self.rng, now, &from.addr, &init.mac1());
             let reply = wire::emit_cookie_reply(init.sender_id(), &nonce, &sealed);
-            self.out.transmits.push_back(Transmit { dst: from, payload: reply.to_vec() });
+            self.out.transmits.push_back(Transmit {
+                dst: from,
+                payload: reply.to_vec(),
+            });
             self.counters.cookies_sent += 1;
             if self.counters.cookies_sent == 1 || self.counters.cookies_sent % 1024 == 0 {
-                self.out.events.push_back(Event::Security { session_id: None, kind: SecurityKind::Flood, source: from.addr });
+                self.out.events.push_back(Event::Security {
+                    session_id: None,
+                    kind: SecurityKind::Flood,
+                    source: from.addr,
+                });
             }
             return self.drop_(DropReason::CookieRequired);
         }
         let accepted = match self.responder.read_init(&mut self.rng, &init) {
             Ok(a) => a,
             Err(HandshakeError::BadPayload | HandshakeError::Noise | _) => {
-                self.out.events.push_back(Event::Security { session_id: None, kind: SecurityKind::AuthFailed, source: from.addr });
+                self.out.events.push_back(Event::Security {
+                    session_id: None,
+                    kind: SecurityKind::AuthFailed,
+                    source: from.addr,
+                });
                 return self.drop_(DropReason::HandshakeAuth);
             }
         };
@@ -383,8 +408,15 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         };
         // WireGuard's rule: the timestamp must grow per client key, so a captured initiation
         // replayed later creates nothing.
-        if entry.last_timestamp.is_some_and(|t| accepted.payload.timestamp <= t) {
-            self.out.events.push_back(Event::Security { session_id: None, kind: SecurityKind::Replay, source: from.addr });
+        if entry
+            .last_timestamp
+            .is_some_and(|t| accepted.payload.timestamp <= t)
+        {
+            self.out.events.push_back(Event::Security {
+                session_id: None,
+                kind: SecurityKind::Replay,
+                source: from.addr,
+            });
             return self.drop_(DropReason::HandshakeReplay);
         }
         entry.last_timestamp = Some(accepted.payload.timestamp);
@@ -422,7 +454,10 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                     pending: None,
                     budget: SwitchBudget::default(),
                     reattach_failures: 0,
-                    quality: Quality { window_start: now, ..Quality::default() },
+                    quality: Quality {
+                        window_start: now,
+                        ..Quality::default()
+                    },
                     rx_packets: 0,
                     rx_bytes: 0,
                     tx_packets: 0,
@@ -434,36 +469,60 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                     path: from,
                     version: 0,
                 });
-                apply(&mut s, &mut self.out, now, Trigger::HandshakeCompleted, &self.policy);
+                apply(
+                    &mut s,
+                    &mut self.out,
+                    now,
+                    Trigger::HandshakeCompleted,
+                    &self.policy,
+                );
                 let slot = usize::from(owner) % self.per_core.len();
                 self.per_core[slot] += 1;
                 self.sessions.insert(sid, s);
                 self.counters.handshakes += 1;
-                self.out.transmits.push_back(Transmit { dst: from, payload: response.to_vec() });
+                self.out.transmits.push_back(Transmit {
+                    dst: from,
+                    payload: response.to_vec(),
+                });
                 Output::Consumed
             }
             Purpose::Rekey(sid) => {
                 let Some(s) = self.sessions.get_mut(&sid) else {
                     return self.drop_(DropReason::RekeyDenied);
                 };
-                if !ct_eq(&s.client_public, &client) || matches!(s.state(), State::Terminated | State::Birth) {
-                    self.out.events.push_back(Event::RekeyDenied { session_id: sid, key_epoch: s.key_epoch(), version: s.version() });
+                if !ct_eq(&s.client_public, &client)
+                    || matches!(s.state(), State::Terminated | State::Birth)
+                {
+                    self.out.events.push_back(Event::RekeyDenied {
+                        session_id: sid,
+                        key_epoch: s.key_epoch(),
+                        version: s.version(),
+                    });
                     return self.drop_(DropReason::RekeyDenied);
                 }
                 let next_epoch = s.key_epoch().wrapping_add(1);
                 let Ok((keys, response)) = accepted.respond(sid, next_epoch) else {
                     return self.drop_(DropReason::HandshakeAuth);
                 };
-                s.keys.install_next(EpochKeys::derive(&keys, next_epoch, Role::Gateway, now));
+                s.keys
+                    .install_next(EpochKeys::derive(&keys, next_epoch, Role::Gateway, now));
                 self.counters.handshakes += 1;
-                self.out.transmits.push_back(Transmit { dst: from, payload: response.to_vec() });
+                self.out.transmits.push_back(Transmit {
+                    dst: from,
+                    payload: response.to_vec(),
+                });
                 Output::Consumed
             }
         }
     }
 
     fn pick_owner(&self) -> u8 {
-        let (i, _) = self.per_core.iter().enumerate().min_by_key(|(_, &n)| n).unwrap_or((0, &0));
+        let (i, _) = self
+            .per_core
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, &n)| n)
+            .unwrap_or((0, &0));
         u8::try_from(i).unwrap_or(0)
     }
 
@@ -471,7 +530,12 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         let Ok(msg) = TransportMsg::new_checked(buf) else {
             return self.drop_(DropReason::WrongDirection);
         };
-        let (sid, counter, epoch, ty) = (msg.session_id(), msg.counter(), msg.epoch(), msg.message_type());
+        let (sid, counter, epoch, ty) = (
+            msg.session_id(),
+            msg.counter(),
+            msg.epoch(),
+            msg.message_type(),
+        );
         let Some(s) = self.sessions.get_mut(&sid) else {
             return self.drop_(DropReason::UnknownSession);
         };
@@ -482,12 +546,20 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             return self.drop_(DropReason::UnknownEpoch);
         };
         if s.recv_window.check(counter).is_err() {
-            self.out.events.push_back(Event::Security { session_id: Some(sid), kind: SecurityKind::Replay, source: from.addr });
+            self.out.events.push_back(Event::Security {
+                session_id: Some(sid),
+                kind: SecurityKind::Replay,
+                source: from.addr,
+            });
             return self.drop_(DropReason::Replay);
         }
         let (header, body) = buf.split_at_mut(DATA_HEADER_LEN);
         let Ok(plain) = keys.recv.open_in_place(counter, header, body) else {
-            self.out.events.push_back(Event::Security { session_id: Some(sid), kind: SecurityKind::AuthFailed, source: from.addr });
+            self.out.events.push_back(Event::Security {
+                session_id: Some(sid),
+                kind: SecurityKind::AuthFailed,
+                source: from.addr,
+            });
             return self.drop_(DropReason::AuthFailed);
         };
         // Authentic and fresh from here on.
@@ -496,7 +568,11 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         }
         if slot == Slot::Next {
             if let Some(e) = s.keys.promote_next(now, self.policy.key_grace) {
-                self.out.events.push_back(Event::KeyRotated { session_id: sid, key_epoch: e, version: s.version() });
+                self.out.events.push_back(Event::KeyRotated {
+                    session_id: sid,
+                    key_epoch: e,
+                    version: s.version(),
+                });
             }
         }
         s.quality.on_packet(counter);
@@ -505,7 +581,15 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         } else {
             // NAT rebind or a new path: deliver (it is authentic), keep replies on the active
             // path, and start validating the new address at once.
-            start_unsolicited_validation(s, &mut self.out, &mut self.rng, now, from, buf_len(plain.len()), &self.policy);
+            start_unsolicited_validation(
+                s,
+                &mut self.out,
+                &mut self.rng,
+                now,
+                from,
+                buf_len(plain.len()),
+                &self.policy,
+            );
         }
         match ty {
             MessageType::Heartbeat => {
@@ -525,7 +609,10 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             _ => {
                 s.rx_packets += 1;
                 s.rx_bytes += plain.len() as u64;
-                Output::Deliver { session_id: sid, packet: plain }
+                Output::Deliver {
+                    session_id: sid,
+                    packet: plain,
+                }
             }
         }
     }
@@ -537,7 +624,12 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
     /// # Errors
     /// [`DropReason`] if the session is unknown, terminated, has no active path, or the buffer
     /// is too small.
-    pub fn encapsulate(&mut self, sid: SessionId, buf: &mut [u8], inner_len: usize) -> Result<(Path, usize), DropReason> {
+    pub fn encapsulate(
+        &mut self,
+        sid: SessionId,
+        buf: &mut [u8],
+        inner_len: usize,
+    ) -> Result<(Path, usize), DropReason> {
         let total = DATA_HEADER_LEN + inner_len + TAG_LEN;
         if buf.len() < total {
             self.counters.drops[DropReason::TooLarge.index()] += 1;
@@ -557,10 +649,19 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         Ok((dst, total))
     }
 
-    fn reject(&mut self, now: Instant, from: Path, sid: SessionId, counter: u64, code: RejectCode, authenticated: bool) -> Output<'static> {
+    fn reject(
+        &mut self,
+        now: Instant,
+        from: Path,
+        sid: SessionId,
+        counter: u64,
+        code: RejectCode,
+        authenticated: bool,
+    ) -> Output<'static> {
         let _ = now;
         self.counters.rejects[usize::from(code.code() - 1)] += 1;
-        let mut msg: [u8; REATTACH_REJECT_LEN] = emit_reattach_common(MessageType::ReattachReject, 0, sid, counter);
+        let mut msg: [u8; REATTACH_REJECT_LEN] =
+            emit_reattach_common(MessageType::ReattachReject, 0, sid, counter);
         msg[20] = code.code();
         let version = self.sessions.get(&sid).map_or(0, GatewaySession::version);
         if let Some(s) = self.sessions.get_mut(&sid) {
@@ -570,7 +671,12 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 let mac = control_mac(k.ctrl_send.expose(), &msg[..REATTACH_REJECT_LEN - MAC_LEN]);
                 msg[REATTACH_REJECT_LEN - MAC_LEN..].copy_from_slice(&mac);
             }
-            self.out.events.push_back(Event::ReattachRejected { session_id: sid, path: from, code, version });
+            self.out.events.push_back(Event::ReattachRejected {
+                session_id: sid,
+                path: from,
+                code,
+                version,
+            });
             if let Some(p) = s.pending.as_mut().filter(|p| p.path == from) {
                 if !p.may_send(msg.len()) {
                     return self.drop_(DropReason::ReattachRejected);
@@ -579,11 +685,19 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             }
         }
         // A reject is never larger than the request it answers, so it cannot amplify.
-        self.out.transmits.push_back(Transmit { dst: from, payload: msg.to_vec() });
+        self.out.transmits.push_back(Transmit {
+            dst: from,
+            payload: msg.to_vec(),
+        });
         self.drop_(DropReason::ReattachRejected)
     }
 
-    fn handle_reattach_request<'b>(&mut self, now: Instant, from: Path, buf: &'b mut [u8]) -> Output<'b> {
+    fn handle_reattach_request<'b>(
+        &mut self,
+        now: Instant,
+        from: Path,
+        buf: &'b mut [u8],
+    ) -> Output<'b> {
         let Ok(req) = ReattachRequest::new_checked(buf) else {
             return self.drop_(DropReason::WrongDirection);
         };
@@ -607,8 +721,14 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             return self.reject(now, from, sid, counter, RejectCode::KeyExpired, false);
         }
         // 4. Symmetric integrity under the session's control key.
-        if !verify_control_mac(keys.ctrl_recv.expose(), req.mac_covered(), &req.mac()) || !req.reserved_ok() {
-            self.out.events.push_back(Event::Security { session_id: Some(sid), kind: SecurityKind::AuthFailed, source: from.addr });
+        if !verify_control_mac(keys.ctrl_recv.expose(), req.mac_covered(), &req.mac())
+            || !req.reserved_ok()
+        {
+            self.out.events.push_back(Event::Security {
+                session_id: Some(sid),
+                kind: SecurityKind::AuthFailed,
+                source: from.addr,
+            });
             return self.reject(now, from, sid, counter, RejectCode::AuthFailed, false);
         }
         // 5. Freshness (session-relative time, so no wall-clock sync is needed) and replay.
@@ -617,14 +737,27 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             return self.reject(now, from, sid, counter, RejectCode::StaleRequest, true);
         }
         if let Err(e) = s.reattach_window.check(counter) {
-            self.out.events.push_back(Event::Security { session_id: Some(sid), kind: SecurityKind::Replay, source: from.addr });
+            self.out.events.push_back(Event::Security {
+                session_id: Some(sid),
+                kind: SecurityKind::Replay,
+                source: from.addr,
+            });
             let _: ReplayError = e;
             return self.reject(now, from, sid, counter, RejectCode::ReplayDetected, true);
         }
         // 6. Asymmetric proof of possession of the client identity key.
-        let expected = proof(self.responder.keypair(), &s.client_public, &s.transcript, req.proof_covered());
+        let expected = proof(
+            self.responder.keypair(),
+            &s.client_public,
+            &s.transcript,
+            req.proof_covered(),
+        );
         if !ct_eq(&expected, &req.proof()) {
-            self.out.events.push_back(Event::Security { session_id: Some(sid), kind: SecurityKind::BadProof, source: from.addr });
+            self.out.events.push_back(Event::Security {
+                session_id: Some(sid),
+                kind: SecurityKind::BadProof,
+                source: from.addr,
+            });
             return self.reject(now, from, sid, counter, RejectCode::BadProof, true);
         }
         let echo = req.challenge_echo();
@@ -644,7 +777,11 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         };
         // 9. Path validation: an echo of a challenge we sent to exactly this path proves the
         // client receives there; otherwise challenge it now.
-        if let Some(p) = s.pending.as_mut().filter(|p| p.path == from && now < p.deadline) {
+        if let Some(p) = s
+            .pending
+            .as_mut()
+            .filter(|p| p.path == from && now < p.deadline)
+        {
             p.bytes_in += req_len;
             if echo != [0; TOKEN_LEN] && ct_eq(&echo, &p.token) {
                 let version = p.version;
@@ -670,16 +807,21 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
 
     /// Policy (transport, DEGRADED cooldown, switch cooldown, budget) and ownership checks.
     /// May apply SWITCH_RATE_LIMITED or RECOVERY_ATTEMPTS_EXCEEDED.
-    fn policy_and_ownership(&mut self, now: Instant, sid: SessionId, transport: Option<Transport>) -> Result<(), RejectCode> {
+    fn policy_and_ownership(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        transport: Option<Transport>,
+    ) -> Result<(), RejectCode> {
         let policy = &self.policy;
         let Some(s) = self.sessions.get_mut(&sid) else {
             return Err(RejectCode::UnknownSession);
         };
         let code = if !transport.is_some_and(|t| policy.allows(t)) {
             Some(RejectCode::PolicyDenied)
-        } else if s.state() == State::Degraded && now - s.entered_state < policy.degraded_cooldown {
-            Some(RejectCode::CooldownActive)
-        } else if s.budget.cooling(now, policy.switch_cooldown) {
+        } else if (s.state() == State::Degraded && now - s.entered_state < policy.degraded_cooldown)
+            || s.budget.cooling(now, policy.switch_cooldown)
+        {
             Some(RejectCode::CooldownActive)
         } else if s.budget.exhausted(now, policy.max_switches_per_min) {
             let observed = s.budget.in_window(now) as u64 + 1;
@@ -690,7 +832,10 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 observed,
                 version: s.version(),
             });
-            if matches!(s.state(), State::Attached | State::Volatile | State::Recovering) {
+            if matches!(
+                s.state(),
+                State::Attached | State::Volatile | State::Recovering
+            ) {
                 apply(s, &mut self.out, now, Trigger::SwitchBudgetExceeded, policy);
             }
             Some(RejectCode::SwitchRateLimited)
@@ -703,7 +848,13 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             if s.state() == State::Recovering && code.is_valid_but_denied() {
                 s.reattach_failures += 1;
                 if s.reattach_failures >= policy.max_reattach_failures {
-                    apply(s, &mut self.out, now, Trigger::ReattachFailuresExceeded, policy);
+                    apply(
+                        s,
+                        &mut self.out,
+                        now,
+                        Trigger::ReattachFailuresExceeded,
+                        policy,
+                    );
                 }
             }
             return Err(code);
@@ -711,7 +862,12 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         Ok(())
     }
 
-    fn handle_reattach_response<'b>(&mut self, now: Instant, from: Path, buf: &'b mut [u8]) -> Output<'b> {
+    fn handle_reattach_response<'b>(
+        &mut self,
+        now: Instant,
+        from: Path,
+        buf: &'b mut [u8],
+    ) -> Output<'b> {
         let Ok(resp) = ReattachResponse::new_checked(buf) else {
             return self.drop_(DropReason::WrongDirection);
         };
@@ -723,17 +879,30 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             return self.drop_(DropReason::UnknownEpoch);
         };
         if !verify_control_mac(keys.ctrl_recv.expose(), resp.mac_covered(), &resp.mac()) {
-            self.out.events.push_back(Event::Security { session_id: Some(sid), kind: SecurityKind::AuthFailed, source: from.addr });
+            self.out.events.push_back(Event::Security {
+                session_id: Some(sid),
+                kind: SecurityKind::AuthFailed,
+                source: from.addr,
+            });
             return self.drop_(DropReason::AuthFailed);
         }
         let Some(p) = s.pending.as_mut() else {
             return self.drop_(DropReason::ReattachRejected);
         };
         p.bytes_in += resp.bytes().len();
-        let matches = p.path == from && p.request_counter == resp.request_counter() && ct_eq(&p.token, &resp.token());
+        let matches = p.path == from
+            && p.request_counter == resp.request_counter()
+            && ct_eq(&p.token, &resp.token());
         if !matches || now >= p.deadline {
             let counter = resp.request_counter();
-            return self.reject(now, from, sid, counter, RejectCode::PathValidationFailed, true);
+            return self.reject(
+                now,
+                from,
+                sid,
+                counter,
+                RejectCode::PathValidationFailed,
+                true,
+            );
         }
         let (counter, version) = (p.request_counter, p.version);
         // Policy may have changed while the challenge was out: check again at bind time.
@@ -745,7 +914,14 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
 
     /// The atomic step: compare the version seen when validation started, switch the active
     /// path, apply REATTACH_OK (version + 1), record the switch. Nothing changes on failure.
-    fn bind(&mut self, now: Instant, sid: SessionId, path: Path, counter: u64, seen_version: u64) -> Output<'static> {
+    fn bind(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        path: Path,
+        counter: u64,
+        seen_version: u64,
+    ) -> Output<'static> {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return self.drop_(DropReason::UnknownSession);
         };
@@ -761,16 +937,32 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         s.lost_at = None;
         s.reattach_failures = 0;
         s.budget.record(now);
-        let Some(tr) = apply(s, &mut self.out, now, Trigger::ReattachAccepted, &self.policy) else {
+        let Some(tr) = apply(
+            s,
+            &mut self.out,
+            now,
+            Trigger::ReattachAccepted,
+            &self.policy,
+        ) else {
             return self.drop_(DropReason::ReattachRejected);
         };
-        self.out.events.push_back(Event::PathSwitched { session_id: sid, from_path, to_path: path, recovery_ms, version: tr.version });
+        self.out.events.push_back(Event::PathSwitched {
+            session_id: sid,
+            from_path,
+            to_path: path,
+            recovery_ms,
+            version: tr.version,
+        });
         let k = s.keys.current();
-        let mut ack: [u8; REATTACH_ACK_LEN] = emit_reattach_common(MessageType::ReattachAck, k.wire_epoch(), sid, counter);
+        let mut ack: [u8; REATTACH_ACK_LEN] =
+            emit_reattach_common(MessageType::ReattachAck, k.wire_epoch(), sid, counter);
         ack[20..28].copy_from_slice(&tr.version.to_be_bytes());
         let mac = control_mac(k.ctrl_send.expose(), &ack[..REATTACH_ACK_LEN - MAC_LEN]);
         ack[REATTACH_ACK_LEN - MAC_LEN..].copy_from_slice(&mac);
-        self.out.transmits.push_back(Transmit { dst: path, payload: ack.to_vec() });
+        self.out.transmits.push_back(Transmit {
+            dst: path,
+            payload: ack.to_vec(),
+        });
         self.counters.reattaches += 1;
         Output::Consumed
     }
@@ -780,8 +972,18 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
     /// # Errors
     /// `UnknownSession` if there is no live session `sid`.
     pub fn terminate(&mut self, now: Instant, sid: SessionId) -> Result<(), DropReason> {
-        let s = self.sessions.get_mut(&sid).filter(|s| s.state() != State::Terminated).ok_or(DropReason::UnknownSession)?;
-        apply(s, &mut self.out, now, Trigger::OperatorTerminated, &self.policy);
+        let s = self
+            .sessions
+            .get_mut(&sid)
+            .filter(|s| s.state() != State::Terminated)
+            .ok_or(DropReason::UnknownSession)?;
+        apply(
+            s,
+            &mut self.out,
+            now,
+            Trigger::OperatorTerminated,
+            &self.policy,
+        );
         Ok(())
     }
 
@@ -836,7 +1038,11 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                     s.lost_at = Some(s.last_rx_active);
                 }
                 if t == Trigger::KeysExpired {
-                    self.out.events.push_back(Event::KeyExpired { session_id: s.id, key_epoch: s.key_epoch(), version: s.version() });
+                    self.out.events.push_back(Event::KeyExpired {
+                        session_id: s.id,
+                        key_epoch: s.key_epoch(),
+                        version: s.version(),
+                    });
                 }
                 apply(s, &mut self.out, now, t, policy);
             }
@@ -851,7 +1057,9 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
 }
 
 fn transition_check(state: State) -> Result<(), ()> {
-    crate::state::transition(state, Trigger::ReattachAccepted).map(|_| ()).map_err(|_| ())
+    crate::state::transition(state, Trigger::ReattachAccepted)
+        .map(|_| ())
+        .map_err(|_| ())
 }
 
 fn buf_len(plain: usize) -> usize {
@@ -861,7 +1069,13 @@ fn buf_len(plain: usize) -> usize {
 /// Apply a trigger to a session, emitting exactly one SESSION_STATE_CHANGED per accepted
 /// transition (and SESSION_TERMINATED plus a TERMINATE message on the way out), or an
 /// INVALID_STATE_TRANSITION event without mutation.
-fn apply(s: &mut GatewaySession, out: &mut Outbox, now: Instant, trigger: Trigger, policy: &Policy) -> Option<Transition> {
+fn apply(
+    s: &mut GatewaySession,
+    out: &mut Outbox,
+    now: Instant,
+    trigger: Trigger,
+    policy: &Policy,
+) -> Option<Transition> {
     let _ = policy;
     match s.machine.apply(trigger) {
         Ok(tr) => {
@@ -871,7 +1085,13 @@ fn apply(s: &mut GatewaySession, out: &mut Outbox, now: Instant, trigger: Trigge
                 State::Volatile | State::Attached => s.quality.healthy_since = None,
                 _ => {}
             }
-            out.events.push_back(Event::StateChanged { session_id: s.id, from: tr.from, to: tr.to, reason: tr.reason, version: tr.version });
+            out.events.push_back(Event::StateChanged {
+                session_id: s.id,
+                from: tr.from,
+                to: tr.to,
+                reason: tr.reason,
+                version: tr.version,
+            });
             if tr.to == State::Terminated {
                 let mut p = [0u8; TERMINATE_PLAINTEXT_LEN];
                 p[0] = tr.reason.code();
@@ -889,7 +1109,12 @@ fn apply(s: &mut GatewaySession, out: &mut Outbox, now: Instant, trigger: Trigge
             Some(tr)
         }
         Err(e) => {
-            out.events.push_back(Event::InvalidTransition { session_id: s.id, state: e.from, trigger: e.trigger, version: s.version() });
+            out.events.push_back(Event::InvalidTransition {
+                session_id: s.id,
+                state: e.from,
+                trigger: e.trigger,
+                version: s.version(),
+            });
             None
         }
     }
@@ -904,7 +1129,9 @@ fn seal_into(s: &mut GatewaySession, ty: MessageType, buf: &mut [u8]) {
     put_transport_header(buf, ty, k.wire_epoch(), s.id, counter);
     let tag_at = buf.len() - TAG_LEN;
     let (header, rest) = buf.split_at_mut(DATA_HEADER_LEN);
-    let tag = k.send.seal_in_place(counter, header, &mut rest[..tag_at - DATA_HEADER_LEN]);
+    let tag = k
+        .send
+        .seal_in_place(counter, header, &mut rest[..tag_at - DATA_HEADER_LEN]);
     buf[tag_at..].copy_from_slice(&tag);
 }
 
@@ -921,12 +1148,23 @@ fn send_challenge(s: &GatewaySession, out: &mut Outbox, p: &mut PendingValidatio
         return;
     }
     let k = s.keys.current();
-    let mut msg: [u8; REATTACH_CHALLENGE_LEN] = emit_reattach_common(MessageType::ReattachChallenge, k.wire_epoch(), s.id, p.request_counter);
+    let mut msg: [u8; REATTACH_CHALLENGE_LEN] = emit_reattach_common(
+        MessageType::ReattachChallenge,
+        k.wire_epoch(),
+        s.id,
+        p.request_counter,
+    );
     msg[20..36].copy_from_slice(&p.token);
-    let mac = control_mac(k.ctrl_send.expose(), &msg[..REATTACH_CHALLENGE_LEN - MAC_LEN]);
+    let mac = control_mac(
+        k.ctrl_send.expose(),
+        &msg[..REATTACH_CHALLENGE_LEN - MAC_LEN],
+    );
     msg[REATTACH_CHALLENGE_LEN - MAC_LEN..].copy_from_slice(&mac);
     p.bytes_out += msg.len();
-    out.transmits.push_back(Transmit { dst: p.path, payload: msg.to_vec() });
+    out.transmits.push_back(Transmit {
+        dst: p.path,
+        payload: msg.to_vec(),
+    });
 }
 
 fn start_unsolicited_validation<R: RngCore>(
@@ -941,7 +1179,11 @@ fn start_unsolicited_validation<R: RngCore>(
     if s.lost_at.is_none() && s.active.is_some() {
         s.lost_at = Some(now);
     }
-    if let Some(p) = s.pending.as_mut().filter(|p| p.path == from && now < p.deadline) {
+    if let Some(p) = s
+        .pending
+        .as_mut()
+        .filter(|p| p.path == from && now < p.deadline)
+    {
         // Already validating this path: more received bytes widen the send budget, and a lost
         // challenge is resent once the budget allows.
         p.bytes_in += received;

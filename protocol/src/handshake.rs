@@ -42,7 +42,11 @@ pub struct StaticKeypair {
 
 impl core::fmt::Debug for StaticKeypair {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "StaticKeypair(public={})", hex_lower(self.public.as_bytes()))
+        write!(
+            f,
+            "StaticKeypair(public={})",
+            hex_lower(self.public.as_bytes())
+        )
     }
 }
 
@@ -50,10 +54,11 @@ impl core::fmt::Debug for StaticKeypair {
 #[must_use]
 pub fn hex_lower(b: &[u8]) -> String {
     use core::fmt::Write;
-    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 impl StaticKeypair {
@@ -87,7 +92,11 @@ impl StaticKeypair {
     /// X25519 with a peer's public key, used for the reattach proof of possession.
     #[must_use]
     pub fn diffie_hellman(&self, peer: &[u8; 32]) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.secret.diffie_hellman(&PublicKey::from(*peer)).to_bytes())
+        Zeroizing::new(
+            self.secret
+                .diffie_hellman(&PublicKey::from(*peer))
+                .to_bytes(),
+        )
     }
 }
 
@@ -160,7 +169,11 @@ impl InitPayload {
             _ => return Err(HandshakeError::BadPayload),
         };
         let suite = CipherSuite::from_code(p[17]).ok_or(HandshakeError::BadPayload)?;
-        Ok(InitPayload { timestamp: u64::from_be_bytes(ts), purpose, suite })
+        Ok(InitPayload {
+            timestamp: u64::from_be_bytes(ts),
+            purpose,
+            suite,
+        })
     }
 }
 
@@ -239,7 +252,10 @@ pub struct Initiator {
 
 impl core::fmt::Debug for Initiator {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Initiator").field("sender_id", &self.sender_id).field("payload", &self.payload).finish_non_exhaustive()
+        f.debug_struct("Initiator")
+            .field("sender_id", &self.sender_id)
+            .field("payload", &self.payload)
+            .finish_non_exhaustive()
     }
 }
 
@@ -282,10 +298,16 @@ impl Initiator {
         message[1] = MessageType::HandshakeInit as u8;
         message[4..12].copy_from_slice(&sender_id.to_be_bytes());
         let n = hs
-            .write_message(&payload.encode(), &mut message[12..HandshakeInit::MAC1_OFFSET])
+            .write_message(
+                &payload.encode(),
+                &mut message[12..HandshakeInit::MAC1_OFFSET],
+            )
             .map_err(|_| HandshakeError::Noise)?;
         debug_assert_eq!(n, wire::INIT_NOISE_LEN);
-        let m1 = mac1(&mac1_key(gateway_public), &message[..HandshakeInit::MAC1_OFFSET]);
+        let m1 = mac1(
+            &mac1_key(gateway_public),
+            &message[..HandshakeInit::MAC1_OFFSET],
+        );
         message[HandshakeInit::MAC1_OFFSET..HandshakeInit::MAC2_OFFSET].copy_from_slice(&m1);
         if let Some(c) = cookie {
             let m2 = mac2(c, &message[..HandshakeInit::MAC2_OFFSET]);
@@ -337,7 +359,10 @@ impl Initiator {
     ///
     /// # Errors
     /// The initiator back with the reason, if the response is not valid for this handshake.
-    pub fn handle_response(mut self, bytes: &[u8]) -> Result<InitiatorDone, (Box<Self>, HandshakeError)> {
+    pub fn handle_response(
+        mut self,
+        bytes: &[u8],
+    ) -> Result<InitiatorDone, (Box<Self>, HandshakeError)> {
         let resp = match HandshakeResponse::new_checked(bytes) {
             Ok(r) => r,
             Err(e) => return Err((Box::new(self), e.into())),
@@ -345,7 +370,11 @@ impl Initiator {
         if resp.receiver_id() != self.sender_id {
             return Err((Box::new(self), HandshakeError::WrongReceiver));
         }
-        if !crate::cookie::verify_mac1(&mac1_key(&self.client_public), resp.mac1_covered(), &resp.mac1()) {
+        if !crate::cookie::verify_mac1(
+            &mac1_key(&self.client_public),
+            resp.mac1_covered(),
+            &resp.mac1(),
+        ) {
             return Err((Box::new(self), HandshakeError::BadMac1));
         }
         // snow mutates its state while reading; read from a trial copy is not possible, so a
@@ -370,7 +399,12 @@ impl Initiator {
             }
         }
         let keys = split_keys(&mut self.hs, self.payload.suite);
-        Ok(InitiatorDone { session_id, epoch: u32::from_be_bytes(ep), keys, purpose: self.payload.purpose })
+        Ok(InitiatorDone {
+            session_id,
+            epoch: u32::from_be_bytes(ep),
+            keys,
+            purpose: self.payload.purpose,
+        })
     }
 }
 
@@ -382,7 +416,9 @@ pub struct Responder {
 
 impl core::fmt::Debug for Responder {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Responder").field("keypair", &self.keypair).finish_non_exhaustive()
+        f.debug_struct("Responder")
+            .field("keypair", &self.keypair)
+            .finish_non_exhaustive()
     }
 }
 
@@ -399,7 +435,10 @@ pub struct Accepted {
 
 impl core::fmt::Debug for Accepted {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Accepted").field("client", &hex_lower(&self.client_public)).field("payload", &self.payload).finish_non_exhaustive()
+        f.debug_struct("Accepted")
+            .field("client", &hex_lower(&self.client_public))
+            .field("payload", &self.payload)
+            .finish_non_exhaustive()
     }
 }
 
@@ -440,12 +479,19 @@ impl Responder {
             .and_then(snow::Builder::build_responder)
             .map_err(|_| HandshakeError::Noise)?;
         let mut payload = [0u8; INIT_PAYLOAD_LEN];
-        let n = hs.read_message(init.noise(), &mut payload).map_err(|_| HandshakeError::Noise)?;
+        let n = hs
+            .read_message(init.noise(), &mut payload)
+            .map_err(|_| HandshakeError::Noise)?;
         let payload = InitPayload::decode(&payload[..n])?;
         let rs = hs.get_remote_static().ok_or(HandshakeError::Noise)?;
         let mut client_public = [0u8; 32];
         client_public.copy_from_slice(rs);
-        Ok(Accepted { hs, client_public, payload, sender_id: init.sender_id() })
+        Ok(Accepted {
+            hs,
+            client_public,
+            payload,
+            sender_id: init.sender_id(),
+        })
     }
 }
 
@@ -454,7 +500,11 @@ impl Accepted {
     ///
     /// # Errors
     /// [`HandshakeError::Noise`] if snow refuses (cannot happen with valid state).
-    pub fn respond(mut self, session_id: SessionId, epoch: u32) -> Result<(HandshakeKeys, [u8; HANDSHAKE_RESPONSE_LEN]), HandshakeError> {
+    pub fn respond(
+        mut self,
+        session_id: SessionId,
+        epoch: u32,
+    ) -> Result<(HandshakeKeys, [u8; HANDSHAKE_RESPONSE_LEN]), HandshakeError> {
         let mut payload = [0u8; RESP_PAYLOAD_LEN];
         payload[..8].copy_from_slice(&session_id.to_bytes());
         payload[8..12].copy_from_slice(&epoch.to_be_bytes());
@@ -467,8 +517,12 @@ impl Accepted {
             .write_message(&payload, &mut message[12..HandshakeResponse::MAC1_OFFSET])
             .map_err(|_| HandshakeError::Noise)?;
         debug_assert_eq!(n, wire::RESP_NOISE_LEN);
-        let m1 = mac1(&mac1_key(&self.client_public), &message[..HandshakeResponse::MAC1_OFFSET]);
-        message[HandshakeResponse::MAC1_OFFSET..HandshakeResponse::MAC2_OFFSET].copy_from_slice(&m1);
+        let m1 = mac1(
+            &mac1_key(&self.client_public),
+            &message[..HandshakeResponse::MAC1_OFFSET],
+        );
+        message[HandshakeResponse::MAC1_OFFSET..HandshakeResponse::MAC2_OFFSET]
+            .copy_from_slice(&m1);
         let keys = split_keys(&mut self.hs, self.payload.suite);
         Ok((keys, message))
     }
@@ -483,7 +537,11 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(7);
         let client = StaticKeypair::generate(&mut rng);
         let gw = StaticKeypair::generate(&mut rng);
-        let payload = InitPayload { timestamp: 1, purpose: Purpose::NewSession, suite: CipherSuite::Aes256Gcm };
+        let payload = InitPayload {
+            timestamp: 1,
+            purpose: Purpose::NewSession,
+            suite: CipherSuite::Aes256Gcm,
+        };
         let init = Initiator::start(&mut rng, &client, &gw.public(), payload, None).expect("start");
         let responder = Responder::new(gw);
         let msg = HandshakeInit::new_checked(init.message()).expect("well-formed");
@@ -492,7 +550,10 @@ mod tests {
         assert_eq!(acc.client_public, client.public());
         assert_eq!(acc.payload, payload);
         let (gk, resp) = acc.respond(SessionId(77), 0).expect("respond");
-        let done = init.handle_response(&resp).map_err(|(_, e)| e).expect("client completes");
+        let done = init
+            .handle_response(&resp)
+            .map_err(|(_, e)| e)
+            .expect("client completes");
         assert_eq!(done.session_id, SessionId(77));
         assert_eq!(done.keys.c2g.expose(), gk.c2g.expose());
         assert_eq!(done.keys.g2c.expose(), gk.g2c.expose());
@@ -506,17 +567,29 @@ mod tests {
         let client = StaticKeypair::generate(&mut rng);
         let gw = StaticKeypair::generate(&mut rng);
         let other = StaticKeypair::generate(&mut rng);
-        let payload = InitPayload { timestamp: 1, purpose: Purpose::NewSession, suite: CipherSuite::Aes256Gcm };
-        let init = Initiator::start(&mut rng, &client, &other.public(), payload, None).expect("start");
+        let payload = InitPayload {
+            timestamp: 1,
+            purpose: Purpose::NewSession,
+            suite: CipherSuite::Aes256Gcm,
+        };
+        let init =
+            Initiator::start(&mut rng, &client, &other.public(), payload, None).expect("start");
         let responder = Responder::new(gw);
         let msg = HandshakeInit::new_checked(init.message()).expect("well-formed");
         assert!(!responder.check_mac1(&msg));
-        assert_eq!(responder.read_init(&mut rng, &msg).unwrap_err(), HandshakeError::Noise);
+        assert_eq!(
+            responder.read_init(&mut rng, &msg).unwrap_err(),
+            HandshakeError::Noise
+        );
     }
 
     #[test]
     fn payload_codec_rejects_garbage() {
-        let p = InitPayload { timestamp: 9, purpose: Purpose::Rekey(SessionId(5)), suite: CipherSuite::ChaCha20Poly1305 };
+        let p = InitPayload {
+            timestamp: 9,
+            purpose: Purpose::Rekey(SessionId(5)),
+            suite: CipherSuite::ChaCha20Poly1305,
+        };
         assert_eq!(InitPayload::decode(&p.encode()), Ok(p));
         let mut bad = p.encode();
         bad[20] = 1;

@@ -101,7 +101,11 @@ impl KeySet {
     /// A set holding only `current`.
     #[must_use]
     pub fn new(current: EpochKeys) -> Self {
-        KeySet { previous: None, current, next: None }
+        KeySet {
+            previous: None,
+            current,
+            next: None,
+        }
     }
 
     /// The current epoch (used for sending).
@@ -131,7 +135,9 @@ impl KeySet {
             return Some((Slot::Next, n));
         }
         match &self.previous {
-            Some((p, until)) if p.wire_epoch() == wire_epoch && now < *until => Some((Slot::Previous, p)),
+            Some((p, until)) if p.wire_epoch() == wire_epoch && now < *until => {
+                Some((Slot::Previous, p))
+            }
             _ => None,
         }
     }
@@ -208,7 +214,10 @@ mod tests {
         let t1 = Instant::from_millis(1000);
         assert_eq!(ks.promote_next(t1, Duration::from_secs(10)), Some(1));
         assert_eq!(ks.for_receive(t1, 0).map(|x| x.0), Some(Slot::Previous));
-        assert_eq!(ks.for_receive(Instant::from_millis(11_000), 0).map(|x| x.0), None);
+        assert_eq!(
+            ks.for_receive(Instant::from_millis(11_000), 0).map(|x| x.0),
+            None
+        );
         ks.expire_previous(Instant::from_millis(11_000));
         assert!(ks.previous_deadline().is_none());
         assert!(ks.for_receive(t1, 7).is_none());

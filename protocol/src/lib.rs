@@ -38,6 +38,7 @@ pub mod reattach;
 pub mod replay;
 pub mod session;
 pub mod state;
+pub mod testing;
 pub mod time;
 pub mod wire;
 

@@ -60,7 +60,10 @@ impl Path {
     /// A UDP path to `addr`.
     #[must_use]
     pub const fn udp(addr: SocketAddr) -> Self {
-        Path { transport: Transport::Udp, addr }
+        Path {
+            transport: Transport::Udp,
+            addr,
+        }
     }
 }
 

@@ -140,16 +140,32 @@ pub struct PolicyError {
     pub message: String,
 }
 
-fn bound<T: fmt::Debug + PartialOrd>(key: &'static str, v: T, lo: T, hi: T) -> Result<(), PolicyError> {
+fn bound<T: fmt::Debug + PartialOrd>(
+    key: &'static str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<(), PolicyError> {
     if v < lo || v > hi {
-        return Err(PolicyError { key, message: format!("{v:?} is outside the allowed range {lo:?} ..= {hi:?}") });
+        return Err(PolicyError {
+            key,
+            message: format!("{v:?} is outside the allowed range {lo:?} ..= {hi:?}"),
+        });
     }
     Ok(())
 }
 
-fn greater(key: &'static str, v: Duration, other: &'static str, o: Duration) -> Result<(), PolicyError> {
+fn greater(
+    key: &'static str,
+    v: Duration,
+    other: &'static str,
+    o: Duration,
+) -> Result<(), PolicyError> {
     if v <= o {
-        return Err(PolicyError { key, message: format!("{v:?} must be greater than {other} ({o:?})") });
+        return Err(PolicyError {
+            key,
+            message: format!("{v:?} must be greater than {other} ({o:?})"),
+        });
     }
     Ok(())
 }
@@ -162,42 +178,99 @@ impl Policy {
     pub fn validate(&self) -> Result<(), PolicyError> {
         let s = Duration::from_secs;
         let ms = Duration::from_millis;
-        bound("session_max_lifetime", self.session_max_lifetime, s(60), s(30 * 24 * 3600))?;
+        bound(
+            "session_max_lifetime",
+            self.session_max_lifetime,
+            s(60),
+            s(30 * 24 * 3600),
+        )?;
         bound("rekey_after", self.rekey_after, s(10), s(24 * 3600))?;
-        bound("rekey_after_packets", self.rekey_after_packets, 1 << 10, 1 << 60)?;
-        greater("reject_after", self.reject_after, "rekey_after", self.rekey_after)?;
+        bound(
+            "rekey_after_packets",
+            self.rekey_after_packets,
+            1 << 10,
+            1 << 60,
+        )?;
+        greater(
+            "reject_after",
+            self.reject_after,
+            "rekey_after",
+            self.rekey_after,
+        )?;
         bound("reject_after", self.reject_after, s(15), s(48 * 3600))?;
         bound("key_grace", self.key_grace, ms(100), s(60))?;
         bound("heartbeat_interval", self.heartbeat_interval, ms(50), s(60))?;
         bound("path_dead_after", self.path_dead_after, ms(200), s(600))?;
-        greater("path_dead_after", self.path_dead_after, "heartbeat_interval", self.heartbeat_interval)?;
+        greater(
+            "path_dead_after",
+            self.path_dead_after,
+            "heartbeat_interval",
+            self.heartbeat_interval,
+        )?;
         bound("recovery_window", self.recovery_window, s(1), s(3600))?;
         if !(self.volatile_loss > 0.0 && self.volatile_loss <= 1.0) {
-            return Err(PolicyError { key: "volatile_loss", message: format!("{} must be in (0, 1]", self.volatile_loss) });
+            return Err(PolicyError {
+                key: "volatile_loss",
+                message: format!("{} must be in (0, 1]", self.volatile_loss),
+            });
         }
         bound("volatile_rtt", self.volatile_rtt, ms(1), s(60))?;
-        bound("volatile_heartbeat_age", self.volatile_heartbeat_age, ms(100), s(600))?;
-        greater("volatile_heartbeat_age", self.volatile_heartbeat_age, "heartbeat_interval", self.heartbeat_interval)?;
+        bound(
+            "volatile_heartbeat_age",
+            self.volatile_heartbeat_age,
+            ms(100),
+            s(600),
+        )?;
+        greater(
+            "volatile_heartbeat_age",
+            self.volatile_heartbeat_age,
+            "heartbeat_interval",
+            self.heartbeat_interval,
+        )?;
         bound("loss_window", self.loss_window, ms(100), s(600))?;
         bound("stability_window", self.stability_window, ms(100), s(600))?;
         bound("max_switches_per_min", self.max_switches_per_min, 1, 600)?;
-        bound("switch_cooldown", self.switch_cooldown, Duration::ZERO, s(60))?;
+        bound(
+            "switch_cooldown",
+            self.switch_cooldown,
+            Duration::ZERO,
+            s(60),
+        )?;
         bound("max_reattach_failures", self.max_reattach_failures, 1, 1000)?;
         bound("degraded_max", self.degraded_max, s(1), s(3600))?;
-        bound("degraded_cooldown", self.degraded_cooldown, ms(100), s(3600))?;
+        bound(
+            "degraded_cooldown",
+            self.degraded_cooldown,
+            ms(100),
+            s(3600),
+        )?;
         if self.degraded_cooldown >= self.degraded_max {
             return Err(PolicyError {
                 key: "degraded_cooldown",
-                message: format!("{:?} must be less than degraded_max ({:?})", self.degraded_cooldown, self.degraded_max),
+                message: format!(
+                    "{:?} must be less than degraded_max ({:?})",
+                    self.degraded_cooldown, self.degraded_max
+                ),
             });
         }
         bound("reattach_max_age", self.reattach_max_age, ms(100), s(60))?;
-        bound("path_validation_timeout", self.path_validation_timeout, ms(50), s(60))?;
+        bound(
+            "path_validation_timeout",
+            self.path_validation_timeout,
+            ms(50),
+            s(60),
+        )?;
         if !(0.0..=1.0).contains(&self.switch_hysteresis) || self.switch_hysteresis.is_nan() {
-            return Err(PolicyError { key: "switch_hysteresis", message: format!("{} must be in [0, 1]", self.switch_hysteresis) });
+            return Err(PolicyError {
+                key: "switch_hysteresis",
+                message: format!("{} must be in [0, 1]", self.switch_hysteresis),
+            });
         }
         if self.allowed_transports.is_empty() {
-            return Err(PolicyError { key: "allowed_transports", message: "must name at least one of udp, tcp, quic".into() });
+            return Err(PolicyError {
+                key: "allowed_transports",
+                message: "must name at least one of udp, tcp, quic".into(),
+            });
         }
         Ok(())
     }
@@ -205,7 +278,9 @@ impl Policy {
     /// Whether a session may run over `t`.
     #[must_use]
     pub fn allows(&self, t: Transport) -> bool {
-        self.allowed_transports.iter().any(|&n| Transport::from(n) == t)
+        self.allowed_transports
+            .iter()
+            .any(|&n| Transport::from(n) == t)
     }
 }
 
@@ -217,7 +292,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 250ms, 5s, 2m or 24h"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 250ms, 5s, 2m or 24h"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
@@ -249,23 +326,36 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_and_bound() {
-        let p = Policy { reject_after: Duration::from_secs(60), ..Policy::default() };
+        let p = Policy {
+            reject_after: Duration::from_secs(60),
+            ..Policy::default()
+        };
         let e = p.validate().unwrap_err();
         assert_eq!(e.key, "reject_after");
         assert!(e.to_string().contains("rekey_after"), "{e}");
-        let p = Policy { max_switches_per_min: 0, ..Policy::default() };
+        let p = Policy {
+            max_switches_per_min: 0,
+            ..Policy::default()
+        };
         let e = p.validate().unwrap_err();
         assert_eq!(e.key, "max_switches_per_min");
         assert!(e.to_string().contains("1 ..= 600"), "{e}");
-        let p = Policy { volatile_loss: f64::NAN, ..Policy::default() };
+        let p = Policy {
+            volatile_loss: f64::NAN,
+            ..Policy::default()
+        };
         assert_eq!(p.validate().unwrap_err().key, "volatile_loss");
-        let p = Policy { allowed_transports: vec![], ..Policy::default() };
+        let p = Policy {
+            allowed_transports: vec![],
+            ..Policy::default()
+        };
         assert_eq!(p.validate().unwrap_err().key, "allowed_transports");
     }
 
     #[test]
     fn toml_overrides_and_refuses_unknown_keys() {
-        let p: Policy = toml::from_str("path_dead_after = \"2s\"\nallowed_transports = [\"udp\"]").expect("parses");
+        let p: Policy = toml::from_str("path_dead_after = \"2s\"\nallowed_transports = [\"udp\"]")
+            .expect("parses");
         assert_eq!(p.path_dead_after, Duration::from_secs(2));
         assert!(p.allows(Transport::Udp) && !p.allows(Transport::Tcp));
         assert_eq!(p.recovery_window, Duration::from_secs(15));

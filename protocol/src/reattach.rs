@@ -35,7 +35,12 @@ pub fn verify_control_mac(ctrl_key: &[u8; 32], covered: &[u8], mac: &[u8; MAC_LE
 /// The proof of possession over `covered`, computed by whichever side holds one of the two
 /// identity secrets: `ours` is our key pair, `theirs` the other side's public key.
 #[must_use]
-pub fn proof(ours: &StaticKeypair, theirs: &[u8; 32], transcript: &[u8; 32], covered: &[u8]) -> [u8; MAC_LEN] {
+pub fn proof(
+    ours: &StaticKeypair,
+    theirs: &[u8; 32],
+    transcript: &[u8; 32],
+    covered: &[u8],
+) -> [u8; MAC_LEN] {
     let ss = ours.diffie_hellman(theirs);
     let key = kdf(&ss, b"jumping reattach proof", transcript);
     mac16(key.expose(), &[covered])
@@ -85,7 +90,11 @@ pub const SWITCH_WINDOW: Duration = Duration::from_secs(60);
 
 impl SwitchBudget {
     fn trim(&mut self, now: Instant) {
-        while self.recent.front().is_some_and(|&t| now - t >= SWITCH_WINDOW) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|&t| now - t >= SWITCH_WINDOW)
+        {
             self.recent.pop_front();
         }
     }
@@ -149,7 +158,7 @@ mod tests {
         }
         assert!(b.exhausted(s(3000), 3));
         assert!(!b.exhausted(s(60_000), 3));
-        assert!(b.cooling(s(60_500), Duration::from_secs(1)) == false);
+        assert!(!b.cooling(s(60_500), Duration::from_secs(1)));
         b.record(s(61_000));
         assert!(b.cooling(s(61_500), Duration::from_secs(1)));
         assert_eq!(b.total(), 4);

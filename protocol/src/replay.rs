@@ -40,7 +40,10 @@ pub struct ReplayWindow<const WORDS: usize = DEFAULT_WORDS> {
 
 impl<const WORDS: usize> core::fmt::Debug for ReplayWindow<WORDS> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ReplayWindow").field("top", &self.top).field("any", &self.any).finish()
+        f.debug_struct("ReplayWindow")
+            .field("top", &self.top)
+            .field("any", &self.any)
+            .finish()
     }
 }
 
@@ -58,9 +61,12 @@ impl<const WORDS: usize> ReplayWindow<WORDS> {
     /// An empty window.
     #[must_use]
     pub const fn new() -> Self {
-        #[expect(clippy::let_unit_value, reason = "forces the compile-time size check")]
         let () = Self::ASSERT;
-        ReplayWindow { top: 0, any: false, bitmap: [0; WORDS] }
+        ReplayWindow {
+            top: 0,
+            any: false,
+            bitmap: [0; WORDS],
+        }
     }
 
     /// Highest counter accepted, if any.

@@ -144,9 +144,11 @@ impl GatewaySession {
                 if now - self.last_rx_active >= policy.path_dead_after {
                     due.push(Trigger::PathDead);
                 }
-                self.quality.roll(now, self.recv_window.top(), policy.loss_window);
+                self.quality
+                    .roll(now, self.recv_window.top(), policy.loss_window);
                 let age = now - self.last_rx_active;
-                let bad = self.quality.last_loss > policy.volatile_loss || age >= policy.volatile_heartbeat_age;
+                let bad = self.quality.last_loss > policy.volatile_loss
+                    || age >= policy.volatile_heartbeat_age;
                 if bad {
                     self.quality.healthy_since = None;
                     due.push(Trigger::QualityThresholdCrossed);

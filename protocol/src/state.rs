@@ -27,8 +27,14 @@ pub enum State {
 
 impl State {
     /// All states, in table order.
-    pub const ALL: [State; 6] =
-        [State::Birth, State::Attached, State::Volatile, State::Recovering, State::Degraded, State::Terminated];
+    pub const ALL: [State; 6] = [
+        State::Birth,
+        State::Attached,
+        State::Volatile,
+        State::Recovering,
+        State::Degraded,
+        State::Terminated,
+    ];
 
     /// Name as in SPEC.md and in events.
     #[must_use]
@@ -129,7 +135,9 @@ impl Trigger {
             Trigger::Revoked | Trigger::OperatorTerminated => 3,
             Trigger::PeerTerminated => 4,
             Trigger::VersionExhausted => 5,
-            Trigger::RecoveryWindowElapsed | Trigger::DegradedMaxElapsed | Trigger::HandshakeFailed => 6,
+            Trigger::RecoveryWindowElapsed
+            | Trigger::DegradedMaxElapsed
+            | Trigger::HandshakeFailed => 6,
             Trigger::PathDead => 7,
             Trigger::SwitchBudgetExceeded | Trigger::ReattachFailuresExceeded => 8,
             Trigger::QualityThresholdCrossed => 9,
@@ -265,7 +273,10 @@ pub struct InvalidTransition {
 ///
 /// # Errors
 /// [`InvalidTransition`] for every pair the table does not list.
-pub const fn transition(from: State, trigger: Trigger) -> Result<(State, Reason), InvalidTransition> {
+pub const fn transition(
+    from: State,
+    trigger: Trigger,
+) -> Result<(State, Reason), InvalidTransition> {
     use State::*;
     use Trigger as T;
     let live = !matches!(from, Terminated);
@@ -275,8 +286,12 @@ pub const fn transition(from: State, trigger: Trigger) -> Result<(State, Reason)
         (Attached, T::QualityThresholdCrossed) => (Volatile, Reason::QualityThresholdExceeded),
         (Volatile, T::StabilityWindowMet) => (Attached, Reason::HealthRecovered),
         (Attached | Volatile, T::PathDead) => (Recovering, Reason::TransportDead),
-        (Attached | Volatile | Recovering | Degraded, T::ReattachAccepted) => (Attached, Reason::ReattachOk),
-        (Attached | Volatile | Recovering, T::SwitchBudgetExceeded) => (Degraded, Reason::SwitchRateLimited),
+        (Attached | Volatile | Recovering | Degraded, T::ReattachAccepted) => {
+            (Attached, Reason::ReattachOk)
+        }
+        (Attached | Volatile | Recovering, T::SwitchBudgetExceeded) => {
+            (Degraded, Reason::SwitchRateLimited)
+        }
         (Recovering, T::ReattachFailuresExceeded) => (Degraded, Reason::RecoveryAttemptsExceeded),
         (Degraded, T::CooldownOverPathHealthy) => (Attached, Reason::ExitDegraded),
         (Recovering, T::RecoveryWindowElapsed) => (Terminated, Reason::RecoveryWindowExpired),
@@ -332,7 +347,10 @@ impl Machine {
     /// BIRTH, version 0.
     #[must_use]
     pub const fn new() -> Self {
-        Machine { state: State::Birth, version: 0 }
+        Machine {
+            state: State::Birth,
+            version: 0,
+        }
     }
 
     /// Restore a persisted machine (the data plane or store hands back state and version).
@@ -366,7 +384,12 @@ impl Machine {
         let from = self.state;
         self.state = to;
         self.version += 1;
-        Ok(Transition { from, to, reason, version: self.version })
+        Ok(Transition {
+            from,
+            to,
+            reason,
+            version: self.version,
+        })
     }
 }
 
@@ -381,29 +404,99 @@ mod tests {
         use Trigger as T;
         let mut rows = vec![
             (Birth, T::HandshakeCompleted, Attached, Reason::HandshakeOk),
-            (Birth, T::HandshakeFailed, Terminated, Reason::HandshakeFailed),
-            (Attached, T::QualityThresholdCrossed, Volatile, Reason::QualityThresholdExceeded),
-            (Volatile, T::StabilityWindowMet, Attached, Reason::HealthRecovered),
+            (
+                Birth,
+                T::HandshakeFailed,
+                Terminated,
+                Reason::HandshakeFailed,
+            ),
+            (
+                Attached,
+                T::QualityThresholdCrossed,
+                Volatile,
+                Reason::QualityThresholdExceeded,
+            ),
+            (
+                Volatile,
+                T::StabilityWindowMet,
+                Attached,
+                Reason::HealthRecovered,
+            ),
             (Attached, T::PathDead, Recovering, Reason::TransportDead),
             (Volatile, T::PathDead, Recovering, Reason::TransportDead),
             (Attached, T::ReattachAccepted, Attached, Reason::ReattachOk),
             (Volatile, T::ReattachAccepted, Attached, Reason::ReattachOk),
-            (Recovering, T::ReattachAccepted, Attached, Reason::ReattachOk),
+            (
+                Recovering,
+                T::ReattachAccepted,
+                Attached,
+                Reason::ReattachOk,
+            ),
             (Degraded, T::ReattachAccepted, Attached, Reason::ReattachOk),
-            (Attached, T::SwitchBudgetExceeded, Degraded, Reason::SwitchRateLimited),
-            (Volatile, T::SwitchBudgetExceeded, Degraded, Reason::SwitchRateLimited),
-            (Recovering, T::SwitchBudgetExceeded, Degraded, Reason::SwitchRateLimited),
-            (Recovering, T::ReattachFailuresExceeded, Degraded, Reason::RecoveryAttemptsExceeded),
-            (Degraded, T::CooldownOverPathHealthy, Attached, Reason::ExitDegraded),
-            (Recovering, T::RecoveryWindowElapsed, Terminated, Reason::RecoveryWindowExpired),
-            (Degraded, T::DegradedMaxElapsed, Terminated, Reason::VolatilityPersistent),
+            (
+                Attached,
+                T::SwitchBudgetExceeded,
+                Degraded,
+                Reason::SwitchRateLimited,
+            ),
+            (
+                Volatile,
+                T::SwitchBudgetExceeded,
+                Degraded,
+                Reason::SwitchRateLimited,
+            ),
+            (
+                Recovering,
+                T::SwitchBudgetExceeded,
+                Degraded,
+                Reason::SwitchRateLimited,
+            ),
+            (
+                Recovering,
+                T::ReattachFailuresExceeded,
+                Degraded,
+                Reason::RecoveryAttemptsExceeded,
+            ),
+            (
+                Degraded,
+                T::CooldownOverPathHealthy,
+                Attached,
+                Reason::ExitDegraded,
+            ),
+            (
+                Recovering,
+                T::RecoveryWindowElapsed,
+                Terminated,
+                Reason::RecoveryWindowExpired,
+            ),
+            (
+                Degraded,
+                T::DegradedMaxElapsed,
+                Terminated,
+                Reason::VolatilityPersistent,
+            ),
         ];
         for s in [Birth, Attached, Volatile, Recovering, Degraded] {
-            rows.push((s, T::SessionLifetimeElapsed, Terminated, Reason::SessionTtlExpired));
+            rows.push((
+                s,
+                T::SessionLifetimeElapsed,
+                Terminated,
+                Reason::SessionTtlExpired,
+            ));
             rows.push((s, T::KeysExpired, Terminated, Reason::KeyExpired));
-            rows.push((s, T::OwnershipConflict, Terminated, Reason::OwnershipConflict));
+            rows.push((
+                s,
+                T::OwnershipConflict,
+                Terminated,
+                Reason::OwnershipConflict,
+            ));
             rows.push((s, T::Revoked, Terminated, Reason::Revoked));
-            rows.push((s, T::OperatorTerminated, Terminated, Reason::OperatorTerminated));
+            rows.push((
+                s,
+                T::OperatorTerminated,
+                Terminated,
+                Reason::OperatorTerminated,
+            ));
             rows.push((s, T::PeerTerminated, Terminated, Reason::PeerTerminated));
             rows.push((s, T::VersionExhausted, Terminated, Reason::VersionExhausted));
         }
@@ -416,13 +509,22 @@ mod tests {
         let mut legal = 0;
         for s in State::ALL {
             for t in Trigger::ALL {
-                let expected = table.iter().find(|r| r.0 == s && r.1 == t).map(|r| (r.2, r.3));
+                let expected = table
+                    .iter()
+                    .find(|r| r.0 == s && r.1 == t)
+                    .map(|r| (r.2, r.3));
                 match (transition(s, t), expected) {
                     (Ok(got), Some(want)) => {
                         assert_eq!(got, want, "{s:?} + {t:?}");
                         legal += 1;
                     }
-                    (Err(e), None) => assert_eq!(e, InvalidTransition { from: s, trigger: t }),
+                    (Err(e), None) => assert_eq!(
+                        e,
+                        InvalidTransition {
+                            from: s,
+                            trigger: t
+                        }
+                    ),
                     (got, want) => panic!("{s:?} + {t:?}: got {got:?}, spec says {want:?}"),
                 }
             }
@@ -443,16 +545,36 @@ mod tests {
     #[test]
     fn tie_break_follows_spec_order() {
         use Trigger as T;
-        let all = [T::StabilityWindowMet, T::QualityThresholdCrossed, T::PathDead, T::Revoked, T::OwnershipConflict, T::KeysExpired, T::SessionLifetimeElapsed];
-        assert_eq!(resolve(State::Attached, &all), Some(T::SessionLifetimeElapsed));
+        let all = [
+            T::StabilityWindowMet,
+            T::QualityThresholdCrossed,
+            T::PathDead,
+            T::Revoked,
+            T::OwnershipConflict,
+            T::KeysExpired,
+            T::SessionLifetimeElapsed,
+        ];
+        assert_eq!(
+            resolve(State::Attached, &all),
+            Some(T::SessionLifetimeElapsed)
+        );
         assert_eq!(resolve(State::Attached, &all[..6]), Some(T::KeysExpired));
-        assert_eq!(resolve(State::Attached, &all[..5]), Some(T::OwnershipConflict));
+        assert_eq!(
+            resolve(State::Attached, &all[..5]),
+            Some(T::OwnershipConflict)
+        );
         assert_eq!(resolve(State::Attached, &all[..4]), Some(T::Revoked));
         assert_eq!(resolve(State::Attached, &all[..3]), Some(T::PathDead));
-        assert_eq!(resolve(State::Attached, &all[..2]), Some(T::QualityThresholdCrossed));
+        assert_eq!(
+            resolve(State::Attached, &all[..2]),
+            Some(T::QualityThresholdCrossed)
+        );
         // StabilityWindowMet is illegal in ATTACHED, so nothing applies.
         assert_eq!(resolve(State::Attached, &all[..1]), None);
-        assert_eq!(resolve(State::Volatile, &all[..2]), Some(T::StabilityWindowMet));
+        assert_eq!(
+            resolve(State::Volatile, &all[..2]),
+            Some(T::StabilityWindowMet)
+        );
         assert_eq!(resolve(State::Terminated, &all), None);
     }
 
@@ -462,7 +584,10 @@ mod tests {
         let t = m.apply(Trigger::QualityThresholdCrossed).expect("legal");
         assert_eq!(t.to, State::Volatile);
         let t = m.apply(Trigger::StabilityWindowMet).expect("legal");
-        assert_eq!((t.to, t.reason), (State::Terminated, Reason::VersionExhausted));
+        assert_eq!(
+            (t.to, t.reason),
+            (State::Terminated, Reason::VersionExhausted)
+        );
         assert_eq!(m.version(), u64::MAX);
     }
 

@@ -72,6 +72,9 @@ mod tests {
         assert_eq!(t + Duration::from_millis(2), Instant::from_millis(7));
         assert_eq!(Instant::from_millis(7) - t, Duration::from_millis(2));
         assert_eq!(t - Instant::from_millis(7), Duration::ZERO);
-        assert_eq!(Instant::from_nanos(u64::MAX) + Duration::MAX, Instant::from_nanos(u64::MAX));
+        assert_eq!(
+            Instant::from_nanos(u64::MAX) + Duration::MAX,
+            Instant::from_nanos(u64::MAX)
+        );
     }
 }

@@ -55,7 +55,8 @@ pub const HANDSHAKE_RESPONSE_LEN: usize = 4 + 8 + RESP_NOISE_LEN + 2 * MAC_LEN;
 /// Cookie reply length: header, receiver id, 24-byte nonce, encrypted 16-byte cookie.
 pub const COOKIE_REPLY_LEN: usize = 4 + 8 + 24 + 16 + TAG_LEN;
 /// Reattach request length.
-pub const REATTACH_REQUEST_LEN: usize = REATTACH_HEADER_LEN + 8 + 8 + 8 + TOKEN_LEN + MAC_LEN + MAC_LEN;
+pub const REATTACH_REQUEST_LEN: usize =
+    REATTACH_HEADER_LEN + 8 + 8 + 8 + TOKEN_LEN + MAC_LEN + MAC_LEN;
 /// Reattach challenge length.
 pub const REATTACH_CHALLENGE_LEN: usize = REATTACH_HEADER_LEN + 8 + TOKEN_LEN + MAC_LEN;
 /// Reattach response length.
@@ -266,7 +267,11 @@ fn exact(buf: &[u8], ty: MessageType, need: usize) -> Result<(), WireError> {
     if buf.len() == need {
         Ok(())
     } else {
-        Err(WireError::BadLength { ty, need, got: buf.len() })
+        Err(WireError::BadLength {
+            ty,
+            need,
+            got: buf.len(),
+        })
     }
 }
 
@@ -322,7 +327,9 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, WireError> {
         MessageType::Data | MessageType::Heartbeat | MessageType::Terminate => {
             Message::Transport(TransportMsg::new_checked(buf)?)
         }
-        MessageType::ReattachRequest => Message::ReattachRequest(ReattachRequest::new_checked(buf)?),
+        MessageType::ReattachRequest => {
+            Message::ReattachRequest(ReattachRequest::new_checked(buf)?)
+        }
         MessageType::ReattachChallenge => {
             Message::ReattachChallenge(ReattachChallenge::new_checked(buf)?)
         }
@@ -491,7 +498,11 @@ impl<'a> CookieReply<'a> {
 
 /// Emit a cookie reply.
 #[must_use]
-pub fn emit_cookie_reply(receiver_id: u64, nonce: &[u8; 24], sealed: &[u8; 32]) -> [u8; COOKIE_REPLY_LEN] {
+pub fn emit_cookie_reply(
+    receiver_id: u64,
+    nonce: &[u8; 24],
+    sealed: &[u8; 32],
+) -> [u8; COOKIE_REPLY_LEN] {
     let mut out = [0u8; COOKIE_REPLY_LEN];
     put_header(&mut out, MessageType::CookieReply, 0);
     out[4..12].copy_from_slice(&receiver_id.to_be_bytes());
@@ -525,9 +536,17 @@ impl<'a> TransportMsg<'a> {
             MessageType::Terminate => DATA_HEADER_LEN + TERMINATE_PLAINTEXT_LEN + TAG_LEN,
             _ => return Err(WireError::UnknownType(buf[TYPE_OFFSET])),
         };
-        let ok = if ty == MessageType::Data { buf.len() >= need } else { buf.len() == need };
+        let ok = if ty == MessageType::Data {
+            buf.len() >= need
+        } else {
+            buf.len() == need
+        };
         if !ok {
-            return Err(WireError::BadLength { ty, need, got: buf.len() });
+            return Err(WireError::BadLength {
+                ty,
+                need,
+                got: buf.len(),
+            });
         }
         Ok(Self(buf))
     }
@@ -566,7 +585,13 @@ impl<'a> TransportMsg<'a> {
 ///
 /// # Panics
 /// If `out` is shorter than [`DATA_HEADER_LEN`]; callers size their buffers from the constant.
-pub fn put_transport_header(out: &mut [u8], ty: MessageType, epoch: u16, sid: SessionId, counter: u64) {
+pub fn put_transport_header(
+    out: &mut [u8],
+    ty: MessageType,
+    epoch: u16,
+    sid: SessionId,
+    counter: u64,
+) {
     put_header(out, ty, epoch);
     out[SESSION_ID_OFFSET..COUNTER_OFFSET].copy_from_slice(&sid.to_bytes());
     out[COUNTER_OFFSET..DATA_HEADER_LEN].copy_from_slice(&counter.to_be_bytes());
@@ -808,7 +833,7 @@ mod tests {
         assert_eq!(REATTACH_ACK_LEN, 44);
         assert_eq!(REATTACH_REJECT_LEN, 44);
         // Anti-amplification: a challenge is at most 3x the smallest message that can trigger it.
-        assert!(REATTACH_CHALLENGE_LEN <= 3 * (DATA_HEADER_LEN + TAG_LEN));
+        const { assert!(REATTACH_CHALLENGE_LEN <= 3 * (DATA_HEADER_LEN + TAG_LEN)) };
     }
 
     #[test]
@@ -816,7 +841,9 @@ mod tests {
         let mut buf = [0u8; DATA_HEADER_LEN + TAG_LEN + 3];
         let sid = SessionId::compose(3, 1, 0xABCD_EF01_2345);
         put_transport_header(&mut buf, MessageType::Data, 7, sid, 42);
-        let Ok(Message::Transport(t)) = parse(&buf) else { panic!("data header did not parse") };
+        let Ok(Message::Transport(t)) = parse(&buf) else {
+            panic!("data header did not parse")
+        };
         assert_eq!(t.session_id(), sid);
         assert_eq!(t.session_id().owner_core(), 3);
         assert_eq!(t.session_id().owner_node(), 1);
@@ -829,11 +856,20 @@ mod tests {
     fn rejects_are_typed() {
         assert_eq!(parse(&[]).unwrap_err(), WireError::Truncated);
         assert_eq!(parse(&[2, 4, 0, 0]).unwrap_err(), WireError::BadVersion(2));
-        assert_eq!(parse(&[1, 99, 0, 0]).unwrap_err(), WireError::UnknownType(99));
-        assert!(matches!(parse(&[1, 4, 0, 0, 1]), Err(WireError::BadLength { .. })));
+        assert_eq!(
+            parse(&[1, 99, 0, 0]).unwrap_err(),
+            WireError::UnknownType(99)
+        );
+        assert!(matches!(
+            parse(&[1, 4, 0, 0, 1]),
+            Err(WireError::BadLength { .. })
+        ));
         let mut init = [0u8; HANDSHAKE_INIT_LEN];
         put_header(&mut init, MessageType::HandshakeInit, 1);
-        assert_eq!(parse(&init).unwrap_err(), WireError::NonZeroReserved(MessageType::HandshakeInit));
+        assert_eq!(
+            parse(&init).unwrap_err(),
+            WireError::NonZeroReserved(MessageType::HandshakeInit)
+        );
     }
 
     #[test]
@@ -847,7 +883,9 @@ mod tests {
             challenge_echo: [7; 16],
         };
         let bytes = emit_reattach_request(&f);
-        let Ok(Message::ReattachRequest(r)) = parse(&bytes) else { panic!("request did not parse") };
+        let Ok(Message::ReattachRequest(r)) = parse(&bytes) else {
+            panic!("request did not parse")
+        };
         assert_eq!(r.session_id(), SessionId(9));
         assert_eq!(r.request_counter(), 5);
         assert_eq!(r.client_time_ms(), 1234);

@@ -3,302 +3,15 @@
 //! rebound. Time is simulated; every random choice comes from a seeded generator, so a failing
 //! seed reproduces exactly.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use jumping_protocol::client::{Client, ClientConfig, ClientEvent, ClientOutput, LocalPath};
-use jumping_protocol::gateway::{DropReason, Gateway, GatewayConfig, Output};
-use jumping_protocol::handshake::StaticKeypair;
-use jumping_protocol::wire::{self, MessageType, DATA_HEADER_LEN, TAG_LEN};
-use jumping_protocol::{Event, Instant, Path, Policy, Reason, RejectCode, SessionId, State};
-use rand_chacha::rand_core::{RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use jumping_protocol::client::{ClientEvent, LocalPath};
+use jumping_protocol::gateway::{DropReason, Output};
+use jumping_protocol::testing::{no_duplicates, Dir, Sim};
+use jumping_protocol::wire::{self, MessageType};
+use jumping_protocol::{Event, Path, Policy, Reason, RejectCode, State};
 
 const ATTACKER: &str = "198.51.100.66:9999";
-
-#[derive(Debug, Clone)]
-enum Dir {
-    ToGateway { from: SocketAddr },
-    ToClient { to: SocketAddr },
-}
-
-struct Net {
-    rng: ChaCha20Rng,
-    latency: Duration,
-    jitter: Duration,
-    loss: f64,
-    /// Client local path → its current public address after NAT.
-    nat: HashMap<LocalPath, SocketAddr>,
-    next_port: u16,
-    in_flight: BTreeMap<(Instant, u64), (Dir, Vec<u8>)>,
-    seq: u64,
-    /// Every datagram the network carried (for capture-and-replay attacks).
-    captured: Vec<(Dir, Vec<u8>)>,
-    /// While false, nothing is delivered (path cut).
-    up: bool,
-    /// Local paths whose link is down: nothing leaves or arrives by them.
-    down: Vec<LocalPath>,
-}
-
-impl Net {
-    fn send(&mut self, now: Instant, dir: Dir, bytes: Vec<u8>) {
-        self.captured.push((dir.clone(), bytes.clone()));
-        if !self.up || (self.loss > 0.0 && (self.rng.next_u32() as f64 / u32::MAX as f64) < self.loss) {
-            return;
-        }
-        let jitter_ns = if self.jitter.is_zero() { 0 } else { self.rng.next_u64() % self.jitter.as_nanos() as u64 };
-        let at = now + self.latency + Duration::from_nanos(jitter_ns);
-        self.seq += 1;
-        self.in_flight.insert((at, self.seq), (dir, bytes));
-    }
-
-    fn rebind(&mut self, via: LocalPath) -> SocketAddr {
-        self.next_port += 1;
-        let addr: SocketAddr = format!("192.0.2.10:{}", self.next_port).parse().expect("addr");
-        self.nat.insert(via, addr);
-        addr
-    }
-}
-
-struct Sim {
-    now: Instant,
-    gw: Gateway<ChaCha20Rng>,
-    client: Client<ChaCha20Rng>,
-    client_key: [u8; 32],
-    net: Net,
-    gw_delivered: Vec<Vec<u8>>,
-    client_delivered: Vec<Vec<u8>>,
-    gw_events: Vec<Event>,
-    client_events: Vec<ClientEvent>,
-    gw_drops: Vec<DropReason>,
-    sent_c2g: u64,
-    sent_g2c: u64,
-}
-
-impl Sim {
-    fn new(seed: u64, policy: Policy) -> Self {
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let gw_key = StaticKeypair::generate(&mut rng);
-        let client_key = StaticKeypair::generate(&mut rng);
-        let gw_public = gw_key.public();
-        let client_public = client_key.public();
-        let mut gw = Gateway::new(
-            GatewayConfig { cores: 2, ..GatewayConfig::default() },
-            policy.clone(),
-            gw_key,
-            ChaCha20Rng::seed_from_u64(seed ^ 0xA),
-            Instant::ZERO,
-        )
-        .expect("valid policy");
-        gw.allow_client(client_public);
-        let mut cfg = ClientConfig::new(client_key, gw_public);
-        cfg.policy = policy;
-        let client = Client::new(cfg, ChaCha20Rng::seed_from_u64(seed ^ 0xB));
-        let mut net = Net {
-            rng: ChaCha20Rng::seed_from_u64(seed ^ 0xC),
-            latency: Duration::from_millis(20),
-            jitter: Duration::ZERO,
-            loss: 0.0,
-            nat: HashMap::new(),
-            next_port: 40000,
-            in_flight: BTreeMap::new(),
-            seq: 0,
-            captured: Vec::new(),
-            up: true,
-            down: Vec::new(),
-        };
-        net.rebind(LocalPath(0));
-        net.rebind(LocalPath(1));
-        Sim {
-            now: Instant::ZERO,
-            gw,
-            client,
-            client_key: client_public,
-            net,
-            gw_delivered: Vec::new(),
-            client_delivered: Vec::new(),
-            gw_events: Vec::new(),
-            client_events: Vec::new(),
-            gw_drops: Vec::new(),
-            sent_c2g: 0,
-            sent_g2c: 0,
-        }
-    }
-
-    fn flush(&mut self) {
-        while let Some(t) = self.client.poll_transmit() {
-            if self.net.down.contains(&t.via) {
-                continue;
-            }
-            let from = self.net.nat[&t.via];
-            self.net.send(self.now, Dir::ToGateway { from }, t.payload);
-        }
-        while let Some(t) = self.gw.poll_transmit() {
-            self.net.send(self.now, Dir::ToClient { to: t.dst.addr }, t.payload);
-        }
-        while let Some(e) = self.gw.poll_event() {
-            self.gw_events.push(e);
-        }
-        while let Some(e) = self.client.poll_event() {
-            self.client_events.push(e);
-        }
-    }
-
-    fn deliver(&mut self, dir: Dir, mut bytes: Vec<u8>) {
-        match dir {
-            Dir::ToGateway { from } => {
-                let out = self.gw.handle_datagram(self.now, Path::udp(from), &mut bytes);
-                match out {
-                    Output::Deliver { packet, .. } => self.gw_delivered.push(packet.to_vec()),
-                    Output::Dropped(r) => self.gw_drops.push(r),
-                    Output::Consumed => {}
-                }
-            }
-            Dir::ToClient { to } => {
-                // The NAT forwards only to a current mapping.
-                let Some(via) = self.net.nat.iter().find(|(_, a)| **a == to).map(|(v, _)| *v) else { return };
-                if self.net.down.contains(&via) {
-                    return;
-                }
-                if let ClientOutput::Deliver(p) = self.client.handle_datagram(self.now, via, &mut bytes) {
-                    self.client_delivered.push(p.to_vec());
-                }
-            }
-        }
-        self.flush();
-    }
-
-    /// Advance simulated time to `until`, processing deliveries and timers in order.
-    fn run_until(&mut self, until: Instant) {
-        let mut spins_at_same_instant = 0;
-        loop {
-            self.flush();
-            let next_pkt = self.net.in_flight.keys().next().map(|k| k.0);
-            let next = [next_pkt, self.client.poll_timeout(), self.gw.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .map(|t| t.max(self.now))
-                .min();
-            match next {
-                Some(t) if t <= until => {
-                    spins_at_same_instant = if t == self.now { spins_at_same_instant + 1 } else { 0 };
-                    assert!(spins_at_same_instant < 10_000, "a timer stays due at {t:?} and never fires: poll_timeout is stuck");
-                    self.now = t;
-                    if next_pkt == Some(t) {
-                        let key = *self.net.in_flight.keys().next().expect("non-empty");
-                        let (dir, bytes) = self.net.in_flight.remove(&key).expect("present");
-                        self.deliver(dir, bytes);
-                    }
-                    self.client.handle_timeout(self.now);
-                    self.gw.handle_timeout(self.now);
-                }
-                _ => {
-                    self.now = until;
-                    self.client.handle_timeout(self.now);
-                    self.gw.handle_timeout(self.now);
-                    self.flush();
-                    return;
-                }
-            }
-        }
-    }
-
-    fn run_for(&mut self, d: Duration) {
-        let until = self.now + d;
-        self.run_until(until);
-    }
-
-    fn connect(&mut self) -> SessionId {
-        self.client.connect(self.now, LocalPath(0), 1_700_000_000_000_000_000);
-        self.run_for(Duration::from_millis(200));
-        let sid = self.client.session_id().expect("handshake completed");
-        assert_eq!(self.client.state(), State::Attached);
-        sid
-    }
-
-    fn session(&self, sid: SessionId) -> &jumping_protocol::session::GatewaySession {
-        self.gw.session(sid).expect("session exists")
-    }
-
-    fn client_send(&mut self, tag: &str) {
-        let inner = tag.as_bytes();
-        let mut buf = vec![0u8; DATA_HEADER_LEN + inner.len() + TAG_LEN];
-        buf[DATA_HEADER_LEN..DATA_HEADER_LEN + inner.len()].copy_from_slice(inner);
-        let (via, len) = self.client.encapsulate(self.now, &mut buf, inner.len()).expect("established");
-        buf.truncate(len);
-        self.sent_c2g += 1;
-        if self.net.down.contains(&via) {
-            return;
-        }
-        let from = self.net.nat[&via];
-        self.net.send(self.now, Dir::ToGateway { from }, buf);
-    }
-
-    fn gateway_send(&mut self, sid: SessionId, tag: &str) -> bool {
-        let inner = tag.as_bytes();
-        let mut buf = vec![0u8; DATA_HEADER_LEN + inner.len() + TAG_LEN];
-        buf[DATA_HEADER_LEN..DATA_HEADER_LEN + inner.len()].copy_from_slice(inner);
-        match self.gw.encapsulate(sid, &mut buf, inner.len()) {
-            Ok((dst, len)) => {
-                buf.truncate(len);
-                self.net.send(self.now, Dir::ToClient { to: dst.addr }, buf);
-                self.sent_g2c += 1;
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Traffic both ways every `every` for `d`.
-    fn traffic(&mut self, sid: SessionId, d: Duration, every: Duration) {
-        let end = self.now + d;
-        let mut i = 0u64;
-        while self.now < end {
-            self.client_send(&format!("c2g-{}-{i}", self.now.as_nanos()));
-            self.gateway_send(sid, &format!("g2c-{}-{i}", self.now.as_nanos()));
-            i += 1;
-            let next = self.now + every;
-            self.run_until(next);
-        }
-    }
-
-    fn state_changes(&self, sid: SessionId) -> Vec<(State, State, Reason, u64)> {
-        self.gw_events
-            .iter()
-            .filter_map(|e| match e {
-                Event::StateChanged { session_id, from, to, reason, version } if *session_id == sid => {
-                    Some((*from, *to, *reason, *version))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// SPEC.md invariants 2 and 5 over the whole run: versions grow by exactly one per
-    /// SESSION_STATE_CHANGED, in order, with no gap, and nothing follows TERMINATED.
-    fn assert_version_log(&self, sid: SessionId) {
-        let changes = self.state_changes(sid);
-        for (i, c) in changes.iter().enumerate() {
-            assert_eq!(c.3, i as u64 + 1, "version gap in {changes:?}");
-            if i > 0 {
-                assert_eq!(changes[i - 1].1, c.0, "state discontinuity in {changes:?}");
-                assert_ne!(changes[i - 1].1, State::Terminated, "transition after TERMINATED");
-            }
-        }
-    }
-
-    fn handshakes(&self) -> u64 {
-        self.gw.counters().handshakes
-    }
-}
-
-fn no_duplicates(v: &[Vec<u8>]) -> bool {
-    let mut s = v.to_vec();
-    s.sort();
-    s.dedup();
-    s.len() == v.len()
-}
 
 #[test]
 fn handshake_and_data_both_ways() {
@@ -306,7 +19,10 @@ fn handshake_and_data_both_ways() {
     let sid = sim.connect();
     assert_eq!(sim.session(sid).state(), State::Attached);
     assert_eq!(sim.session(sid).version(), 1);
-    assert_eq!(sim.state_changes(sid), vec![(State::Birth, State::Attached, Reason::HandshakeOk, 1)]);
+    assert_eq!(
+        sim.state_changes(sid),
+        vec![(State::Birth, State::Attached, Reason::HandshakeOk, 1)]
+    );
     sim.traffic(sid, Duration::from_secs(2), Duration::from_millis(10));
     sim.run_for(Duration::from_millis(100));
     assert_eq!(sim.gw_delivered.len() as u64, sim.sent_c2g);
@@ -322,13 +38,23 @@ fn handshake_survives_loss_and_reordering() {
         let mut sim = Sim::new(100 + seed, Policy::default());
         sim.net.loss = 0.2;
         sim.net.jitter = Duration::from_millis(30);
-        sim.client.connect(sim.now, LocalPath(0), 1_700_000_000_000_000_000);
+        sim.client
+            .connect(sim.now, LocalPath(0), 1_700_000_000_000_000_000);
         sim.run_for(Duration::from_secs(5));
-        let sid = sim.client.session_id().unwrap_or_else(|| panic!("seed {seed}: no session after 5 s at 20 % loss"));
+        let sid = sim
+            .client
+            .session_id()
+            .unwrap_or_else(|| panic!("seed {seed}: no session after 5 s at 20 % loss"));
         sim.traffic(sid, Duration::from_secs(2), Duration::from_millis(5));
         sim.run_for(Duration::from_millis(200));
-        assert!(no_duplicates(&sim.gw_delivered), "seed {seed}: a packet was delivered twice");
-        assert!(no_duplicates(&sim.client_delivered), "seed {seed}: a packet was delivered twice");
+        assert!(
+            no_duplicates(&sim.gw_delivered),
+            "seed {seed}: a packet was delivered twice"
+        );
+        assert!(
+            no_duplicates(&sim.client_delivered),
+            "seed {seed}: a packet was delivered twice"
+        );
         assert!(sim.gw_delivered.len() as u64 <= sim.sent_c2g);
         assert!(!sim.gw_delivered.is_empty());
     }
@@ -336,19 +62,38 @@ fn handshake_survives_loss_and_reordering() {
 
 #[test]
 fn rekey_under_traffic_loses_nothing() {
-    let policy = Policy { rekey_after: Duration::from_secs(10), reject_after: Duration::from_secs(15), ..Policy::default() };
+    let policy = Policy {
+        rekey_after: Duration::from_secs(10),
+        reject_after: Duration::from_secs(15),
+        ..Policy::default()
+    };
     let mut sim = Sim::new(2, policy);
     sim.net.jitter = Duration::from_millis(5);
     let sid = sim.connect();
     sim.traffic(sid, Duration::from_secs(45), Duration::from_millis(20));
     sim.run_for(Duration::from_millis(200));
     let epoch = sim.session(sid).key_epoch();
-    assert!(epoch >= 3, "expected at least 3 rotations in 45 s, epoch is {epoch}");
+    assert!(
+        epoch >= 3,
+        "expected at least 3 rotations in 45 s, epoch is {epoch}"
+    );
     assert_eq!(sim.client.key_epoch(), Some(epoch));
-    assert_eq!(sim.gw_delivered.len() as u64, sim.sent_c2g, "client-to-gateway packets lost across rekeys");
-    assert_eq!(sim.client_delivered.len() as u64, sim.sent_g2c, "gateway-to-client packets lost across rekeys");
+    assert_eq!(
+        sim.gw_delivered.len() as u64,
+        sim.sent_c2g,
+        "client-to-gateway packets lost across rekeys"
+    );
+    assert_eq!(
+        sim.client_delivered.len() as u64,
+        sim.sent_g2c,
+        "gateway-to-client packets lost across rekeys"
+    );
     assert_eq!(sim.session(sid).state(), State::Attached);
-    let rotated = sim.gw_events.iter().filter(|e| matches!(e, Event::KeyRotated { .. })).count();
+    let rotated = sim
+        .gw_events
+        .iter()
+        .filter(|e| matches!(e, Event::KeyRotated { .. }))
+        .count();
     assert_eq!(rotated as u32, epoch);
     // Rekeying is not a transition (SPEC.md section 3).
     assert_eq!(sim.session(sid).version(), 1);
@@ -367,7 +112,11 @@ fn nat_rebind_repaired_by_reattach_within_one_round_trip() {
     // The client keeps sending; its packets now arrive from the new mapping.
     sim.traffic(sid, Duration::from_millis(300), Duration::from_millis(10));
     let s = sim.session(sid);
-    assert_eq!(s.active, Some(Path::udp(new_addr)), "gateway did not move to the rebound address");
+    assert_eq!(
+        s.active,
+        Some(Path::udp(new_addr)),
+        "gateway did not move to the rebound address"
+    );
     assert_ne!(Some(old), s.active);
     assert_eq!(s.version(), 2);
     assert_eq!(sim.handshakes(), handshakes, "a new handshake was needed");
@@ -376,7 +125,11 @@ fn nat_rebind_repaired_by_reattach_within_one_round_trip() {
         .gw_events
         .iter()
         .find_map(|e| match e {
-            Event::PathSwitched { to_path, recovery_ms, .. } => Some((*to_path, *recovery_ms)),
+            Event::PathSwitched {
+                to_path,
+                recovery_ms,
+                ..
+            } => Some((*to_path, *recovery_ms)),
             _ => None,
         })
         .expect("PATH_SWITCHED");
@@ -384,8 +137,14 @@ fn nat_rebind_repaired_by_reattach_within_one_round_trip() {
     // The gateway saw the new address one one-way latency after the rebind; the bind needs one
     // round trip (challenge out, request with the echo back): 40 ms here.
     let recovery = switched.1.expect("recovery_ms");
-    assert!(recovery <= 40 + 1, "recovery took {recovery} ms, more than one round trip");
-    assert_eq!(sim.state_changes(sid).last(), Some(&(State::Attached, State::Attached, Reason::ReattachOk, 2)));
+    assert!(
+        recovery <= 40 + 1,
+        "recovery took {recovery} ms, more than one round trip"
+    );
+    assert_eq!(
+        sim.state_changes(sid).last(),
+        Some(&(State::Attached, State::Attached, Reason::ReattachOk, 2))
+    );
     let _ = rebind_at;
     // Traffic keeps flowing both ways on the new path.
     let before = sim.client_delivered.len();
@@ -403,26 +162,41 @@ fn captured_reattach_replayed_from_another_address_changes_nothing() {
     sim.run_for(Duration::from_secs(2));
     sim.client.reattach(sim.now, LocalPath(1));
     sim.run_for(Duration::from_millis(200));
-    assert_eq!(sim.session(sid).active, Some(Path::udp(sim.net.nat[&LocalPath(1)])));
+    assert_eq!(
+        sim.session(sid).active,
+        Some(Path::udp(sim.net.nat[&LocalPath(1)]))
+    );
     let request = sim
         .net
         .captured
         .iter()
-        .find(|(d, b)| matches!(d, Dir::ToGateway { .. }) && wire::peek_type(b) == Ok(MessageType::ReattachRequest))
+        .find(|(d, b)| {
+            matches!(d, Dir::ToGateway { .. })
+                && wire::peek_type(b) == Ok(MessageType::ReattachRequest)
+        })
         .map(|(_, b)| b.clone())
         .expect("a captured reattach request");
     let (version, active) = (sim.session(sid).version(), sim.session(sid).active);
     let attacker = Path::udp(ATTACKER.parse().expect("addr"));
     let mut replay = request.clone();
     let out = sim.gw.handle_datagram(sim.now, attacker, &mut replay);
-    assert!(matches!(out, Output::Dropped(DropReason::ReattachRejected)), "{out:?}");
+    assert!(
+        matches!(out, Output::Dropped(DropReason::ReattachRejected)),
+        "{out:?}"
+    );
     let mut rejected = None;
     while let Some(e) = sim.gw.poll_event() {
         if let Event::ReattachRejected { code, .. } = e {
             rejected = Some(code);
         }
     }
-    assert!(matches!(rejected, Some(RejectCode::ReplayDetected | RejectCode::StaleRequest)), "{rejected:?}");
+    assert!(
+        matches!(
+            rejected,
+            Some(RejectCode::ReplayDetected | RejectCode::StaleRequest)
+        ),
+        "{rejected:?}"
+    );
     assert_eq!(sim.session(sid).version(), version);
     assert_eq!(sim.session(sid).active, active);
     assert!(sim.session(sid).active != Some(attacker));
@@ -447,24 +221,44 @@ fn forged_and_replayed_data_packets_are_rejected_without_effect() {
         .captured
         .iter()
         .rev()
-        .find(|(d, b)| matches!(d, Dir::ToGateway { .. }) && wire::peek_type(b) == Ok(MessageType::Data))
+        .find(|(d, b)| {
+            matches!(d, Dir::ToGateway { .. }) && wire::peek_type(b) == Ok(MessageType::Data)
+        })
         .map(|(_, b)| b.clone())
         .expect("captured data");
     let delivered = sim.gw_delivered.len();
-    let before = (sim.session(sid).version(), sim.session(sid).active, sim.session(sid).last_rx_active);
+    let before = (
+        sim.session(sid).version(),
+        sim.session(sid).active,
+        sim.session(sid).last_rx_active,
+    );
     let attacker = Path::udp(ATTACKER.parse().expect("addr"));
     let mut replay = data.clone();
-    assert!(matches!(sim.gw.handle_datagram(sim.now, attacker, &mut replay), Output::Dropped(DropReason::Replay)));
+    assert!(matches!(
+        sim.gw.handle_datagram(sim.now, attacker, &mut replay),
+        Output::Dropped(DropReason::Replay)
+    ));
     let mut forged = data.clone();
     let last = forged.len() - 1;
     forged[last] ^= 1;
     forged[12..20].copy_from_slice(&u64::MAX.to_be_bytes()); // a fresh counter, but a bad tag
-    assert!(matches!(sim.gw.handle_datagram(sim.now, attacker, &mut forged), Output::Dropped(DropReason::AuthFailed)));
+    assert!(matches!(
+        sim.gw.handle_datagram(sim.now, attacker, &mut forged),
+        Output::Dropped(DropReason::AuthFailed)
+    ));
     let mut wrong_session = data;
     wrong_session[4] ^= 0xFF;
-    assert!(matches!(sim.gw.handle_datagram(sim.now, attacker, &mut wrong_session), Output::Dropped(DropReason::UnknownSession)));
+    assert!(matches!(
+        sim.gw
+            .handle_datagram(sim.now, attacker, &mut wrong_session),
+        Output::Dropped(DropReason::UnknownSession)
+    ));
     assert_eq!(sim.gw_delivered.len(), delivered);
-    let after = (sim.session(sid).version(), sim.session(sid).active, sim.session(sid).last_rx_active);
+    let after = (
+        sim.session(sid).version(),
+        sim.session(sid).active,
+        sim.session(sid).last_rx_active,
+    );
     assert_eq!(before, after);
     // No challenge was sent to the attacker: only authentic packets start path validation.
     assert!(sim.gw.poll_transmit().is_none());
@@ -486,10 +280,29 @@ fn switch_budget_exhaustion_leads_to_degraded() {
     sim.client.reattach(sim.now, LocalPath(0));
     sim.run_for(Duration::from_millis(100));
     assert_eq!(sim.session(sid).state(), State::Degraded);
-    assert_eq!(sim.session(sid).switches_total(), u64::from(max), "budget exceeded");
-    assert!(sim.state_changes(sid).iter().any(|c| c.1 == State::Degraded && c.2 == Reason::SwitchRateLimited));
-    assert!(sim.client_events.iter().any(|e| matches!(e, ClientEvent::ReattachRejected { code: Some(RejectCode::SwitchRateLimited), authenticated: true })));
-    assert!(sim.gw_events.iter().any(|e| matches!(e, Event::PolicyLimit { limit: "max_switches_per_min", .. })));
+    assert_eq!(
+        sim.session(sid).switches_total(),
+        u64::from(max),
+        "budget exceeded"
+    );
+    assert!(sim
+        .state_changes(sid)
+        .iter()
+        .any(|c| c.1 == State::Degraded && c.2 == Reason::SwitchRateLimited));
+    assert!(sim.client_events.iter().any(|e| matches!(
+        e,
+        ClientEvent::ReattachRejected {
+            code: Some(RejectCode::SwitchRateLimited),
+            authenticated: true
+        }
+    )));
+    assert!(sim.gw_events.iter().any(|e| matches!(
+        e,
+        Event::PolicyLimit {
+            limit: "max_switches_per_min",
+            ..
+        }
+    )));
     // Still within budget: more flapping changes nothing.
     for _ in 0..5 {
         sim.run_for(Duration::from_millis(300));
@@ -500,7 +313,10 @@ fn switch_budget_exhaustion_leads_to_degraded() {
     // After the DEGRADED cooldown, with the active path healthy, the session returns.
     sim.run_for(Duration::from_secs(12));
     assert_eq!(sim.session(sid).state(), State::Attached);
-    assert!(sim.state_changes(sid).iter().any(|c| c.2 == Reason::ExitDegraded));
+    assert!(sim
+        .state_changes(sid)
+        .iter()
+        .any(|c| c.2 == Reason::ExitDegraded));
     sim.assert_version_log(sid);
 }
 
@@ -512,7 +328,11 @@ fn recovering_ends_in_terminated_after_the_window() {
     sim.net.up = false;
     sim.run_for(Duration::from_millis(5100));
     assert_eq!(sim.session(sid).state(), State::Recovering);
-    assert_eq!(sim.session(sid).active, None, "RECOVERING has no active path");
+    assert_eq!(
+        sim.session(sid).active,
+        None,
+        "RECOVERING has no active path"
+    );
     sim.run_for(Duration::from_secs(15));
     let s = sim.session(sid);
     assert_eq!(s.state(), State::Terminated);
@@ -527,7 +347,13 @@ fn recovering_ends_in_terminated_after_the_window() {
             (State::Terminated, Reason::RecoveryWindowExpired)
         ]
     );
-    assert!(sim.gw_events.iter().any(|e| matches!(e, Event::SessionTerminated { reason: Reason::RecoveryWindowExpired, .. })));
+    assert!(sim.gw_events.iter().any(|e| matches!(
+        e,
+        Event::SessionTerminated {
+            reason: Reason::RecoveryWindowExpired,
+            ..
+        }
+    )));
     sim.assert_version_log(sid);
 }
 
@@ -553,14 +379,20 @@ fn recovering_is_repaired_by_reattach_on_another_path() {
 
 #[test]
 fn session_lifetime_expiry_terminates() {
-    let policy = Policy { session_max_lifetime: Duration::from_secs(60), ..Policy::default() };
+    let policy = Policy {
+        session_max_lifetime: Duration::from_secs(60),
+        ..Policy::default()
+    };
     let mut sim = Sim::new(9, policy);
     let sid = sim.connect();
     sim.run_for(Duration::from_secs(59));
     assert_eq!(sim.session(sid).state(), State::Attached);
     sim.run_for(Duration::from_secs(2));
     assert_eq!(sim.session(sid).state(), State::Terminated);
-    assert_eq!(sim.state_changes(sid).last().map(|c| c.2), Some(Reason::SessionTtlExpired));
+    assert_eq!(
+        sim.state_changes(sid).last().map(|c| c.2),
+        Some(Reason::SessionTtlExpired)
+    );
     // The client was told, explicitly.
     assert_eq!(sim.client.closed_reason(), Some(Reason::SessionTtlExpired));
     assert_eq!(sim.client.state(), State::Terminated);
@@ -580,7 +412,10 @@ fn revocation_and_operator_kill_end_sessions_explicitly() {
     let sid2 = sim2.connect();
     sim2.gw.terminate(sim2.now, sid2).expect("live session");
     sim2.run_for(Duration::from_millis(100));
-    assert_eq!(sim2.client.closed_reason(), Some(Reason::OperatorTerminated));
+    assert_eq!(
+        sim2.client.closed_reason(),
+        Some(Reason::OperatorTerminated)
+    );
     assert!(sim2.gw.terminate(sim2.now, sid2).is_err());
 }
 
@@ -597,7 +432,11 @@ fn identical_inputs_give_identical_runs() {
             sim.net.rebind(LocalPath(0));
             sim.traffic(sid, Duration::from_secs(1), Duration::from_millis(7));
         }
-        (format!("{:?}", sim.gw_events), sim.gw_delivered.len(), sim.client_delivered.len())
+        (
+            format!("{:?}", sim.gw_events),
+            sim.gw_delivered.len(),
+            sim.client_delivered.len(),
+        )
     };
     assert_eq!(run(42), run(42));
 }

@@ -93,7 +93,9 @@ pub struct AeadKey {
 
 impl core::fmt::Debug for AeadKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("AeadKey").field("suite", &self.suite).finish_non_exhaustive()
+        f.debug_struct("AeadKey")
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
     }
 }
 
@@ -109,7 +111,10 @@ impl AeadKey {
     pub fn new(suite: CipherSuite, key: &SecretKey) -> Self {
         let unbound = UnboundKey::new(suite.algorithm(), key.expose())
             .expect("both suites take 256-bit keys");
-        AeadKey { key: LessSafeKey::new(unbound), suite }
+        AeadKey {
+            key: LessSafeKey::new(unbound),
+            suite,
+        }
     }
 
     /// The suite.
@@ -141,7 +146,9 @@ impl AeadKey {
         aad: &[u8],
         in_out: &'b mut [u8],
     ) -> Result<&'b mut [u8], OpenError> {
-        self.key.open_in_place(nonce(counter), Aad::from(aad), in_out).map_err(|_| OpenError)
+        self.key
+            .open_in_place(nonce(counter), Aad::from(aad), in_out)
+            .map_err(|_| OpenError)
     }
 }
 
@@ -158,7 +165,10 @@ mod tests {
             let tag = k.seal_in_place(9, b"hdr", pt);
             tag_space.copy_from_slice(&tag);
             let mut copy = buf;
-            assert_eq!(k.open_in_place(9, b"hdr", &mut copy).expect("opens"), b"inner packet....");
+            assert_eq!(
+                k.open_in_place(9, b"hdr", &mut copy).expect("opens"),
+                b"inner packet...."
+            );
             let mut copy = buf;
             assert_eq!(k.open_in_place(10, b"hdr", &mut copy), Err(OpenError));
             let mut copy = buf;

@@ -53,8 +53,8 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 /// docs/PROTOCOL.md.
 #[must_use]
 pub fn kdf(key: &[u8; 32], label: &[u8], context: &[u8]) -> SecretKey {
-    let mut m = <Blake2sMac<U32> as KeyInit>::new_from_slice(key)
-        .expect("BLAKE2s accepts 32-byte keys");
+    let mut m =
+        <Blake2sMac<U32> as KeyInit>::new_from_slice(key).expect("BLAKE2s accepts 32-byte keys");
     m.update(label);
     m.update(&[0]);
     m.update(context);
@@ -64,8 +64,8 @@ pub fn kdf(key: &[u8; 32], label: &[u8], context: &[u8]) -> SecretKey {
 /// A 128-bit MAC: keyed BLAKE2s-128 over `parts` concatenated (WireGuard's MAC construction).
 #[must_use]
 pub fn mac16(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 16] {
-    let mut m = <Blake2sMac<U16> as KeyInit>::new_from_slice(key)
-        .expect("BLAKE2s accepts 32-byte keys");
+    let mut m =
+        <Blake2sMac<U16> as KeyInit>::new_from_slice(key).expect("BLAKE2s accepts 32-byte keys");
     for p in parts {
         m.update(p);
     }

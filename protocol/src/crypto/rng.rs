@@ -28,9 +28,12 @@ pub enum RngHealthError {
 ///
 /// # Errors
 /// The first test that failed.
-pub fn rng_health_check<R: RngCore + CryptoRng + ?Sized>(rng: &mut R) -> Result<(), RngHealthError> {
+pub fn rng_health_check<R: RngCore + CryptoRng + ?Sized>(
+    rng: &mut R,
+) -> Result<(), RngHealthError> {
     let mut sample = [0u8; 4096];
-    rng.try_fill_bytes(&mut sample).map_err(|_| RngHealthError::Failed)?;
+    rng.try_fill_bytes(&mut sample)
+        .map_err(|_| RngHealthError::Failed)?;
     // Cutoffs for 8-bit samples, assumed min-entropy H = 7 bits per byte, false-positive rate
     // alpha = 2^-40: RCT cutoff = 1 + ceil(40 / H) = 7 (SP 800-90B 4.4.1); APT window 512,
     // cutoff = 1 + CRITBINOM(512, 2^-H, 1 - alpha) = 26 (SP 800-90B 4.4.2).
@@ -55,8 +58,10 @@ pub fn rng_health_check<R: RngCore + CryptoRng + ?Sized>(rng: &mut R) -> Result<
         }
     }
     let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
-    rng.try_fill_bytes(&mut a).map_err(|_| RngHealthError::Failed)?;
-    rng.try_fill_bytes(&mut b).map_err(|_| RngHealthError::Failed)?;
+    rng.try_fill_bytes(&mut a)
+        .map_err(|_| RngHealthError::Failed)?;
+    rng.try_fill_bytes(&mut b)
+        .map_err(|_| RngHealthError::Failed)?;
     if a == b {
         return Err(RngHealthError::Stuck);
     }
@@ -93,6 +98,9 @@ mod tests {
 
     #[test]
     fn stuck_rng_fails() {
-        assert_eq!(rng_health_check(&mut Constant(0)), Err(RngHealthError::RepetitionCount));
+        assert_eq!(
+            rng_health_check(&mut Constant(0)),
+            Err(RngHealthError::RepetitionCount)
+        );
     }
 }

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Install everything Jumping needs on a fresh Debian 12 machine. Idempotent: packages already
+# present are not reinstalled, and a second run does nothing but check.
+#
+#   bash scripts/setup.sh          # system packages + Rust components
+#   JUMPING_SETUP_FUZZ=1 bash scripts/setup.sh   # also cargo-fuzz (needs the nightly toolchain)
+set -euo pipefail
+
+# System packages, by purpose:
+#  - build: C toolchain and pkg-config for -sys crates (ring, aws-lc-rs).
+#  - XDP/AF_XDP: clang-19 and llvm-19 compile the C XDP programs (-target bpf); libelf, zlib,
+#    m4 and make build libxdp for xsk-rs; libbpf-dev and linux-libc-dev give the BPF headers;
+#    bpftool inspects loaded programs and pinned maps.
+#  - network namespaces and NAT for tests and the demo: iproute2, nftables, conntrack.
+#  - measurement: iperf3, ethtool.
+PACKAGES=(
+  build-essential pkg-config cmake
+  clang-19 llvm-19 libelf-dev zlib1g-dev m4 make libbpf-dev linux-libc-dev bpftool
+  iproute2 nftables conntrack
+  iperf3 ethtool
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO=sudo
+else
+  SUDO=
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup: system packages present"
+fi
+
+# xsk-rs builds libxdp with `clang` from PATH; Debian installs clang-19 only as clang-19.
+if ! command -v clang >/dev/null 2>&1 && command -v clang-19 >/dev/null 2>&1; then
+  $SUDO ln -sf "$(command -v clang-19)" /usr/local/bin/clang
+fi
+
+# Rust: stable with rustfmt and clippy (the toolchain itself comes with the machine).
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust with rustup first" >&2
+  exit 1
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+if [ "${JUMPING_SETUP_FUZZ:-0}" = "1" ]; then
+  rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
+  command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+fi
+echo "setup: done"
