@@ -165,6 +165,8 @@ struct Established {
     probe_sent: Option<(u64, Instant)>,
     rtt: Option<Duration>,
     gateway_version: u64,
+    /// The last unsolicited challenge token answered: a replayed challenge is not answered again.
+    answered_token: [u8; TOKEN_LEN],
 }
 
 #[derive(Debug)]
@@ -433,6 +435,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
                         probe_sent: None,
                         rtt: None,
                         gateway_version: 1,
+                        answered_token: [0; TOKEN_LEN],
                     }));
                     self.events.push_back(ClientEvent::Established {
                         session_id: done.session_id,
@@ -560,6 +563,10 @@ impl<R: RngCore + CryptoRng> Client<R> {
                 return ClientOutput::Dropped("challenge_for_old_path");
             }
             let token = ch.token();
+            if token == e.answered_token {
+                return ClientOutput::Dropped("challenge_replayed");
+            }
+            e.answered_token = token;
             self.send_reattach(now, via, token);
             self.events
                 .push_back(ClientEvent::ChallengeAnswered { via });
@@ -640,7 +647,14 @@ impl<R: RngCore + CryptoRng> Client<R> {
             verify_control_mac(k.ctrl_recv.expose(), rej.mac_covered(), &rej.mac())
         });
         let code = RejectCode::from_code(rej.code());
+        // A retryable refusal (the session changed under the bind, or the challenge was lost)
+        // keeps the attempt pending so the retry timer sends a fresh request; others end it.
+        let retryable = matches!(
+            code,
+            Some(RejectCode::AtomicityFailed | RejectCode::PathValidationFailed)
+        );
         if authenticated
+            && !retryable
             && e.pending
                 .as_ref()
                 .is_some_and(|p| p.counter == rej.request_counter())
@@ -838,6 +852,10 @@ impl<R: RngCore + CryptoRng> Client<R> {
                     }
                     let mut hb = [0u8; HEARTBEAT_PLAINTEXT_LEN];
                     hb[..8].copy_from_slice(&probe.to_be_bytes());
+                    let rtt_us = e.rtt.map_or(0, |r| {
+                        u64::try_from(r.as_micros()).unwrap_or(u64::MAX).max(1)
+                    });
+                    hb[16..].copy_from_slice(&rtt_us.to_be_bytes());
                     self.send_sealed(now, MessageType::Heartbeat, &hb);
                 }
             }

@@ -110,7 +110,9 @@ impl CookieChecker {
         }
     }
 
-    fn rotate<R: RngCore + CryptoRng>(&mut self, rng: &mut R, now: Instant) {
+    /// Replace the secret once it is [`COOKIE_SECRET_LIFETIME`] old (the old one stays usable
+    /// for one more lifetime). Call before minting or checking cookies.
+    pub fn rotate<R: RngCore + CryptoRng>(&mut self, rng: &mut R, now: Instant) {
         if now - self.rotated_at >= COOKIE_SECRET_LIFETIME {
             *self.previous = *self.secret;
             rng.fill_bytes(&mut *self.secret);
@@ -123,10 +125,20 @@ impl CookieChecker {
         mac16(secret, &[&a[..n]])
     }
 
-    /// Does `mac2` prove that the sender holds a current cookie for `from`?
+    /// Does `mac2` prove that the sender holds a current cookie for `from`? A cookie is valid
+    /// for at most two secret lifetimes (minted just before a rotation, used just before the
+    /// next), even if [`CookieChecker::rotate`] has not been called.
     #[must_use]
-    pub fn verify_mac2(&self, from: &SocketAddr, covered: &[u8], mac: &[u8; MAC_LEN]) -> bool {
-        // A cookie minted just before a rotation stays usable until the next one.
+    pub fn verify_mac2(
+        &self,
+        now: Instant,
+        from: &SocketAddr,
+        covered: &[u8],
+        mac: &[u8; MAC_LEN],
+    ) -> bool {
+        if now - self.rotated_at >= COOKIE_SECRET_LIFETIME {
+            return false;
+        }
         [&self.secret, &self.previous]
             .iter()
             .any(|s| ct_eq(&mac2(&Self::cookie_with(s, from), covered), mac))
@@ -209,15 +221,18 @@ mod tests {
         assert!(open_cookie(&gw, &nonce, &sealed, &[6u8; 16]).is_err());
         let covered = b"handshake bytes";
         let m2 = mac2(&cookie, covered);
-        assert!(checker.verify_mac2(&from, covered, &m2));
-        assert!(!checker.verify_mac2(&other, covered, &m2));
-        assert!(!checker.verify_mac2(&from, b"other bytes", &m2));
+        assert!(checker.verify_mac2(Instant::ZERO, &from, covered, &m2));
+        assert!(!checker.verify_mac2(Instant::ZERO, &other, covered, &m2));
+        assert!(!checker.verify_mac2(Instant::ZERO, &from, b"other bytes", &m2));
+        // Without a rotation the cookie still expires.
+        assert!(!checker.verify_mac2(Instant::ZERO + COOKIE_SECRET_LIFETIME, &from, covered, &m2));
         // One rotation later the cookie still works; two rotations later it does not.
         let t1 = Instant::ZERO + COOKIE_SECRET_LIFETIME;
-        let _ = checker.seal_cookie(&mut rng, t1, &from, &m1);
-        assert!(checker.verify_mac2(&from, covered, &m2));
-        let _ = checker.seal_cookie(&mut rng, t1 + COOKIE_SECRET_LIFETIME, &from, &m1);
-        assert!(!checker.verify_mac2(&from, covered, &m2));
+        checker.rotate(&mut rng, t1);
+        assert!(checker.verify_mac2(t1, &from, covered, &m2));
+        let t2 = t1 + COOKIE_SECRET_LIFETIME;
+        checker.rotate(&mut rng, t2);
+        assert!(!checker.verify_mac2(t2, &from, covered, &m2));
     }
 
     #[test]

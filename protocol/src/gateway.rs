@@ -24,7 +24,7 @@ use crate::handshake::{hex_lower, HandshakeError, Purpose, Responder, StaticKeyp
 use crate::keys::{EpochKeys, KeySet, Role, Slot};
 use crate::path::{Path, Transport};
 use crate::policy::Policy;
-use crate::reattach::{control_mac, proof, verify_control_mac, PendingValidation, SwitchBudget};
+use crate::reattach::{proof, verify_control_mac, PendingValidation, SwitchBudget};
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::session::{GatewaySession, Quality};
 use crate::state::{resolve, Machine, State, Transition, Trigger};
@@ -32,8 +32,8 @@ use crate::time::{millis, Instant};
 use crate::wire::{
     self, emit_reattach_common, put_transport_header, HandshakeInit, Message, MessageType,
     ReattachRequest, ReattachResponse, SessionId, TransportMsg, DATA_HEADER_LEN,
-    HEARTBEAT_PLAINTEXT_LEN, MAC_LEN, REATTACH_ACK_LEN, REATTACH_CHALLENGE_LEN,
-    REATTACH_REJECT_LEN, TAG_LEN, TERMINATE_PLAINTEXT_LEN, TOKEN_LEN,
+    HEARTBEAT_PLAINTEXT_LEN, REATTACH_ACK_LEN, REATTACH_CHALLENGE_LEN, REATTACH_REJECT_LEN,
+    TAG_LEN, TERMINATE_PLAINTEXT_LEN, TOKEN_LEN,
 };
 
 /// Why the gateway dropped a datagram. Small and `Copy`; [`DropReason::index`] is a stable
@@ -222,6 +222,7 @@ pub struct Gateway<R> {
     clients: HashMap<[u8; 32], ClientEntry>,
     sessions: HashMap<SessionId, GatewaySession>,
     per_core: Vec<u64>,
+    ids: SessionIdAllocator,
     hs_window: (Instant, u32),
     out: Outbox,
     counters: Counters,
@@ -256,6 +257,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
     ) -> Result<Self, crate::policy::PolicyError> {
         policy.validate()?;
         let cookies = CookieChecker::new(&mut rng, now, &keypair.public());
+        let ids = SessionIdAllocator::new(&mut rng);
         let cores = usize::from(config.cores.max(1));
         Ok(Gateway {
             config,
@@ -266,6 +268,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             clients: HashMap::new(),
             sessions: HashMap::new(),
             per_core: vec![0; cores],
+            ids,
             hs_window: (now, 0),
             out: Outbox::default(),
             counters: Counters::default(),
@@ -368,10 +371,11 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         if !self.responder.check_mac1(&init) {
             return self.drop_(DropReason::HandshakeMac1);
         }
+        self.cookies.rotate(&mut self.rng, now);
         if self.under_load(now)
             && !self
                 .cookies
-                .verify_mac2(&from.addr, init.mac2_covered(), &init.mac2())
+                .verify_mac2(now, &from.addr, init.mac2_covered(), &init.mac2())
         {
             let (nonce, sealed) =
                 self.cookies
@@ -427,8 +431,8 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 }
                 let owner = self.pick_owner();
                 let sid = loop {
-                    let sid = SessionId::compose(owner, self.config.node_id, self.rng.next_u64());
-                    if sid.0 != 0 && !self.sessions.contains_key(&sid) {
+                    let sid = self.ids.next(owner, self.config.node_id);
+                    if !self.sessions.contains_key(&sid) {
                         break sid;
                     }
                 };
@@ -581,23 +585,28 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         } else {
             // NAT rebind or a new path: deliver (it is authentic), keep replies on the active
             // path, and start validating the new address at once.
-            start_unsolicited_validation(
-                s,
-                &mut self.out,
-                &mut self.rng,
-                now,
+            let seen = Seen {
                 from,
-                buf_len(plain.len()),
-                &self.policy,
-            );
+                epoch,
+                bytes: buf_len(plain.len()),
+            };
+            start_unsolicited_validation(s, &mut self.out, &mut self.rng, now, seen, &self.policy);
         }
         match ty {
             MessageType::Heartbeat => {
                 let mut probe = [0u8; 8];
                 probe.copy_from_slice(&plain[..8]);
+                // The client reports the RTT it measured (authenticated by the AEAD); it feeds
+                // the VOLATILE decision. Zero means not measured yet.
+                let mut rtt = [0u8; 8];
+                rtt.copy_from_slice(&plain[16..24]);
+                let rtt_us = u64::from_be_bytes(rtt);
+                if rtt_us != 0 {
+                    s.quality.last_rtt = Some(Duration::from_micros(rtt_us));
+                }
                 if probe != [0; 8] {
                     let mut hb = [0u8; HEARTBEAT_PLAINTEXT_LEN];
-                    hb[8..].copy_from_slice(&probe);
+                    hb[8..16].copy_from_slice(&probe);
                     send_sealed(s, &mut self.out, MessageType::Heartbeat, &hb);
                 }
                 Output::Consumed
@@ -649,6 +658,9 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         Ok((dst, total))
     }
 
+    /// Send an explicit reject. `reply_epoch` is the key epoch of an authenticated request:
+    /// the reject is then MACed under it; otherwise (the request did not authenticate) the MAC
+    /// is zero and the client treats the reject as a hint only.
     fn reject(
         &mut self,
         now: Instant,
@@ -656,32 +668,29 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         sid: SessionId,
         counter: u64,
         code: RejectCode,
-        authenticated: bool,
+        reply_epoch: Option<u16>,
     ) -> Output<'static> {
-        let _ = now;
         self.counters.rejects[usize::from(code.code() - 1)] += 1;
         let mut msg: [u8; REATTACH_REJECT_LEN] =
             emit_reattach_common(MessageType::ReattachReject, 0, sid, counter);
         msg[20] = code.code();
-        let version = self.sessions.get(&sid).map_or(0, GatewaySession::version);
         if let Some(s) = self.sessions.get_mut(&sid) {
-            if authenticated {
-                let k = s.keys.current();
-                msg[2..4].copy_from_slice(&k.wire_epoch().to_be_bytes());
-                let mac = control_mac(k.ctrl_send.expose(), &msg[..REATTACH_REJECT_LEN - MAC_LEN]);
-                msg[REATTACH_REJECT_LEN - MAC_LEN..].copy_from_slice(&mac);
-            }
             self.out.events.push_back(Event::ReattachRejected {
                 session_id: sid,
                 path: from,
                 code,
-                version,
+                version: s.version(),
             });
-            if let Some(p) = s.pending.as_mut().filter(|p| p.path == from) {
-                if !p.may_send(msg.len()) {
-                    return self.drop_(DropReason::ReattachRejected);
+            if let Some(epoch) = reply_epoch {
+                s.seal_control(now, epoch, &mut msg);
+                // Anti-amplification accounting applies to authenticated exchanges only: an
+                // unauthenticated message must not change any session data.
+                if let Some(p) = s.pending.as_mut().filter(|p| p.path == from) {
+                    if !p.may_send(msg.len()) {
+                        return self.drop_(DropReason::ReattachRejected);
+                    }
+                    p.bytes_out += msg.len();
                 }
-                p.bytes_out += msg.len();
             }
         }
         // A reject is never larger than the request it answers, so it cannot amplify.
@@ -701,24 +710,24 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         let Ok(req) = ReattachRequest::new_checked(buf) else {
             return self.drop_(DropReason::WrongDirection);
         };
-        let (sid, counter) = (req.session_id(), req.request_counter());
+        let (sid, counter, epoch) = (req.session_id(), req.request_counter(), req.epoch());
         // 1. Session exists.
         let Some(s) = self.sessions.get(&sid) else {
-            return self.reject(now, from, sid, counter, RejectCode::UnknownSession, false);
+            return self.reject(now, from, sid, counter, RejectCode::UnknownSession, None);
         };
         // 2. State allows a reattach.
         if matches!(s.state(), State::Birth | State::Terminated) {
-            return self.reject(now, from, sid, counter, RejectCode::InvalidState, false);
+            return self.reject(now, from, sid, counter, RejectCode::InvalidState, None);
         }
         // 3. Session and key lifetimes.
         if now - s.created >= self.policy.session_max_lifetime {
-            return self.reject(now, from, sid, counter, RejectCode::SessionExpired, false);
+            return self.reject(now, from, sid, counter, RejectCode::SessionExpired, None);
         }
         let Some((_, keys)) = s.keys.for_receive(now, req.epoch()) else {
-            return self.reject(now, from, sid, counter, RejectCode::KeyExpired, false);
+            return self.reject(now, from, sid, counter, RejectCode::KeyExpired, None);
         };
         if now - keys.created >= self.policy.reject_after {
-            return self.reject(now, from, sid, counter, RejectCode::KeyExpired, false);
+            return self.reject(now, from, sid, counter, RejectCode::KeyExpired, None);
         }
         // 4. Symmetric integrity under the session's control key.
         if !verify_control_mac(keys.ctrl_recv.expose(), req.mac_covered(), &req.mac())
@@ -729,12 +738,19 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 kind: SecurityKind::AuthFailed,
                 source: from.addr,
             });
-            return self.reject(now, from, sid, counter, RejectCode::AuthFailed, false);
+            return self.reject(now, from, sid, counter, RejectCode::AuthFailed, None);
         }
         // 5. Freshness (session-relative time, so no wall-clock sync is needed) and replay.
         let gateway_ms = millis(now - s.created);
         if gateway_ms.abs_diff(req.client_time_ms()) > millis(self.policy.reattach_max_age) {
-            return self.reject(now, from, sid, counter, RejectCode::StaleRequest, true);
+            return self.reject(
+                now,
+                from,
+                sid,
+                counter,
+                RejectCode::StaleRequest,
+                Some(epoch),
+            );
         }
         if let Err(e) = s.reattach_window.check(counter) {
             self.out.events.push_back(Event::Security {
@@ -743,7 +759,14 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 source: from.addr,
             });
             let _: ReplayError = e;
-            return self.reject(now, from, sid, counter, RejectCode::ReplayDetected, true);
+            return self.reject(
+                now,
+                from,
+                sid,
+                counter,
+                RejectCode::ReplayDetected,
+                Some(epoch),
+            );
         }
         // 6. Asymmetric proof of possession of the client identity key.
         let expected = proof(
@@ -758,19 +781,29 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 kind: SecurityKind::BadProof,
                 source: from.addr,
             });
-            return self.reject(now, from, sid, counter, RejectCode::BadProof, true);
+            return self.reject(now, from, sid, counter, RejectCode::BadProof, Some(epoch));
         }
         let echo = req.challenge_echo();
-        let transport = Transport::from_code(req.transport_code());
+        // Policy applies to the transport the request really arrived on; a request that claims
+        // another one is refused.
+        let transport = (Transport::from_code(req.transport_code()) == Some(from.transport))
+            .then_some(from.transport);
         let req_len = req.bytes().len();
         let Some(s) = self.sessions.get_mut(&sid) else {
             return self.drop_(DropReason::UnknownSession);
         };
         // The request is genuine: consume its counter.
         let _ = s.reattach_window.accept(counter);
+        // Re-validating the path that is already active and healthy is not a switch: confirm
+        // it without a transition, so it costs neither budget nor a version.
+        if s.active == Some(from) && s.state() == State::Attached {
+            s.last_rx_active = now;
+            let version = s.version();
+            return self.ack(now, sid, from, counter, epoch, version);
+        }
         // 7.-8. Policy and ownership.
         if let Err(code) = self.policy_and_ownership(now, sid, transport) {
-            return self.reject(now, from, sid, counter, code, true);
+            return self.reject(now, from, sid, counter, code, Some(epoch));
         }
         let Some(s) = self.sessions.get_mut(&sid) else {
             return self.drop_(DropReason::UnknownSession);
@@ -785,7 +818,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             p.bytes_in += req_len;
             if echo != [0; TOKEN_LEN] && ct_eq(&echo, &p.token) {
                 let version = p.version;
-                return self.bind(now, sid, from, counter, version);
+                return self.bind(now, sid, from, counter, epoch, version);
             }
         }
         let version = s.version();
@@ -795,18 +828,19 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             path: from,
             token,
             request_counter: counter,
+            epoch,
             version,
             deadline: now + self.policy.path_validation_timeout,
             bytes_in: req_len,
             bytes_out: 0,
         };
-        send_challenge(s, &mut self.out, &mut pending);
+        send_challenge(s, &mut self.out, now, &mut pending);
         s.pending = Some(pending);
         Output::Consumed
     }
 
-    /// Policy (transport, DEGRADED cooldown, switch cooldown, budget) and ownership checks.
-    /// May apply SWITCH_RATE_LIMITED or RECOVERY_ATTEMPTS_EXCEEDED.
+    /// Policy checks in SPEC.md section 4 order — switch budget, cooldown (after a switch, or
+    /// inside DEGRADED), allowed transport — then ownership. May apply SWITCH_RATE_LIMITED.
     fn policy_and_ownership(
         &mut self,
         now: Instant,
@@ -817,13 +851,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return Err(RejectCode::UnknownSession);
         };
-        let code = if !transport.is_some_and(|t| policy.allows(t)) {
-            Some(RejectCode::PolicyDenied)
-        } else if (s.state() == State::Degraded && now - s.entered_state < policy.degraded_cooldown)
-            || s.budget.cooling(now, policy.switch_cooldown)
-        {
-            Some(RejectCode::CooldownActive)
-        } else if s.budget.exhausted(now, policy.max_switches_per_min) {
+        let code = if s.budget.exhausted(now, policy.max_switches_per_min) {
             let observed = s.budget.in_window(now) as u64 + 1;
             self.out.events.push_back(Event::PolicyLimit {
                 session_id: sid,
@@ -839,27 +867,44 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 apply(s, &mut self.out, now, Trigger::SwitchBudgetExceeded, policy);
             }
             Some(RejectCode::SwitchRateLimited)
+        } else if (s.state() == State::Degraded && now - s.entered_state < policy.degraded_cooldown)
+            || s.budget.cooling(now, policy.switch_cooldown)
+        {
+            Some(RejectCode::CooldownActive)
+        } else if !transport.is_some_and(|t| policy.allows(t)) {
+            Some(RejectCode::PolicyDenied)
         } else if self.config.local_core.is_some_and(|c| c != s.owner) {
             Some(RejectCode::NotOwner)
         } else {
             None
         };
-        if let Some(code) = code {
-            if s.state() == State::Recovering && code.is_valid_but_denied() {
-                s.reattach_failures += 1;
-                if s.reattach_failures >= policy.max_reattach_failures {
-                    apply(
-                        s,
-                        &mut self.out,
-                        now,
-                        Trigger::ReattachFailuresExceeded,
-                        policy,
-                    );
-                }
+        match code {
+            Some(code) => {
+                self.note_denied(now, sid, code);
+                Err(code)
             }
-            return Err(code);
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Count a valid-but-denied attempt in RECOVERING; at `max_reattach_failures` the session
+    /// goes to DEGRADED (RECOVERY_ATTEMPTS_EXCEEDED).
+    fn note_denied(&mut self, now: Instant, sid: SessionId, code: RejectCode) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.state() == State::Recovering && code.is_valid_but_denied() {
+            s.reattach_failures += 1;
+            if s.reattach_failures >= self.policy.max_reattach_failures {
+                apply(
+                    s,
+                    &mut self.out,
+                    now,
+                    Trigger::ReattachFailuresExceeded,
+                    &self.policy,
+                );
+            }
+        }
     }
 
     fn handle_reattach_response<'b>(
@@ -886,30 +931,35 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             });
             return self.drop_(DropReason::AuthFailed);
         }
-        let Some(p) = s.pending.as_mut() else {
+        // A response completes only a validation started by a full request (counter > 0):
+        // the unsolicited validation after a NAT rebind (counter 0) is completed by a new
+        // request carrying the proof of possession, never by a bare response.
+        let Some(p) = s.pending.as_mut().filter(|p| p.request_counter != 0) else {
             return self.drop_(DropReason::ReattachRejected);
         };
-        p.bytes_in += resp.bytes().len();
+        let epoch = resp.epoch();
         let matches = p.path == from
             && p.request_counter == resp.request_counter()
             && ct_eq(&p.token, &resp.token());
         if !matches || now >= p.deadline {
             let counter = resp.request_counter();
+            self.note_denied(now, sid, RejectCode::PathValidationFailed);
             return self.reject(
                 now,
                 from,
                 sid,
                 counter,
                 RejectCode::PathValidationFailed,
-                true,
+                Some(epoch),
             );
         }
+        p.bytes_in += resp.bytes().len();
         let (counter, version) = (p.request_counter, p.version);
         // Policy may have changed while the challenge was out: check again at bind time.
         if let Err(code) = self.policy_and_ownership(now, sid, Some(from.transport)) {
-            return self.reject(now, from, sid, counter, code, true);
+            return self.reject(now, from, sid, counter, code, Some(epoch));
         }
-        self.bind(now, sid, from, counter, version)
+        self.bind(now, sid, from, counter, epoch, version)
     }
 
     /// The atomic step: compare the version seen when validation started, switch the active
@@ -920,6 +970,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         sid: SessionId,
         path: Path,
         counter: u64,
+        epoch: u16,
         seen_version: u64,
     ) -> Output<'static> {
         let Some(s) = self.sessions.get_mut(&sid) else {
@@ -927,7 +978,14 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         };
         if s.version() != seen_version || transition_check(s.state()).is_err() {
             s.pending = None;
-            return self.reject(now, path, sid, counter, RejectCode::AtomicityFailed, true);
+            return self.reject(
+                now,
+                path,
+                sid,
+                counter,
+                RejectCode::AtomicityFailed,
+                Some(epoch),
+            );
         }
         let from_path = s.active;
         let recovery_ms = s.lost_at.map(|t| millis(now - t));
@@ -953,17 +1011,31 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             recovery_ms,
             version: tr.version,
         });
-        let k = s.keys.current();
+        self.counters.reattaches += 1;
+        self.ack(now, sid, path, counter, epoch, tr.version)
+    }
+
+    /// Confirm a binding to `path` with the session's version, MACed under `epoch`.
+    fn ack(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        path: Path,
+        counter: u64,
+        epoch: u16,
+        version: u64,
+    ) -> Output<'static> {
+        let Some(s) = self.sessions.get(&sid) else {
+            return self.drop_(DropReason::UnknownSession);
+        };
         let mut ack: [u8; REATTACH_ACK_LEN] =
-            emit_reattach_common(MessageType::ReattachAck, k.wire_epoch(), sid, counter);
-        ack[20..28].copy_from_slice(&tr.version.to_be_bytes());
-        let mac = control_mac(k.ctrl_send.expose(), &ack[..REATTACH_ACK_LEN - MAC_LEN]);
-        ack[REATTACH_ACK_LEN - MAC_LEN..].copy_from_slice(&mac);
+            emit_reattach_common(MessageType::ReattachAck, 0, sid, counter);
+        ack[20..28].copy_from_slice(&version.to_be_bytes());
+        s.seal_control(now, epoch, &mut ack);
         self.out.transmits.push_back(Transmit {
             dst: path,
             payload: ack.to_vec(),
         });
-        self.counters.reattaches += 1;
         Output::Consumed
     }
 
@@ -1056,6 +1128,48 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
     }
 }
 
+/// Allocates SessionIds that never repeat while the allocator lives, yet are unguessable: a
+/// counter (from a random start) through a keyed 48-bit permutation (a 4-round Feistel network
+/// with keyed BLAKE2s as round function). Distinct counters give distinct outputs, so the 48
+/// random bits repeat only after 2^48 sessions; the core and node bits are added around them.
+struct SessionIdAllocator {
+    key: zeroize::Zeroizing<[u8; 32]>,
+    counter: u64,
+}
+
+impl SessionIdAllocator {
+    fn new<R: RngCore>(rng: &mut R) -> Self {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut *key);
+        SessionIdAllocator {
+            key,
+            counter: rng.next_u64(),
+        }
+    }
+
+    fn permute48(&self, x: u64) -> u64 {
+        const HALF: u64 = 0xFF_FFFF;
+        let (mut l, mut r) = ((x >> 24) & HALF, x & HALF);
+        for round in 0u8..4 {
+            let f = crate::crypto::mac16(&self.key, &[&[round], &r.to_be_bytes()]);
+            let f = u64::from_be_bytes([0, 0, 0, 0, 0, f[0], f[1], f[2]]);
+            (l, r) = (r, l ^ f);
+        }
+        (l << 24) | r
+    }
+
+    fn next(&mut self, core: u8, node: u8) -> SessionId {
+        loop {
+            self.counter = self.counter.wrapping_add(1) & 0xFFFF_FFFF_FFFF;
+            let random48 = self.permute48(self.counter);
+            // Zero is reserved (never a valid session on the wire).
+            if random48 != 0 || core != 0 || node != 0 {
+                return SessionId::compose(core, node, random48);
+            }
+        }
+    }
+}
+
 fn transition_check(state: State) -> Result<(), ()> {
     crate::state::transition(state, Trigger::ReattachAccepted)
         .map(|_| ())
@@ -1143,23 +1257,14 @@ fn send_sealed(s: &mut GatewaySession, out: &mut Outbox, ty: MessageType, plaint
     out.transmits.push_back(Transmit { dst, payload: buf });
 }
 
-fn send_challenge(s: &GatewaySession, out: &mut Outbox, p: &mut PendingValidation) {
+fn send_challenge(s: &GatewaySession, out: &mut Outbox, now: Instant, p: &mut PendingValidation) {
     if !p.may_send(REATTACH_CHALLENGE_LEN) {
         return;
     }
-    let k = s.keys.current();
-    let mut msg: [u8; REATTACH_CHALLENGE_LEN] = emit_reattach_common(
-        MessageType::ReattachChallenge,
-        k.wire_epoch(),
-        s.id,
-        p.request_counter,
-    );
+    let mut msg: [u8; REATTACH_CHALLENGE_LEN] =
+        emit_reattach_common(MessageType::ReattachChallenge, 0, s.id, p.request_counter);
     msg[20..36].copy_from_slice(&p.token);
-    let mac = control_mac(
-        k.ctrl_send.expose(),
-        &msg[..REATTACH_CHALLENGE_LEN - MAC_LEN],
-    );
-    msg[REATTACH_CHALLENGE_LEN - MAC_LEN..].copy_from_slice(&mac);
+    s.seal_control(now, p.epoch, &mut msg);
     p.bytes_out += msg.len();
     out.transmits.push_back(Transmit {
         dst: p.path,
@@ -1167,15 +1272,26 @@ fn send_challenge(s: &GatewaySession, out: &mut Outbox, p: &mut PendingValidatio
     });
 }
 
+/// An authenticated packet seen from a path that is not the active one.
+struct Seen {
+    from: Path,
+    epoch: u16,
+    bytes: usize,
+}
+
 fn start_unsolicited_validation<R: RngCore>(
     s: &mut GatewaySession,
     out: &mut Outbox,
     rng: &mut R,
     now: Instant,
-    from: Path,
-    received: usize,
+    seen: Seen,
     policy: &Policy,
 ) {
+    let Seen {
+        from,
+        epoch,
+        bytes: received,
+    } = seen;
     if s.lost_at.is_none() && s.active.is_some() {
         s.lost_at = Some(now);
     }
@@ -1195,11 +1311,86 @@ fn start_unsolicited_validation<R: RngCore>(
         path: from,
         token,
         request_counter: 0,
+        epoch,
         version: s.version(),
         deadline: now + policy.path_validation_timeout,
         bytes_in: received,
         bytes_out: 0,
     };
-    send_challenge(s, out, &mut p);
+    send_challenge(s, out, now, &mut p);
     s.pending = Some(p);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+    use std::collections::HashSet;
+
+    #[test]
+    fn session_ids_do_not_repeat_and_carry_owner() {
+        let mut a = SessionIdAllocator::new(&mut ChaCha20Rng::seed_from_u64(1));
+        let mut seen = HashSet::new();
+        for i in 0..50_000u32 {
+            let core = (i % 4) as u8;
+            let id = a.next(core, 9);
+            assert_eq!((id.owner_core(), id.owner_node()), (core, 9));
+            assert!(
+                seen.insert(id.0 & 0xFFFF_FFFF_FFFF),
+                "48-bit part repeated after {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn permutation_is_a_bijection_on_a_sample() {
+        let a = SessionIdAllocator::new(&mut ChaCha20Rng::seed_from_u64(2));
+        let outs: HashSet<u64> = (0..20_000u64).map(|x| a.permute48(x)).collect();
+        assert_eq!(outs.len(), 20_000);
+        assert!(outs.iter().all(|&o| o < (1 << 48)));
+    }
+
+    #[test]
+    fn a_bare_response_cannot_complete_an_unsolicited_validation() {
+        use crate::reattach::control_mac;
+        use crate::testing::Sim;
+        use crate::wire::{MAC_LEN, REATTACH_RESPONSE_LEN};
+        // Someone holding the session keys, but not the client identity key, sends a genuine
+        // data packet from their own address, receives the unsolicited challenge and answers
+        // it with a validly MACed response instead of a request carrying the proof: nothing
+        // may be bound.
+        let mut sim = Sim::new(13, Policy::default());
+        let sid = sim.connect();
+        sim.run_for(Duration::from_secs(1));
+        let attacker = Path::udp("198.51.100.9:7000".parse().expect("addr"));
+        sim.client_send("redirected");
+        let (_, (_, mut data)) = sim.net.in_flight.pop_first().expect("in flight");
+        assert!(matches!(
+            sim.gw.handle_datagram(sim.now, attacker, &mut data),
+            Output::Deliver { .. }
+        ));
+        let challenge = std::iter::from_fn(|| sim.gw.poll_transmit())
+            .find(|t| {
+                t.dst == attacker
+                    && wire::peek_type(&t.payload) == Ok(MessageType::ReattachChallenge)
+            })
+            .expect("unsolicited challenge to the new address");
+        let mut response = challenge.payload.clone();
+        assert_eq!(response.len(), REATTACH_RESPONSE_LEN);
+        response[1] = MessageType::ReattachResponse as u8;
+        let c2g_ctrl = sim.gw.sessions[&sid].keys.current().ctrl_recv.clone();
+        let mac = control_mac(
+            c2g_ctrl.expose(),
+            &response[..REATTACH_RESPONSE_LEN - MAC_LEN],
+        );
+        response[REATTACH_RESPONSE_LEN - MAC_LEN..].copy_from_slice(&mac);
+        let out = sim.gw.handle_datagram(sim.now, attacker, &mut response);
+        assert!(
+            matches!(out, Output::Dropped(DropReason::ReattachRejected)),
+            "{out:?}"
+        );
+        assert_ne!(sim.session(sid).active, Some(attacker));
+        assert_eq!(sim.session(sid).version(), 1);
+    }
 }

@@ -377,9 +377,9 @@ impl Initiator {
         ) {
             return Err((Box::new(self), HandshakeError::BadMac1));
         }
-        // snow mutates its state while reading; read from a trial copy is not possible, so a
-        // forged response (which passes mac1 only if the attacker knows our public key) costs
-        // us this handshake: the client then simply starts a new one.
+        // snow restores its state when a read fails, so a forged response (which passes mac1
+        // only if the attacker knows our public key) leaves the handshake usable for the
+        // genuine one.
         let mut payload = [0u8; RESP_PAYLOAD_LEN];
         let n = match self.hs.read_message(resp.noise(), &mut payload) {
             Ok(n) => n,

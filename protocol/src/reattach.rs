@@ -55,6 +55,8 @@ pub struct PendingValidation {
     pub token: [u8; TOKEN_LEN],
     /// The request it answers (0 for an unsolicited challenge after a NAT rebind).
     pub request_counter: u64,
+    /// The key epoch (wire form) the client used; replies are MACed under it.
+    pub epoch: u16,
     /// The session version when validation started; the bind requires it unchanged.
     pub version: u64,
     /// Give up after this.

@@ -9,11 +9,13 @@ use core::time::Duration;
 use crate::keys::KeySet;
 use crate::path::Path;
 use crate::policy::Policy;
+use crate::reattach::control_mac;
 use crate::reattach::{PendingValidation, SwitchBudget};
 use crate::replay::ReplayWindow;
 use crate::state::{Machine, State, Trigger};
 use crate::time::Instant;
 use crate::wire::SessionId;
+use crate::wire::MAC_LEN;
 
 /// Loss and liveness measured on the gateway from authenticated packets.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +25,8 @@ pub struct Quality {
     pub(crate) received: u64,
     /// Loss fraction measured over the last complete `loss_window`.
     pub last_loss: f64,
+    /// RTT last reported by the client in a heartbeat.
+    pub last_rtt: Option<Duration>,
     /// Since when every signal has been under its threshold.
     pub healthy_since: Option<Instant>,
 }
@@ -111,6 +115,20 @@ impl GatewaySession {
     #[must_use]
     pub fn key_epoch(&self) -> u32 {
         self.keys.current().epoch
+    }
+
+    /// Write `epoch` into a control message and MAC it with our control key of that epoch —
+    /// the epoch the client's request used, so a client that has already dropped a newer or
+    /// older epoch can still verify the answer. Falls back to the current epoch.
+    pub(crate) fn seal_control(&self, now: Instant, epoch: u16, msg: &mut [u8]) {
+        let k = self
+            .keys
+            .for_receive(now, epoch)
+            .map_or(self.keys.current(), |(_, k)| k);
+        msg[2..4].copy_from_slice(&k.wire_epoch().to_be_bytes());
+        let n = msg.len() - MAC_LEN;
+        let mac = control_mac(k.ctrl_send.expose(), &msg[..n]);
+        msg[n..].copy_from_slice(&mac);
     }
 
     /// Accepted switches over the session's life.

@@ -65,8 +65,9 @@ pub const REATTACH_RESPONSE_LEN: usize = REATTACH_CHALLENGE_LEN;
 pub const REATTACH_ACK_LEN: usize = REATTACH_HEADER_LEN + 8 + 8 + MAC_LEN;
 /// Reattach reject length.
 pub const REATTACH_REJECT_LEN: usize = REATTACH_HEADER_LEN + 8 + 8 + MAC_LEN;
-/// Heartbeat plaintext: probe id (8) + echoed probe id (8).
-pub const HEARTBEAT_PLAINTEXT_LEN: usize = 16;
+/// Heartbeat plaintext: probe id (8) + echoed probe id (8) + sender's measured RTT in µs (8,
+/// zero if unknown).
+pub const HEARTBEAT_PLAINTEXT_LEN: usize = 24;
 /// Terminate plaintext: reason code (1) + padding (7).
 pub const TERMINATE_PLAINTEXT_LEN: usize = 8;
 

@@ -276,8 +276,9 @@ fn switch_budget_exhaustion_leads_to_degraded() {
     }
     assert_eq!(sim.session(sid).switches_total(), u64::from(max));
     assert_eq!(sim.session(sid).state(), State::Attached);
+    // The last switch went to path 0 (max is even); one more switch, to path 1, exceeds it.
     sim.run_for(Duration::from_millis(1100));
-    sim.client.reattach(sim.now, LocalPath(0));
+    sim.client.reattach(sim.now, LocalPath(1));
     sim.run_for(Duration::from_millis(100));
     assert_eq!(sim.session(sid).state(), State::Degraded);
     assert_eq!(
@@ -439,4 +440,24 @@ fn identical_inputs_give_identical_runs() {
         )
     };
     assert_eq!(run(42), run(42));
+}
+
+#[test]
+fn revalidating_the_active_path_is_not_a_switch() {
+    let mut sim = Sim::new(12, Policy::default());
+    let sid = sim.connect();
+    sim.run_for(Duration::from_secs(2));
+    for _ in 0..20 {
+        sim.client.reattach(sim.now, LocalPath(0));
+        sim.run_for(Duration::from_millis(100));
+    }
+    let s = sim.session(sid);
+    assert_eq!(
+        (s.state(), s.version(), s.switches_total()),
+        (State::Attached, 1, 0)
+    );
+    assert!(sim
+        .client_events
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Reattached { version: 1, .. })));
 }

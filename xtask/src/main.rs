@@ -42,14 +42,20 @@ enum Cmd {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Run `cmd` in the workspace root; fail with the command line if it fails.
 fn exec(cmd: &mut Command) -> Result<()> {
     let line = format!("{cmd:?}");
     eprintln!("xtask: running {line}");
-    let status = cmd.current_dir(root()).status().with_context(|| format!("could not start {line}"))?;
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("could not start {line}"))?;
     if !status.success() {
         bail!("{line} failed with {status}");
     }
@@ -62,7 +68,14 @@ fn cargo() -> Command {
 
 fn ci() -> Result<()> {
     exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    exec(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    exec(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     exec(cargo().args(["test", "--workspace", "--all-targets"]))?;
     exec(cargo().args(["test", "--workspace", "--doc"]))
 }
@@ -77,18 +90,40 @@ fn bench(which: &str) -> Result<()> {
     for b in benches {
         exec(cargo().args(["bench", "-p", "jumping-benches", "--bench", b]))?;
     }
-    exec(cargo().args(["run", "--quiet", "-p", "jumping-benches", "--bin", "bench-report"]))
+    exec(cargo().args([
+        "run",
+        "--quiet",
+        "-p",
+        "jumping-benches",
+        "--bin",
+        "bench-report",
+    ]))
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => exec(Command::new("bash").arg("scripts/setup.sh")),
         Cmd::Ci => ci(),
-        Cmd::Demo => exec(cargo().args(["run", "--release", "-p", "jumping-protocol", "--example", "demo"])),
+        Cmd::Demo => exec(cargo().args([
+            "run",
+            "--release",
+            "-p",
+            "jumping-protocol",
+            "--example",
+            "demo",
+        ])),
         Cmd::Bench { which } => bench(&which),
         Cmd::Fuzz { target, seconds } => exec(
             cargo()
-                .args(["+nightly", "fuzz", "run", &target, "--fuzz-dir", "fuzz", "--"])
+                .args([
+                    "+nightly",
+                    "fuzz",
+                    "run",
+                    &target,
+                    "--fuzz-dir",
+                    "fuzz",
+                    "--",
+                ])
                 .arg(format!("-max_total_time={seconds}")),
         ),
     }

@@ -84,8 +84,9 @@ impl CipherSuite {
 #[error("AEAD open failed")]
 pub struct OpenError;
 
-/// One direction's packet key. The raw key is kept in a zeroizing [`SecretKey`]; the expanded
-/// schedule lives in the backend.
+/// One direction's packet key: the backend's expanded key schedule. The raw key is not kept
+/// (the caller's [`SecretKey`] is zeroed on drop); whether the backend zeroes its schedule on
+/// drop is the backend's property, recorded in docs/PROTOCOL.md.
 pub struct AeadKey {
     key: LessSafeKey,
     suite: CipherSuite,
