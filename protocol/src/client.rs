@@ -140,6 +140,8 @@ pub struct ClientTransmit {
 
 #[derive(Debug)]
 struct PendingReattach {
+    /// Counter of the first request of this attempt (retries use new counters).
+    first_counter: u64,
     counter: u64,
     via: LocalPath,
     echo: [u8; TOKEN_LEN],
@@ -572,11 +574,9 @@ impl<R: RngCore + CryptoRng> Client<R> {
                 .push_back(ClientEvent::ChallengeAnswered { via });
             return ClientOutput::Consumed;
         }
-        if !e
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.counter == ch.request_counter() && p.via == via)
-        {
+        if !e.pending.as_ref().is_some_and(|p| {
+            p.via == via && (p.first_counter..=p.counter).contains(&ch.request_counter())
+        }) {
             return ClientOutput::Dropped("unexpected_challenge");
         }
         let k = e.keys.current();
@@ -614,11 +614,17 @@ impl<R: RngCore + CryptoRng> Client<R> {
         {
             return ClientOutput::Dropped("auth_failed");
         }
-        let Some(p) = e
+        // An ack for any request of the current attempt counts: a retry may cross the ack of
+        // the request before it.
+        let acked = ack.request_counter();
+        if !e
             .pending
-            .take()
-            .filter(|p| p.counter == ack.request_counter())
-        else {
+            .as_ref()
+            .is_some_and(|p| (p.first_counter..=p.counter).contains(&acked))
+        {
+            return ClientOutput::Dropped("unexpected_ack");
+        }
+        let Some(p) = e.pending.take() else {
             return ClientOutput::Dropped("unexpected_ack");
         };
         e.via = p.via;
@@ -696,12 +702,13 @@ impl<R: RngCore + CryptoRng> Client<R> {
         msg[52..68].copy_from_slice(&p);
         let mac = control_mac(k.ctrl_send.expose(), &msg[..REATTACH_REQUEST_LEN - MAC_LEN]);
         msg[REATTACH_REQUEST_LEN - MAC_LEN..].copy_from_slice(&mac);
-        let attempts = e
+        let (attempts, first_counter) = e
             .pending
             .as_ref()
             .filter(|p| p.via == via)
-            .map_or(1, |p| p.attempts + 1);
+            .map_or((1, counter), |p| (p.attempts + 1, p.first_counter));
         e.pending = Some(PendingReattach {
+            first_counter,
             counter,
             via,
             echo,

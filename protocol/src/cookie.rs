@@ -113,8 +113,15 @@ impl CookieChecker {
     /// Replace the secret once it is [`COOKIE_SECRET_LIFETIME`] old (the old one stays usable
     /// for one more lifetime). Call before minting or checking cookies.
     pub fn rotate<R: RngCore + CryptoRng>(&mut self, rng: &mut R, now: Instant) {
-        if now - self.rotated_at >= COOKIE_SECRET_LIFETIME {
-            *self.previous = *self.secret;
+        let age = now - self.rotated_at;
+        if age >= COOKIE_SECRET_LIFETIME {
+            if age >= 2 * COOKIE_SECRET_LIFETIME {
+                // No rotation for a whole lifetime: the current secret is too old to become
+                // the previous one.
+                rng.fill_bytes(&mut *self.previous);
+            } else {
+                *self.previous = *self.secret;
+            }
             rng.fill_bytes(&mut *self.secret);
             self.rotated_at = now;
         }

@@ -796,7 +796,12 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         let _ = s.reattach_window.accept(counter);
         // Re-validating the path that is already active and healthy is not a switch: confirm
         // it without a transition, so it costs neither budget nor a version.
-        if s.active == Some(from) && s.state() == State::Attached {
+        let owner_ok = self.config.local_core.is_none_or(|c| c == s.owner);
+        if s.active == Some(from)
+            && s.state() == State::Attached
+            && transport.is_some_and(|t| self.policy.allows(t))
+            && owner_ok
+        {
             s.last_rx_active = now;
             let version = s.version();
             return self.ack(now, sid, from, counter, epoch, version);
@@ -820,6 +825,15 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 let version = p.version;
                 return self.bind(now, sid, from, counter, epoch, version);
             }
+            if p.request_counter != 0 {
+                // A retry of a request whose challenge is still open: resend that challenge
+                // rather than start over, or a path whose RTT exceeds the client's retry
+                // interval could never complete.
+                let mut p = p.clone();
+                send_challenge(s, &mut self.out, now, &mut p);
+                s.pending = Some(p);
+                return Output::Consumed;
+            }
         }
         let version = s.version();
         let mut token = [0u8; TOKEN_LEN];
@@ -833,6 +847,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             deadline: now + self.policy.path_validation_timeout,
             bytes_in: req_len,
             bytes_out: 0,
+            last_sent: now,
         };
         send_challenge(s, &mut self.out, now, &mut pending);
         s.pending = Some(pending);
@@ -942,8 +957,9 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             && p.request_counter == resp.request_counter()
             && ct_eq(&p.token, &resp.token());
         if !matches || now >= p.deadline {
+            // Not counted toward max_reattach_failures: a response could be a replay. Expired
+            // validations are counted by the timer instead.
             let counter = resp.request_counter();
-            self.note_denied(now, sid, RejectCode::PathValidationFailed);
             return self.reject(
                 now,
                 from,
@@ -1103,6 +1119,19 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             s.keys.expire_previous(now);
             if s.pending.as_ref().is_some_and(|p| now >= p.deadline) {
                 s.pending = None;
+                // A path validation that timed out is a valid-but-denied attempt.
+                if s.state() == State::Recovering {
+                    s.reattach_failures += 1;
+                    if s.reattach_failures >= policy.max_reattach_failures {
+                        apply(
+                            s,
+                            &mut self.out,
+                            now,
+                            Trigger::ReattachFailuresExceeded,
+                            policy,
+                        );
+                    }
+                }
             }
             let due = s.due_triggers(now, policy);
             if let Some(t) = resolve(s.state(), &due) {
@@ -1266,11 +1295,15 @@ fn send_challenge(s: &GatewaySession, out: &mut Outbox, now: Instant, p: &mut Pe
     msg[20..36].copy_from_slice(&p.token);
     s.seal_control(now, p.epoch, &mut msg);
     p.bytes_out += msg.len();
+    p.last_sent = now;
     out.transmits.push_back(Transmit {
         dst: p.path,
         payload: msg.to_vec(),
     });
 }
+
+/// Minimum interval between two unsolicited challenges to the same path.
+const CHALLENGE_RESEND: Duration = Duration::from_millis(250);
 
 /// An authenticated packet seen from a path that is not the active one.
 struct Seen {
@@ -1300,9 +1333,14 @@ fn start_unsolicited_validation<R: RngCore>(
         .as_mut()
         .filter(|p| p.path == from && now < p.deadline)
     {
-        // Already validating this path: more received bytes widen the send budget, and a lost
-        // challenge is resent once the budget allows.
+        // Already validating this path: more received bytes widen the send budget, and a
+        // challenge that may have been lost is resent, at most every CHALLENGE_RESEND.
         p.bytes_in += received;
+        if now - p.last_sent >= CHALLENGE_RESEND {
+            let mut p = p.clone();
+            send_challenge(s, out, now, &mut p);
+            s.pending = Some(p);
+        }
         return;
     }
     let mut token = [0u8; TOKEN_LEN];
@@ -1316,6 +1354,7 @@ fn start_unsolicited_validation<R: RngCore>(
         deadline: now + policy.path_validation_timeout,
         bytes_in: received,
         bytes_out: 0,
+        last_sent: now,
     };
     send_challenge(s, out, now, &mut p);
     s.pending = Some(p);

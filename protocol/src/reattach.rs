@@ -65,6 +65,8 @@ pub struct PendingValidation {
     pub bytes_in: usize,
     /// Bytes sent to the candidate path.
     pub bytes_out: usize,
+    /// When the last challenge was sent.
+    pub last_sent: Instant,
 }
 
 /// The gateway sends an unvalidated address at most this many times the bytes it received from

@@ -166,7 +166,11 @@ impl GatewaySession {
                     .roll(now, self.recv_window.top(), policy.loss_window);
                 let age = now - self.last_rx_active;
                 let bad = self.quality.last_loss > policy.volatile_loss
-                    || age >= policy.volatile_heartbeat_age;
+                    || age >= policy.volatile_heartbeat_age
+                    || self
+                        .quality
+                        .last_rtt
+                        .is_some_and(|r| r > policy.volatile_rtt);
                 if bad {
                     self.quality.healthy_since = None;
                     due.push(Trigger::QualityThresholdCrossed);

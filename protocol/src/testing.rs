@@ -277,9 +277,14 @@ impl Sim {
     }
 
     pub fn connect(&mut self) -> SessionId {
+        self.connect_within(Duration::from_millis(200))
+    }
+
+    /// Connect on path 0 and run for `d`; panics if the handshake did not complete.
+    pub fn connect_within(&mut self, d: Duration) -> SessionId {
         self.client
             .connect(self.now, LocalPath(0), 1_700_000_000_000_000_000);
-        self.run_for(Duration::from_millis(200));
+        self.run_for(d);
         let sid = self.client.session_id().expect("handshake completed");
         assert_eq!(self.client.state(), State::Attached);
         sid

@@ -73,9 +73,10 @@ pub const TERMINATE_PLAINTEXT_LEN: usize = 8;
 
 /// The 64-bit session identifier.
 ///
-/// Chosen by the gateway from the OS RNG. The top 8 bits name the owner core and the next 8
-/// the owner node (QUIC-LB style, so the XDP program and a load balancer can route without a
-/// lookup); the remaining 48 bits are random.
+/// Chosen by the gateway. The top 8 bits name the owner core and the next 8 the owner node
+/// (QUIC-LB style, so the XDP program and a load balancer can route without a lookup); the
+/// remaining 48 bits are a keyed permutation of a counter: unguessable, and never repeated by
+/// one allocator.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
 

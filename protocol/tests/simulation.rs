@@ -461,3 +461,22 @@ fn revalidating_the_active_path_is_not_a_switch() {
         .iter()
         .any(|e| matches!(e, ClientEvent::Reattached { version: 1, .. })));
 }
+
+#[test]
+fn a_retry_crossing_the_ack_still_completes_the_switch() {
+    let mut sim = Sim::new(14, Policy::default());
+    sim.net.latency = Duration::from_millis(300); // RTT 600 ms > the 500 ms reattach retry
+    let sid = sim.connect_within(Duration::from_secs(2));
+    sim.client.reattach(sim.now, LocalPath(1));
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(
+        sim.session(sid).active,
+        Some(Path::udp(sim.net.nat[&LocalPath(1)]))
+    );
+    assert_eq!(
+        sim.client.current_path(),
+        Some(LocalPath(1)),
+        "client did not follow the gateway"
+    );
+    assert_eq!(sim.session(sid).switches_total(), 1);
+}
