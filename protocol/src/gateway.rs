@@ -154,6 +154,17 @@ pub struct Transmit {
     pub payload: Vec<u8>,
 }
 
+/// Why a gateway refused to start.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StartError {
+    /// The policy is invalid.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    /// The random generator failed its health check.
+    #[error("refusing to start: {0}")]
+    Rng(#[from] crate::crypto::RngHealthError),
+}
+
 /// Node-level configuration (not policy).
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -244,18 +255,20 @@ pub fn client_key_id(public: &[u8; 32]) -> String {
 }
 
 impl<R: RngCore + CryptoRng> Gateway<R> {
-    /// A gateway with identity `keypair`, validated `policy` and an injected RNG.
+    /// A gateway with identity `keypair`, validated `policy` and an injected RNG, which is
+    /// health-checked first (SP 800-90B continuous tests on a sample).
     ///
     /// # Errors
-    /// The policy's first violated bound.
+    /// The policy's first violated bound, or a failed RNG health test.
     pub fn new(
         config: GatewayConfig,
         policy: Policy,
         keypair: StaticKeypair,
         mut rng: R,
         now: Instant,
-    ) -> Result<Self, crate::policy::PolicyError> {
+    ) -> Result<Self, StartError> {
         policy.validate()?;
+        crate::crypto::rng_health_check(&mut rng)?;
         let cookies = CookieChecker::new(&mut rng, now, &keypair.public());
         let ids = SessionIdAllocator::new(&mut rng);
         let cores = usize::from(config.cores.max(1));
@@ -1431,5 +1444,49 @@ mod tests {
         );
         assert_ne!(sim.session(sid).active, Some(attacker));
         assert_eq!(sim.session(sid).version(), 1);
+    }
+
+    #[test]
+    fn refuses_to_start_with_a_stuck_rng_or_bad_policy() {
+        struct Stuck;
+        impl RngCore for Stuck {
+            fn next_u32(&mut self) -> u32 {
+                0
+            }
+            fn next_u64(&mut self) -> u64 {
+                0
+            }
+            fn fill_bytes(&mut self, dest: &mut [u8]) {
+                dest.fill(0);
+            }
+            fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+                dest.fill(0);
+                Ok(())
+            }
+        }
+        impl CryptoRng for Stuck {}
+        let key = StaticKeypair::from_secret_bytes([1; 32]);
+        let e = Gateway::new(
+            GatewayConfig::default(),
+            Policy::default(),
+            key.clone(),
+            Stuck,
+            Instant::ZERO,
+        )
+        .expect_err("stuck RNG accepted");
+        assert!(matches!(e, StartError::Rng(_)), "{e}");
+        let bad = Policy {
+            recovery_window: Duration::ZERO,
+            ..Policy::default()
+        };
+        let e = Gateway::new(
+            GatewayConfig::default(),
+            bad,
+            key,
+            ChaCha20Rng::seed_from_u64(1),
+            Instant::ZERO,
+        )
+        .expect_err("invalid policy accepted");
+        assert!(e.to_string().contains("recovery_window"), "{e}");
     }
 }
