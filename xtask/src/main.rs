@@ -76,8 +76,54 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    exec(cargo().args(["test", "--workspace", "--all-targets"]))?;
-    exec(cargo().args(["test", "--workspace", "--doc"]))
+    let (mut passed, mut failed) = (0, 0);
+    for args in [
+        &["test", "--workspace", "--doc"][..],
+        &["test", "--workspace", "--all-targets"][..],
+    ] {
+        let (p, f) = run_tests(cargo().args(args))?;
+        passed += p;
+        failed += f;
+    }
+    // One closing line for the whole run, in the plain form CI readers understand.
+    println!("tests: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
+    Ok(())
+}
+
+/// Run a `cargo test` command, echoing its output, and add up its `test result:` lines.
+fn run_tests(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    let line = format!("{cmd:?}");
+    eprintln!("xtask: running {line}");
+    let mut child = cmd
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start {line}"))?;
+    let (mut passed, mut failed) = (0, 0);
+    let stdout = child.stdout.take().context("no stdout")?;
+    for l in BufReader::new(stdout).lines() {
+        let l = l?;
+        println!("{l}");
+        if let Some(rest) = l.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word))
+                    .and_then(|n| n.trim().rsplit(' ').next().and_then(|n| n.parse().ok()))
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{line} failed with {status}");
+    }
+    Ok((passed, failed))
 }
 
 fn bench(which: &str) -> Result<()> {
