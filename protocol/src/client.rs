@@ -19,7 +19,7 @@ use crate::cookie::open_cookie;
 use crate::crypto::CipherSuite;
 use crate::event::RejectCode;
 use crate::handshake::{InitPayload, Initiator, Purpose, StaticKeypair};
-use crate::keys::{EpochKeys, KeySet, Role};
+use crate::keys::{open_transport, EpochKeys, KeySet, OpenFailure, Role};
 use crate::path::Transport;
 use crate::policy::Policy;
 use crate::reattach::{control_mac, proof, verify_control_mac};
@@ -27,9 +27,9 @@ use crate::replay::ReplayWindow;
 use crate::state::{Reason, State};
 use crate::time::{millis, Instant};
 use crate::wire::{
-    self, emit_reattach_common, emit_reattach_request, put_transport_header, Message, MessageType,
-    ReattachRequestFields, SessionId, DATA_HEADER_LEN, HEARTBEAT_PLAINTEXT_LEN, MAC_LEN,
-    REATTACH_REQUEST_LEN, REATTACH_RESPONSE_LEN, TAG_LEN, TERMINATE_PLAINTEXT_LEN, TOKEN_LEN,
+    self, emit_reattach_common, emit_reattach_request, Message, MessageType, ReattachRequestFields,
+    SessionId, DATA_HEADER_LEN, HEARTBEAT_PLAINTEXT_LEN, MAC_LEN, REATTACH_REQUEST_LEN,
+    REATTACH_RESPONSE_LEN, TAG_LEN, TERMINATE_PLAINTEXT_LEN, TOKEN_LEN,
 };
 
 /// A local way out (socket, interface, source port), named by the shell.
@@ -500,19 +500,12 @@ impl<R: RngCore + CryptoRng> Client<R> {
         if sid != e.sid {
             return ClientOutput::Dropped("unknown_session");
         }
-        let Some((_, keys)) = e.keys.for_receive(now, epoch) else {
-            return ClientOutput::Dropped("unknown_epoch");
+        let plain = match open_transport(&e.keys, &mut e.recv_window, now, epoch, counter, buf) {
+            Ok((_, plain)) => plain,
+            Err(OpenFailure::UnknownEpoch) => return ClientOutput::Dropped("unknown_epoch"),
+            Err(OpenFailure::Replay) => return ClientOutput::Dropped("replay"),
+            Err(OpenFailure::AuthFailed) => return ClientOutput::Dropped("auth_failed"),
         };
-        if e.recv_window.check(counter).is_err() {
-            return ClientOutput::Dropped("replay");
-        }
-        let (header, body) = buf.split_at_mut(DATA_HEADER_LEN);
-        let Ok(plain) = keys.recv.open_in_place(counter, header, body) else {
-            return ClientOutput::Dropped("auth_failed");
-        };
-        if e.recv_window.accept(counter).is_err() {
-            return ClientOutput::Dropped("replay");
-        }
         e.last_rx = now;
         match ty {
             MessageType::Heartbeat => {
@@ -874,13 +867,5 @@ impl<R: RngCore + CryptoRng> Client<R> {
 fn seal(e: &mut Established, ty: MessageType, buf: &mut [u8]) {
     let counter = e.send_counter;
     e.send_counter += 1;
-    let k = e.keys.current_mut();
-    k.sent += 1;
-    put_transport_header(buf, ty, k.wire_epoch(), e.sid, counter);
-    let tag_at = buf.len() - TAG_LEN;
-    let (header, rest) = buf.split_at_mut(DATA_HEADER_LEN);
-    let tag = k
-        .send
-        .seal_in_place(counter, header, &mut rest[..tag_at - DATA_HEADER_LEN]);
-    buf[tag_at..].copy_from_slice(&tag);
+    e.keys.current_mut().seal_transport(e.sid, counter, ty, buf);
 }

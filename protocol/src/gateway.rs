@@ -21,7 +21,7 @@ use crate::cookie::CookieChecker;
 use crate::crypto::{ct_eq, hash};
 use crate::event::{Event, RejectCode, SecurityKind};
 use crate::handshake::{hex_lower, HandshakeError, Purpose, Responder, StaticKeypair};
-use crate::keys::{EpochKeys, KeySet, Role, Slot};
+use crate::keys::{open_transport, EpochKeys, KeySet, OpenFailure, Role, Slot};
 use crate::path::{Path, Transport};
 use crate::policy::Policy;
 use crate::reattach::{proof, verify_control_mac, PendingValidation, SwitchBudget};
@@ -30,10 +30,10 @@ use crate::session::{GatewaySession, Quality};
 use crate::state::{resolve, Machine, State, Transition, Trigger};
 use crate::time::{millis, Instant};
 use crate::wire::{
-    self, emit_reattach_common, put_transport_header, HandshakeInit, Message, MessageType,
-    ReattachRequest, ReattachResponse, SessionId, TransportMsg, DATA_HEADER_LEN,
-    HEARTBEAT_PLAINTEXT_LEN, REATTACH_ACK_LEN, REATTACH_CHALLENGE_LEN, REATTACH_REJECT_LEN,
-    TAG_LEN, TERMINATE_PLAINTEXT_LEN, TOKEN_LEN,
+    self, emit_reattach_common, HandshakeInit, Message, MessageType, ReattachRequest,
+    ReattachResponse, SessionId, TransportMsg, DATA_HEADER_LEN, HEARTBEAT_PLAINTEXT_LEN,
+    REATTACH_ACK_LEN, REATTACH_CHALLENGE_LEN, REATTACH_REJECT_LEN, TAG_LEN,
+    TERMINATE_PLAINTEXT_LEN, TOKEN_LEN,
 };
 
 /// Why the gateway dropped a datagram. Small and `Copy`; [`DropReason::index`] is a stable
@@ -559,30 +559,25 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         if s.state() == State::Terminated {
             return self.drop_(DropReason::SessionTerminated);
         }
-        let Some((slot, keys)) = s.keys.for_receive(now, epoch) else {
-            return self.drop_(DropReason::UnknownEpoch);
-        };
-        if s.recv_window.check(counter).is_err() {
-            self.out.events.push_back(Event::Security {
-                session_id: Some(sid),
-                kind: SecurityKind::Replay,
-                source: from.addr,
-            });
-            return self.drop_(DropReason::Replay);
-        }
-        let (header, body) = buf.split_at_mut(DATA_HEADER_LEN);
-        let Ok(plain) = keys.recv.open_in_place(counter, header, body) else {
-            self.out.events.push_back(Event::Security {
-                session_id: Some(sid),
-                kind: SecurityKind::AuthFailed,
-                source: from.addr,
-            });
-            return self.drop_(DropReason::AuthFailed);
-        };
+        let (slot, plain) =
+            match open_transport(&s.keys, &mut s.recv_window, now, epoch, counter, buf) {
+                Ok(x) => x,
+                Err(OpenFailure::UnknownEpoch) => return self.drop_(DropReason::UnknownEpoch),
+                Err(f) => {
+                    let (kind, reason) = if f == OpenFailure::Replay {
+                        (SecurityKind::Replay, DropReason::Replay)
+                    } else {
+                        (SecurityKind::AuthFailed, DropReason::AuthFailed)
+                    };
+                    self.out.events.push_back(Event::Security {
+                        session_id: Some(sid),
+                        kind,
+                        source: from.addr,
+                    });
+                    return self.drop_(reason);
+                }
+            };
         // Authentic and fresh from here on.
-        if s.recv_window.accept(counter).is_err() {
-            return self.drop_(DropReason::Replay);
-        }
         if slot == Slot::Next {
             if let Some(e) = s.keys.promote_next(now, self.policy.key_grace) {
                 self.out.events.push_back(Event::KeyRotated {
@@ -1278,17 +1273,9 @@ fn apply(
 
 /// Seal `buf` (header space, plaintext, tag space) under the current key with the next counter.
 fn seal_into(s: &mut GatewaySession, ty: MessageType, buf: &mut [u8]) {
-    let k = s.keys.current_mut();
     let counter = s.send_counter;
     s.send_counter += 1;
-    k.sent += 1;
-    put_transport_header(buf, ty, k.wire_epoch(), s.id, counter);
-    let tag_at = buf.len() - TAG_LEN;
-    let (header, rest) = buf.split_at_mut(DATA_HEADER_LEN);
-    let tag = k
-        .send
-        .seal_in_place(counter, header, &mut rest[..tag_at - DATA_HEADER_LEN]);
-    buf[tag_at..].copy_from_slice(&tag);
+    s.keys.current_mut().seal_transport(s.id, counter, ty, buf);
 }
 
 fn send_sealed(s: &mut GatewaySession, out: &mut Outbox, ty: MessageType, plaintext: &[u8]) {

@@ -17,7 +17,9 @@ use core::time::Duration;
 
 use crate::crypto::{kdf, AeadKey, CipherSuite, SecretKey};
 use crate::handshake::HandshakeKeys;
+use crate::replay::ReplayWindow;
 use crate::time::Instant;
+use crate::wire::{put_transport_header, MessageType, SessionId, DATA_HEADER_LEN, TAG_LEN};
 
 /// Which end of the session holds the keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,25 @@ impl EpochKeys {
             created: now,
             sent: 0,
         }
+    }
+
+    /// Seal a transport message in place: `buf` is header space, plaintext, tag space. The
+    /// caller supplies the session's next send counter, never reused.
+    pub fn seal_transport(
+        &mut self,
+        sid: SessionId,
+        counter: u64,
+        ty: MessageType,
+        buf: &mut [u8],
+    ) {
+        self.sent += 1;
+        put_transport_header(buf, ty, self.wire_epoch(), sid, counter);
+        let tag_at = buf.len() - TAG_LEN;
+        let (header, rest) = buf.split_at_mut(DATA_HEADER_LEN);
+        let tag = self
+            .send
+            .seal_in_place(counter, header, &mut rest[..tag_at - DATA_HEADER_LEN]);
+        buf[tag_at..].copy_from_slice(&tag);
     }
 
     /// The wire form of the epoch.
@@ -176,6 +197,44 @@ impl KeySet {
     pub fn previous_deadline(&self) -> Option<Instant> {
         self.previous.as_ref().map(|(_, until)| *until)
     }
+}
+
+/// Why a transport message did not open. Each is dropped and counted; none changes the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenFailure {
+    /// No key for the epoch (unknown, or previous past its grace).
+    UnknownEpoch,
+    /// Counter already seen or older than the window.
+    Replay,
+    /// The AEAD tag does not verify.
+    AuthFailed,
+}
+
+/// Open a transport message (`buf` = 20-byte header, ciphertext, tag) received with `epoch` and
+/// `counter`: key lookup, replay check, AEAD open in place, and only then the replay-window
+/// update. Returns the key slot used and the plaintext, borrowed from `buf`.
+///
+/// # Errors
+/// [`OpenFailure`]; the window is updated only on success.
+pub fn open_transport<'b>(
+    keys: &KeySet,
+    window: &mut ReplayWindow,
+    now: Instant,
+    epoch: u16,
+    counter: u64,
+    buf: &'b mut [u8],
+) -> Result<(Slot, &'b mut [u8]), OpenFailure> {
+    let (slot, k) = keys
+        .for_receive(now, epoch)
+        .ok_or(OpenFailure::UnknownEpoch)?;
+    window.check(counter).map_err(|_| OpenFailure::Replay)?;
+    let (header, body) = buf.split_at_mut(DATA_HEADER_LEN);
+    let plain = k
+        .recv
+        .open_in_place(counter, header, body)
+        .map_err(|_| OpenFailure::AuthFailed)?;
+    window.accept(counter).map_err(|_| OpenFailure::Replay)?;
+    Ok((slot, plain))
 }
 
 #[cfg(test)]
