@@ -1,0 +1,70 @@
+//! Data-plane session table: lookup cost at 10k, 100k and 1M sessions (random SessionIds, so
+//! at 1M most lookups miss the CPU caches, as on a busy gateway), and memory per session of
+//! the index.
+//!
+//! Run: `cargo bench -p jumping-benches --bench dataplane`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use jumping_benches::{MEASUREMENT_TIME, SAMPLE_SIZE, WARM_UP_TIME};
+use jumping_dataplane::table::SessionTable;
+use jumping_protocol::SessionId;
+
+/// A deterministic pseudo-random SessionId sequence (SplitMix64), never 0.
+fn ids(n: usize) -> Vec<SessionId> {
+    let mut x = 0x1234_5678_9ABC_DEF0u64;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            SessionId((z ^ (z >> 31)) | 1)
+        })
+        .collect()
+}
+
+fn lookup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("session table");
+    g.measurement_time(MEASUREMENT_TIME)
+        .warm_up_time(WARM_UP_TIME)
+        .sample_size(SAMPLE_SIZE);
+    g.throughput(Throughput::Elements(1));
+    for n in [10_000usize, 100_000, 1_000_000] {
+        let keys = ids(n);
+        let mut t = SessionTable::with_capacity(n);
+        for (i, k) in keys.iter().enumerate() {
+            t.insert(*k, i as u32).expect("fits");
+        }
+        eprintln!(
+            "session table: {n} sessions, index+slab {} bytes = {:.1} B/session (value = u32)",
+            t.memory_bytes(),
+            t.memory_bytes() as f64 / n as f64
+        );
+        // Visit the keys in a scrambled order so consecutive lookups are unrelated.
+        let order: Vec<SessionId> = ids(n)
+            .iter()
+            .map(|s| keys[(s.0 % n as u64) as usize])
+            .collect();
+        let mut i = 0usize;
+        g.bench_with_input(BenchmarkId::new("lookup hit", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) % order.len();
+                black_box(t.get(black_box(order[i])))
+            });
+        });
+        let misses = ids(2 * n)[n..].to_vec();
+        let mut j = 0usize;
+        g.bench_with_input(BenchmarkId::new("lookup miss", n), &n, |b, _| {
+            b.iter(|| {
+                j = (j + 1) % misses.len();
+                black_box(t.get(black_box(misses[j])))
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, lookup);
+criterion_main!(benches);
