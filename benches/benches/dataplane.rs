@@ -54,6 +54,26 @@ fn lookup(c: &mut Criterion) {
                 black_box(t.get(black_box(order[i])))
             });
         });
+        const BATCH: usize = 32;
+        let mut k = 0usize;
+        let mut slots = [None; BATCH];
+        g.throughput(Throughput::Elements(BATCH as u64));
+        g.bench_with_input(
+            BenchmarkId::new("batch of 32 hits incl. slab read", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    k = (k + BATCH) % (order.len() - BATCH);
+                    t.slots_of_batch(&order[k..k + BATCH], &mut slots);
+                    let mut sum = 0u32;
+                    for s in slots.iter().flatten() {
+                        sum = sum.wrapping_add(*t.get_slot(*s).expect("present"));
+                    }
+                    black_box(sum)
+                });
+            },
+        );
+        g.throughput(Throughput::Elements(1));
         let misses = ids(2 * n)[n..].to_vec();
         let mut j = 0usize;
         g.bench_with_input(BenchmarkId::new("lookup miss", n), &n, |b, _| {
