@@ -27,7 +27,7 @@ enum Cmd {
     Demo,
     /// Run criterion benchmarks and write their numbers to target/bench/.
     Bench {
-        /// Which: `aead`, `protocol`, or `all`.
+        /// Which: `aead`, `protocol`, `dataplane`, or `all`.
         #[arg(default_value = "all")]
         which: String,
     },
@@ -130,8 +130,9 @@ fn bench(which: &str) -> Result<()> {
     let benches: &[&str] = match which {
         "aead" => &["aead"],
         "protocol" => &["protocol"],
-        "all" => &["aead", "protocol"],
-        other => bail!("unknown benchmark set `{other}`: use aead, protocol or all"),
+        "dataplane" => &["dataplane"],
+        "all" => &["aead", "protocol", "dataplane"],
+        other => bail!("unknown benchmark set `{other}`: use aead, protocol, dataplane or all"),
     };
     for b in benches {
         exec(cargo().args(["bench", "-p", "jumping-benches", "--bench", b]))?;
