@@ -99,20 +99,7 @@ struct GatewayInput {
 
 impl GatewayInput {
     fn new() -> Self {
-        let (gw, client) = fuzzing::identities();
-        let rng = ChaCha20Rng::seed_from_u64(1);
-        let mut g = Gateway::new(
-            GatewayConfig {
-                cookie_threshold: 4,
-                ..GatewayConfig::default()
-            },
-            Policy::default(),
-            gw,
-            rng,
-            Instant::ZERO,
-        )
-        .expect("default policy is valid");
-        g.allow_client(client.public());
+        let g = fuzzing::gateway();
         GatewayInput {
             g,
             chunks: Vec::new(),
@@ -193,12 +180,7 @@ struct ClientInput {
 impl ClientInput {
     /// The mirrored client and the initiation it sent from `connect`.
     fn new() -> (Self, Vec<u8>) {
-        let (gw, client) = fuzzing::identities();
-        let mut c = Client::new(
-            ClientConfig::new(client, gw.public()),
-            ChaCha20Rng::seed_from_u64(2),
-        );
-        c.connect(Instant::ZERO, LocalPath(0), 1);
+        let mut c = fuzzing::client();
         let init = c
             .poll_transmit()
             .expect("connect sends an initiation")

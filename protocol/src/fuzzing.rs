@@ -23,6 +23,41 @@ pub fn identities() -> (StaticKeypair, StaticKeypair) {
     )
 }
 
+/// The gateway every [`gateway_datagrams`] input runs against (seeded RNG, cookies required
+/// above 4 handshakes/s, the fuzzing client allowed). The corpus generator builds its seeds
+/// against the same object.
+#[must_use]
+pub fn gateway() -> Gateway<ChaCha20Rng> {
+    let (gw, client) = identities();
+    let config = GatewayConfig {
+        cookie_threshold: 4,
+        ..GatewayConfig::default()
+    };
+    let mut g = Gateway::new(
+        config,
+        Policy::default(),
+        gw,
+        ChaCha20Rng::seed_from_u64(1),
+        Instant::ZERO,
+    )
+    .expect("default policy and a seeded ChaCha20 generator are valid");
+    g.allow_client(client.public());
+    g
+}
+
+/// The client every [`client_datagrams`] input runs against, after it sent its initiation on
+/// local path 0 at time zero.
+#[must_use]
+pub fn client() -> Client<ChaCha20Rng> {
+    let (gw, client) = identities();
+    let mut c = Client::new(
+        ClientConfig::new(client, gw.public()),
+        ChaCha20Rng::seed_from_u64(2),
+    );
+    c.connect(Instant::ZERO, LocalPath(0), 1);
+    c
+}
+
 /// The wire parser on arbitrary bytes.
 pub fn parse(data: &[u8]) {
     if let Ok(m) = wire::parse(data) {
@@ -52,21 +87,7 @@ pub fn parse(data: &[u8]) {
 /// The gateway (handshake responder, data, reattach) on a sequence of datagrams. The input is
 /// split on the byte sequence `\xffJMP` into datagrams, each delivered from one of two addresses.
 pub fn gateway_datagrams(data: &[u8]) {
-    let (gw, client) = identities();
-    let rng = ChaCha20Rng::seed_from_u64(1);
-    let Ok(mut g) = Gateway::new(
-        GatewayConfig {
-            cookie_threshold: 4,
-            ..GatewayConfig::default()
-        },
-        Policy::default(),
-        gw,
-        rng,
-        Instant::ZERO,
-    ) else {
-        return;
-    };
-    g.allow_client(client.public());
+    let mut g = gateway();
     let a = Path::udp("192.0.2.1:1000".parse().expect("literal address"));
     let b = Path::udp("192.0.2.2:2000".parse().expect("literal address"));
     for (i, chunk) in split(data).enumerate() {
@@ -81,12 +102,7 @@ pub fn gateway_datagrams(data: &[u8]) {
 
 /// The client on a sequence of datagrams (after it sent its initiation).
 pub fn client_datagrams(data: &[u8]) {
-    let (gw, client) = identities();
-    let mut c = Client::new(
-        ClientConfig::new(client, gw.public()),
-        ChaCha20Rng::seed_from_u64(2),
-    );
-    c.connect(Instant::ZERO, LocalPath(0), 1);
+    let mut c = client();
     for (i, chunk) in split(data).enumerate() {
         let mut buf = chunk.to_vec();
         let now = Instant::from_millis(i as u64 * 100);
