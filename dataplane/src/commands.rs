@@ -8,16 +8,31 @@ use rtrb::{Consumer, Producer, PushError, RingBuffer};
 
 use crate::table::{SessionTable, TableFull};
 
+/// A change to part of a session's state, applied by the worker. Changes are partial on
+/// purpose: the worker owns the per-packet state (send counter, replay window), and a
+/// wholesale replacement from the control process would roll it back and repeat a nonce.
+pub trait Update<T> {
+    /// Apply the change.
+    fn apply(self, state: &mut T);
+}
+
 /// A change to a worker's sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command<T> {
-    /// Install a new session, or replace the state of an existing one (new keys, new active
-    /// path after a reattach).
+pub enum Command<T, U> {
+    /// Install a new session. Refused if the session is already installed.
     Install {
         /// Session.
         id: SessionId,
         /// Its state for the worker.
         state: T,
+    },
+    /// Change part of an installed session (new active path after a reattach, next key epoch
+    /// after a rekey).
+    Update {
+        /// Session.
+        id: SessionId,
+        /// The change.
+        update: U,
     },
     /// Remove a session (terminated, or moved to another core).
     Retire {
@@ -28,26 +43,26 @@ pub enum Command<T> {
 
 /// The control process's end of a worker's ring.
 #[derive(Debug)]
-pub struct CommandSender<T>(Producer<Command<T>>);
+pub struct CommandSender<T, U>(Producer<Command<T, U>>);
 
 /// The worker's end.
 #[derive(Debug)]
-pub struct CommandReceiver<T>(Consumer<Command<T>>);
+pub struct CommandReceiver<T, U>(Consumer<Command<T, U>>);
 
 /// A ring for one worker, holding up to `capacity` commands in flight.
 #[must_use]
-pub fn channel<T>(capacity: usize) -> (CommandSender<T>, CommandReceiver<T>) {
+pub fn channel<T, U>(capacity: usize) -> (CommandSender<T, U>, CommandReceiver<T, U>) {
     let (p, c) = RingBuffer::new(capacity);
     (CommandSender(p), CommandReceiver(c))
 }
 
-impl<T> CommandSender<T> {
+impl<T, U> CommandSender<T, U> {
     /// Queue a command.
     ///
     /// # Errors
     /// The command back when the ring is full (the worker is behind): the caller retries later;
     /// nothing is dropped silently.
-    pub fn send(&mut self, cmd: Command<T>) -> Result<(), Command<T>> {
+    pub fn send(&mut self, cmd: Command<T, U>) -> Result<(), Command<T, U>> {
         self.0.push(cmd).map_err(|PushError::Full(c)| c)
     }
 }
@@ -57,25 +72,38 @@ impl<T> CommandSender<T> {
 pub struct Applied {
     /// New sessions installed.
     pub installed: usize,
-    /// Existing sessions whose state was replaced.
+    /// Updates applied.
     pub updated: usize,
     /// Sessions removed.
     pub retired: usize,
-    /// Installs refused because the table is full (reported to the control process).
+    /// Installs refused (table full, or the session is already installed) and updates for a
+    /// session that is not here; reported to the control process.
     pub refused: usize,
 }
 
-impl<T> CommandReceiver<T> {
+impl<T, U: Update<T>> CommandReceiver<T, U> {
     /// Apply up to `max` queued commands to `table`, in order. Call between packet batches.
     pub fn apply(&mut self, table: &mut SessionTable<T>, max: usize) -> Applied {
         let mut done = Applied::default();
         for _ in 0..max {
             let Ok(cmd) = self.0.pop() else { break };
             match cmd {
-                Command::Install { id, state } => match table.insert(id, state) {
-                    Ok(None) => done.installed += 1,
-                    Ok(Some(_old)) => done.updated += 1,
-                    Err(TableFull(_)) => done.refused += 1,
+                Command::Install { id, state } => {
+                    if table.get(id).is_some() {
+                        done.refused += 1;
+                    } else {
+                        match table.insert(id, state) {
+                            Ok(_) => done.installed += 1,
+                            Err(TableFull(_)) => done.refused += 1,
+                        }
+                    }
+                }
+                Command::Update { id, update } => match table.get_mut(id) {
+                    Some(state) => {
+                        update.apply(state);
+                        done.updated += 1;
+                    }
+                    None => done.refused += 1,
                 },
                 Command::Retire { id } => {
                     if table.remove(id).is_some() {
@@ -93,6 +121,15 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// Test update: add to the state.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Add(u64);
+    impl Update<u64> for Add {
+        fn apply(self, state: &mut u64) {
+            *state += self.0;
+        }
+    }
+
     /// The control thread installs, updates and retires sessions while the worker thread
     /// applies commands in batches and looks sessions up between batches. Afterwards the
     /// worker's table equals the model built from the command sequence, and during the run a
@@ -100,14 +137,17 @@ mod tests {
     #[test]
     fn concurrent_control_and_worker_agree_with_the_model() {
         const N: u64 = 200_000;
-        let (mut tx, mut rx) = channel::<u64>(256);
-        let script: Vec<Command<u64>> = (0..N)
+        let (mut tx, mut rx) = channel::<u64, Add>(256);
+        let script: Vec<Command<u64, Add>> = (0..N)
             .map(|i| {
                 let id = SessionId((i % 5000) + 1);
-                if i % 7 == 3 {
-                    Command::Retire { id }
-                } else {
-                    Command::Install { id, state: i }
+                match i % 7 {
+                    3 => Command::Retire { id },
+                    5 => Command::Update {
+                        id,
+                        update: Add(5000),
+                    },
+                    _ => Command::Install { id, state: i },
                 }
             })
             .collect();
@@ -115,7 +155,12 @@ mod tests {
         for c in &script {
             match c {
                 Command::Install { id, state } => {
-                    model.insert(id.0, *state);
+                    model.entry(id.0).or_insert(*state);
+                }
+                Command::Update { id, update } => {
+                    if let Some(v) = model.get_mut(&id.0) {
+                        *v += update.0;
+                    }
                 }
                 Command::Retire { id } => {
                     model.remove(&id.0);
@@ -140,8 +185,7 @@ mod tests {
         let mut probe = 1u64;
         loop {
             let a = rx.apply(&mut table, 64);
-            seen_ops += a.installed + a.updated + a.retired;
-            assert_eq!(a.refused, 0);
+            seen_ops += a.installed + a.updated + a.retired + a.refused;
             // A state found must be one the control plane sent for this id: i % 5000 + 1 == id.
             if let Some(&v) = table.get(SessionId(probe)) {
                 assert_eq!(
@@ -162,8 +206,27 @@ mod tests {
     }
 
     #[test]
+    fn install_never_replaces_and_update_needs_a_session() {
+        let (mut tx, mut rx) = channel::<u64, Add>(8);
+        let id = SessionId(9);
+        tx.send(Command::Install { id, state: 1 }).expect("room");
+        tx.send(Command::Update { id, update: Add(2) })
+            .expect("room");
+        tx.send(Command::Install { id, state: 100 }).expect("room");
+        tx.send(Command::Update {
+            id: SessionId(10),
+            update: Add(1),
+        })
+        .expect("room");
+        let mut t = SessionTable::with_capacity(4);
+        let a = rx.apply(&mut t, 10);
+        assert_eq!((a.installed, a.updated, a.refused), (1, 1, 2));
+        assert_eq!(t.get(id), Some(&3));
+    }
+
+    #[test]
     fn full_ring_hands_the_command_back() {
-        let (mut tx, mut rx) = channel::<u8>(2);
+        let (mut tx, mut rx) = channel::<u64, Add>(2);
         tx.send(Command::Retire { id: SessionId(1) }).expect("room");
         tx.send(Command::Retire { id: SessionId(2) }).expect("room");
         let back = tx

@@ -7,9 +7,11 @@
 //! [`commands::Command`]s over a wait-free single-producer single-consumer ring per worker;
 //! the worker applies them between packet batches, so updates never pause it.
 //!
-//! This crate holds, so far, the session table and the command path; the AF_XDP and io_uring
-//! I/O loops are the next pieces (see docs/ARCHITECTURE.md).
+//! This crate holds, so far, the session table, the command path and the worker's packet
+//! processing without I/O ([`worker::Worker`]); the AF_XDP and io_uring loops that feed it are
+//! the next pieces (see docs/ARCHITECTURE.md).
 #![forbid(unsafe_code)]
 
 pub mod commands;
 pub mod table;
+pub mod worker;

@@ -47,6 +47,11 @@ pub struct EpochKeys {
     pub created: Instant,
     /// Packets sealed under this epoch.
     pub sent: u64,
+    /// The raw packet keys, kept (zeroed on drop) so the epoch can be handed to a data-plane
+    /// worker ([`EpochKeys::duplicate`]).
+    send_secret: SecretKey,
+    recv_secret: SecretKey,
+    suite: CipherSuite,
 }
 
 impl EpochKeys {
@@ -70,6 +75,27 @@ impl EpochKeys {
             ctrl_recv,
             created: now,
             sent: 0,
+            send_secret: send,
+            recv_secret: recv,
+            suite,
+        }
+    }
+
+    /// An independent copy of this epoch (keys re-expanded from the raw secrets), for handing
+    /// a session to a data-plane worker.
+    #[must_use]
+    pub fn duplicate(&self) -> Self {
+        EpochKeys {
+            epoch: self.epoch,
+            send: AeadKey::new(self.suite, &self.send_secret),
+            recv: AeadKey::new(self.suite, &self.recv_secret),
+            ctrl_send: self.ctrl_send.clone(),
+            ctrl_recv: self.ctrl_recv.clone(),
+            created: self.created,
+            sent: self.sent,
+            send_secret: self.send_secret.clone(),
+            recv_secret: self.recv_secret.clone(),
+            suite: self.suite,
         }
     }
 
@@ -126,6 +152,19 @@ impl KeySet {
             previous: None,
             current,
             next: None,
+        }
+    }
+
+    /// An independent copy of every epoch held, with the previous epoch's grace deadline.
+    #[must_use]
+    pub fn duplicate(&self) -> Self {
+        KeySet {
+            previous: self
+                .previous
+                .as_ref()
+                .map(|(k, until)| (k.duplicate(), *until)),
+            current: self.current.duplicate(),
+            next: self.next.as_ref().map(EpochKeys::duplicate),
         }
     }
 

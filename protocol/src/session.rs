@@ -59,6 +59,25 @@ impl Quality {
     }
 }
 
+/// What a data-plane worker needs to carry a session's packets: its keys, the send counter to
+/// continue from, the receive replay window and the active path. Produced by
+/// [`GatewaySession::handoff`]; from then on the worker owns the send counter (the gateway
+/// object must not seal transport messages for the session, or a counter would repeat under
+/// one key: see docs/ARCHITECTURE.md, "Open design constraints").
+#[derive(Debug)]
+pub struct DataPlaneHandoff {
+    /// The session.
+    pub id: SessionId,
+    /// Every key epoch held (previous in grace, current, next).
+    pub keys: KeySet,
+    /// Next send counter.
+    pub send_counter: u64,
+    /// Receive replay window.
+    pub recv_window: ReplayWindow,
+    /// The active path, if any.
+    pub active: Option<Path>,
+}
+
 /// The gateway's state of one session.
 #[derive(Debug)]
 pub struct GatewaySession {
@@ -129,6 +148,19 @@ impl GatewaySession {
         let n = msg.len() - MAC_LEN;
         let mac = control_mac(k.ctrl_send.expose(), &msg[..n]);
         msg[n..].copy_from_slice(&mac);
+    }
+
+    /// The state a data-plane worker needs for this session (keys re-expanded, counters and
+    /// window copied).
+    #[must_use]
+    pub fn handoff(&self) -> DataPlaneHandoff {
+        DataPlaneHandoff {
+            id: self.id,
+            keys: self.keys.duplicate(),
+            send_counter: self.send_counter,
+            recv_window: self.recv_window.clone(),
+            active: self.active,
+        }
     }
 
     /// Accepted switches over the session's life.

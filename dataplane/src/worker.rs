@@ -1,0 +1,321 @@
+//! A worker's packet processing, without I/O: what happens to a tunnel datagram between the
+//! receive ring and the inside interface, and to an inner packet on the way back.
+//!
+//! Receive: parse the fixed header → session lookup (this worker's table only: sticky owner)
+//! → replay check → AEAD open in place → replay-window update → deliver the inner packet
+//! (borrowed from the receive buffer) or, for a heartbeat, seal the echo in place and send it
+//! back. Transmit: lookup → seal in place under the current epoch with the worker's send
+//! counter → to the active path. No allocation, lock or system call per packet; the AF_XDP and
+//! io_uring loops (next) only move buffers in and out.
+//!
+//! Control messages (handshake, reattach, terminate) never reach a worker: the XDP program
+//! passes them to the kernel stack for the control process.
+
+use jumping_protocol::keys::{open_transport, EpochKeys, KeySet, OpenFailure, Slot};
+use jumping_protocol::replay::ReplayWindow;
+use jumping_protocol::session::DataPlaneHandoff;
+use jumping_protocol::wire::{
+    self, MessageType, TransportMsg, DATA_HEADER_LEN, HEARTBEAT_PLAINTEXT_LEN, TAG_LEN,
+};
+use jumping_protocol::{Instant, Path, SessionId};
+
+use crate::commands::{Applied, CommandReceiver, Update};
+use crate::table::SessionTable;
+
+/// A session as a worker holds it: only this worker reads or writes it.
+#[derive(Debug)]
+pub struct DataSession {
+    keys: KeySet,
+    send_counter: u64,
+    recv_window: ReplayWindow,
+    active: Option<Path>,
+    /// Packets delivered inward.
+    pub rx_packets: u64,
+    /// Inner bytes delivered inward.
+    pub rx_bytes: u64,
+    /// Packets sealed outward.
+    pub tx_packets: u64,
+    /// Inner bytes sealed outward.
+    pub tx_bytes: u64,
+}
+
+impl From<DataPlaneHandoff> for DataSession {
+    fn from(h: DataPlaneHandoff) -> Self {
+        DataSession {
+            keys: h.keys,
+            send_counter: h.send_counter,
+            recv_window: h.recv_window,
+            active: h.active,
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+        }
+    }
+}
+
+/// What the control process may change in a session a worker holds.
+#[derive(Debug)]
+pub enum SessionUpdate {
+    /// A reattach was accepted (or the path died): the new active path, if any.
+    ActivePath(Option<Path>),
+    /// A rekey completed at the control process: the worker opens packets under the new epoch
+    /// and promotes it, as the protocol does, on the first one that authenticates.
+    NextKeys(Box<EpochKeys>),
+}
+
+impl Update<DataSession> for SessionUpdate {
+    fn apply(self, s: &mut DataSession) {
+        match self {
+            SessionUpdate::ActivePath(p) => s.active = p,
+            SessionUpdate::NextKeys(k) => s.keys.install_next(*k),
+        }
+    }
+}
+
+/// Why a worker dropped a packet. [`WorkerDrop::index`] is the counter slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkerDrop {
+    /// Not a well-formed transport message.
+    Malformed,
+    /// A message type the data plane does not handle (the XDP program should not steer it).
+    NotDataPlane,
+    /// Not in this worker's table (unknown, retired, or owned by another core).
+    UnknownSession,
+    /// No key for the epoch.
+    UnknownEpoch,
+    /// Counter seen before or too old.
+    Replay,
+    /// The AEAD tag does not verify.
+    AuthFailed,
+    /// No active path to send to (the session is recovering).
+    NoActivePath,
+    /// The buffer cannot hold header, packet and tag.
+    TooLarge,
+}
+
+impl WorkerDrop {
+    /// Counter names by index.
+    pub const NAMES: [&'static str; 8] = [
+        "malformed",
+        "not_data_plane",
+        "unknown_session",
+        "unknown_epoch",
+        "replay",
+        "auth_failed",
+        "no_active_path",
+        "too_large",
+    ];
+
+    /// Stable counter index.
+    #[must_use]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What became of a received datagram.
+#[derive(Debug)]
+pub enum Rx<'b> {
+    /// An inner packet to deliver on the inside interface, decrypted in place.
+    Deliver {
+        /// Session.
+        id: SessionId,
+        /// The inner packet, borrowed from the receive buffer.
+        packet: &'b mut [u8],
+        /// Set when the packet came from an address that is not the active path: the control
+        /// process must start path validation at once (NAT rebind, SPEC.md section 4).
+        new_path: Option<Path>,
+    },
+    /// A heartbeat was answered: send `len` bytes of the buffer back to `dst`.
+    Reply {
+        /// Destination (the active path).
+        dst: Path,
+        /// Length of the sealed echo at the start of the buffer.
+        len: usize,
+        /// As for [`Rx::Deliver`].
+        new_path: Option<Path>,
+    },
+    /// An authenticated heartbeat with nothing to send back (no probe, or no active path).
+    Consumed {
+        /// As for [`Rx::Deliver`].
+        new_path: Option<Path>,
+    },
+    /// Dropped and counted.
+    Dropped(WorkerDrop),
+}
+
+/// Per-worker counters, readable by the control process through snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerCounters {
+    /// Datagrams received.
+    pub rx_datagrams: u64,
+    /// Inner packets delivered.
+    pub delivered: u64,
+    /// Inner packets sealed.
+    pub sealed: u64,
+    /// Drops by [`WorkerDrop::index`].
+    pub drops: [u64; 8],
+    /// Key epochs promoted after the first packet under them.
+    pub epochs_promoted: u64,
+}
+
+/// One worker: its sessions, its command ring, its counters.
+#[derive(Debug)]
+pub struct Worker {
+    core: u8,
+    table: SessionTable<DataSession>,
+    commands: CommandReceiver<DataSession, SessionUpdate>,
+    counters: WorkerCounters,
+    key_grace: core::time::Duration,
+}
+
+impl Worker {
+    /// A worker for `core` with room for `capacity` sessions, fed by `commands`. `key_grace` is
+    /// the policy's grace for the previous key epoch after a promotion.
+    #[must_use]
+    pub fn new(
+        core: u8,
+        capacity: usize,
+        commands: CommandReceiver<DataSession, SessionUpdate>,
+        key_grace: core::time::Duration,
+    ) -> Self {
+        Worker {
+            core,
+            table: SessionTable::with_capacity(capacity),
+            commands,
+            counters: WorkerCounters::default(),
+            key_grace,
+        }
+    }
+
+    /// The core this worker runs on.
+    #[must_use]
+    pub fn core(&self) -> u8 {
+        self.core
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn counters(&self) -> &WorkerCounters {
+        &self.counters
+    }
+
+    /// A session, for inspection.
+    #[must_use]
+    pub fn session(&self, id: SessionId) -> Option<&DataSession> {
+        self.table.get(id)
+    }
+
+    /// Apply queued control commands; call between batches.
+    pub fn apply_commands(&mut self, max: usize) -> Applied {
+        self.commands.apply(&mut self.table, max)
+    }
+
+    fn drop_(&mut self, d: WorkerDrop) -> Rx<'static> {
+        self.counters.drops[d.index()] += 1;
+        Rx::Dropped(d)
+    }
+
+    /// Process one received tunnel datagram (the UDP payload) from `from`.
+    pub fn handle_rx<'b>(&mut self, now: Instant, from: Path, buf: &'b mut [u8]) -> Rx<'b> {
+        self.counters.rx_datagrams += 1;
+        let Ok(msg) = TransportMsg::new_checked(buf) else {
+            return self.drop_(match wire::peek_type(buf) {
+                Ok(t) if !t.is_data_plane() => WorkerDrop::NotDataPlane,
+                _ => WorkerDrop::Malformed,
+            });
+        };
+        let ty = msg.message_type();
+        if !ty.is_data_plane() {
+            return self.drop_(WorkerDrop::NotDataPlane);
+        }
+        let (id, counter, epoch) = (msg.session_id(), msg.counter(), msg.epoch());
+        let Some(slot) = self.table.slot_of(id) else {
+            return self.drop_(WorkerDrop::UnknownSession);
+        };
+        let Some(s) = self.table.get_slot_mut(slot) else {
+            return self.drop_(WorkerDrop::UnknownSession);
+        };
+        let opened = open_transport(&s.keys, &mut s.recv_window, now, epoch, counter, buf);
+        let (key_slot, len) = match opened {
+            Ok((key_slot, plain)) => (key_slot, plain.len()),
+            Err(OpenFailure::UnknownEpoch) => return self.drop_(WorkerDrop::UnknownEpoch),
+            Err(OpenFailure::Replay) => return self.drop_(WorkerDrop::Replay),
+            Err(OpenFailure::AuthFailed) => return self.drop_(WorkerDrop::AuthFailed),
+        };
+        if key_slot == Slot::Next && s.keys.promote_next(now, self.key_grace).is_some() {
+            self.counters.epochs_promoted += 1;
+        }
+        let new_path = (s.active != Some(from)).then_some(from);
+        if ty == MessageType::Heartbeat {
+            // Echo the probe to the active path, sealed in place over the received datagram.
+            let mut probe = [0u8; 8];
+            probe.copy_from_slice(&buf[DATA_HEADER_LEN..DATA_HEADER_LEN + 8]);
+            let Some(dst) = s.active.filter(|_| probe != [0; 8]) else {
+                return Rx::Consumed { new_path };
+            };
+            let total = DATA_HEADER_LEN + HEARTBEAT_PLAINTEXT_LEN + TAG_LEN;
+            let body = &mut buf[DATA_HEADER_LEN..DATA_HEADER_LEN + HEARTBEAT_PLAINTEXT_LEN];
+            body.fill(0);
+            body[8..16].copy_from_slice(&probe);
+            let counter = s.send_counter;
+            s.send_counter += 1;
+            s.keys.current_mut().seal_transport(
+                id,
+                counter,
+                MessageType::Heartbeat,
+                &mut buf[..total],
+            );
+            return Rx::Reply {
+                dst,
+                len: total,
+                new_path,
+            };
+        }
+        s.rx_packets += 1;
+        s.rx_bytes += len as u64;
+        self.counters.delivered += 1;
+        Rx::Deliver {
+            id,
+            packet: &mut buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len],
+            new_path,
+        }
+    }
+
+    /// Seal an inner packet for `id` in place: `buf[DATA_HEADER_LEN..][..inner_len]` holds it
+    /// and [`TAG_LEN`] bytes must follow. Returns the destination and the datagram length.
+    ///
+    /// # Errors
+    /// [`WorkerDrop`] (counted) if the session is not here, has no active path, or the buffer
+    /// is short.
+    pub fn encapsulate(
+        &mut self,
+        id: SessionId,
+        buf: &mut [u8],
+        inner_len: usize,
+    ) -> Result<(Path, usize), WorkerDrop> {
+        let total = DATA_HEADER_LEN + inner_len + TAG_LEN;
+        if buf.len() < total {
+            self.counters.drops[WorkerDrop::TooLarge.index()] += 1;
+            return Err(WorkerDrop::TooLarge);
+        }
+        let Some(s) = self.table.get_mut(id) else {
+            self.counters.drops[WorkerDrop::UnknownSession.index()] += 1;
+            return Err(WorkerDrop::UnknownSession);
+        };
+        let Some(dst) = s.active else {
+            self.counters.drops[WorkerDrop::NoActivePath.index()] += 1;
+            return Err(WorkerDrop::NoActivePath);
+        };
+        let counter = s.send_counter;
+        s.send_counter += 1;
+        s.keys
+            .current_mut()
+            .seal_transport(id, counter, MessageType::Data, &mut buf[..total]);
+        s.tx_packets += 1;
+        s.tx_bytes += inner_len as u64;
+        self.counters.sealed += 1;
+        Ok((dst, total))
+    }
+}
