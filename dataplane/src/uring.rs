@@ -1,0 +1,413 @@
+//! The io_uring receive/transmit loop for one [`Worker`] over a real UDP socket.
+//!
+//! [`UringUdp`] owns a bound [`UdpSocket`], an [`IoUring`] and a fixed pool of
+//! [`RX_BUFFERS`] receive buffers of [`BUF_LEN`] bytes. Each buffer has its own `msghdr`,
+//! `iovec` and `sockaddr_storage` in one heap slot that never moves, and every idle buffer is
+//! kept armed with an `IORING_OP_RECVMSG` (user data = buffer index). [`UringUdp::run_once`]
+//! submits and waits for at least one completion, drains the completion queue through
+//! [`Worker::handle_rx`], then re-arms every consumed buffer with one submission.
+//!
+//! In this first slice, heartbeat echoes ([`Rx::Reply`]) and [`UringUdp::send_inner`] are
+//! sent with a plain `send_to` on the socket rather than an `IORING_OP_SENDMSG`. Nothing is
+//! logged per packet.
+
+use std::cell::UnsafeCell;
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::ptr;
+
+use io_uring::{opcode, types, IoUring};
+use jumping_protocol::path::Transport;
+use jumping_protocol::{Instant, Path, SessionId};
+
+use crate::worker::{Rx, Worker};
+
+/// Number of receive buffers, all kept in flight.
+pub const RX_BUFFERS: usize = 64;
+
+/// Size of each receive buffer and of the transmit buffer (room for a full 1500-byte inner
+/// packet plus header and tag).
+pub const BUF_LEN: usize = 2048;
+
+/// User data of the cancellation issued on drop (never a buffer index).
+const CANCEL_TAG: u64 = u64::MAX;
+
+/// One receive buffer with its message header. Lives in a boxed slice that is never resized,
+/// so the self-referential pointers in `iov` and `hdr` stay valid for the slot's lifetime.
+struct Slot {
+    buf: [u8; BUF_LEN],
+    iov: libc::iovec,
+    name: libc::sockaddr_storage,
+    hdr: libc::msghdr,
+}
+
+/// Counters of what the I/O loop itself saw (the worker counts everything else).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UringCounters {
+    /// Receive completions with an error (negative result).
+    pub recv_errors: u64,
+    /// Datagrams longer than [`BUF_LEN`], dropped unread.
+    pub truncated: u64,
+    /// Datagrams whose source address family was not IPv4/IPv6.
+    pub bad_source: u64,
+    /// Heartbeat echoes sent.
+    pub replies_sent: u64,
+    /// Heartbeat echoes that failed to send (or whose destination is not UDP).
+    pub reply_errors: u64,
+    /// Packets that came from an address other than the session's active path (to be
+    /// reported to the control process; not yet forwarded in this slice).
+    pub new_path_events: u64,
+}
+
+/// The io_uring UDP loop for one worker.
+pub struct UringUdp {
+    // Declared first so that, after `Drop::drop` has confirmed no operation is in flight, the
+    // ring is torn down before the buffers are freed.
+    ring: IoUring,
+    socket: UdpSocket,
+    slots: Box<[UnsafeCell<Slot>]>,
+    in_flight: Box<[bool]>,
+    in_flight_count: usize,
+    /// Buffer indexes to re-arm at the next submission.
+    rearm: Vec<u32>,
+    tx_buf: Box<[u8; BUF_LEN]>,
+    counters: UringCounters,
+}
+
+impl std::fmt::Debug for UringUdp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringUdp")
+            .field("socket", &self.socket)
+            .field("buffers", &self.slots.len())
+            .field("in_flight", &self.in_flight_count)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sockaddr_storage_len() -> libc::socklen_t {
+    // 128 bytes: always fits.
+    size_of::<libc::sockaddr_storage>() as libc::socklen_t
+}
+
+impl UringUdp {
+    /// Bind a UDP socket to `addr` and arm every receive buffer.
+    ///
+    /// # Errors
+    /// Binding, ring setup or the first submission failed.
+    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        Self::new(UdpSocket::bind(addr)?)
+    }
+
+    /// Take over a bound socket and arm every receive buffer.
+    ///
+    /// # Errors
+    /// Ring setup or the first submission failed.
+    pub fn new(socket: UdpSocket) -> io::Result<Self> {
+        // Room for every receive plus the cancellation on drop; the completion queue is twice
+        // the submission queue by default, so every in-flight receive has a completion slot.
+        let ring = IoUring::new((RX_BUFFERS * 2) as u32)?;
+        let slots: Box<[UnsafeCell<Slot>]> = (0..RX_BUFFERS)
+            .map(|_| {
+                UnsafeCell::new(Slot {
+                    buf: [0; BUF_LEN],
+                    iov: libc::iovec {
+                        iov_base: ptr::null_mut(),
+                        iov_len: 0,
+                    },
+                    // SAFETY: `sockaddr_storage` and `msghdr` are plain C structs for which
+                    // all-zero bytes are a valid value (null pointers, zero lengths).
+                    name: unsafe { mem::zeroed() },
+                    // SAFETY: as above.
+                    hdr: unsafe { mem::zeroed() },
+                })
+            })
+            .collect();
+        // Now that the slots are at their final heap address, point each header at its own
+        // iovec, name and buffer. These pointers never change afterwards.
+        for cell in slots.iter() {
+            let p = cell.get();
+            // SAFETY: `p` comes from a live `UnsafeCell` in `slots`, nothing else references
+            // the slot, and no operation has been submitted yet.
+            unsafe {
+                (*p).iov.iov_base = ptr::addr_of_mut!((*p).buf).cast();
+                (*p).iov.iov_len = BUF_LEN;
+                (*p).hdr.msg_name = ptr::addr_of_mut!((*p).name).cast();
+                (*p).hdr.msg_iov = ptr::addr_of_mut!((*p).iov);
+                (*p).hdr.msg_iovlen = 1;
+            }
+        }
+        let mut me = UringUdp {
+            ring,
+            socket,
+            slots,
+            in_flight: vec![false; RX_BUFFERS].into_boxed_slice(),
+            in_flight_count: 0,
+            rearm: (0..RX_BUFFERS as u32).collect(),
+            tx_buf: Box::new([0; BUF_LEN]),
+            counters: UringCounters::default(),
+        };
+        me.push_rearms()?;
+        me.ring.submit()?;
+        Ok(me)
+    }
+
+    /// The bound socket (for its local address, options).
+    #[must_use]
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    /// The loop's own counters.
+    #[must_use]
+    pub fn counters(&self) -> &UringCounters {
+        &self.counters
+    }
+
+    /// Receive operations currently in flight.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.in_flight_count
+    }
+
+    /// Push a `RecvMsg` for every buffer waiting in `rearm` (no system call).
+    fn push_rearms(&mut self) -> io::Result<()> {
+        let fd = types::Fd(self.socket.as_raw_fd());
+        let mut sq = self.ring.submission();
+        while let Some(&idx) = self.rearm.last() {
+            let i = idx as usize;
+            debug_assert!(!self.in_flight[i]);
+            let p = self.slots[i].get();
+            // SAFETY: slot `i` is not in flight (its completion was reaped, or it was never
+            // submitted), so nothing else reads or writes it; we reset the lengths the kernel
+            // overwrote on the previous receive.
+            let hdr = unsafe {
+                (*p).hdr.msg_namelen = sockaddr_storage_len();
+                (*p).hdr.msg_flags = 0;
+                ptr::addr_of_mut!((*p).hdr)
+            };
+            // MSG_TRUNC: the result is the real datagram length, so truncation is detectable.
+            let entry = opcode::RecvMsg::new(fd, hdr)
+                .flags(libc::MSG_TRUNC as u32)
+                .build()
+                .user_data(u64::from(idx));
+            // SAFETY: the msghdr, its iovec, name and buffer all live in slot `i` of the boxed
+            // slice `self.slots`, which is never resized or moved and is freed only after
+            // `Drop` has cancelled and reaped every in-flight operation (or leaked, if that
+            // could not be confirmed). We mark the slot in flight and touch it again only
+            // after its completion is reaped.
+            if unsafe { sq.push(&entry) }.is_err() {
+                // Submission queue full: leave the rest for the next submission.
+                break;
+            }
+            self.rearm.pop();
+            self.in_flight[i] = true;
+            self.in_flight_count += 1;
+        }
+        Ok(())
+    }
+
+    /// Wait for at least one receive, process every completed datagram through
+    /// `worker.handle_rx`, hand delivered inner packets to `deliver`, send heartbeat echoes,
+    /// and re-arm the consumed buffers in one submission. Returns how many datagrams were
+    /// passed to the worker (including ones it dropped; not receive errors or truncated
+    /// datagrams, which only [`UringUdp::counters`] records).
+    ///
+    /// # Errors
+    /// The ring's submit/wait failed (other than by a signal, which returns `Ok(0)`).
+    pub fn run_once(
+        &mut self,
+        worker: &mut Worker,
+        now: Instant,
+        deliver: &mut impl FnMut(SessionId, &[u8]),
+    ) -> io::Result<usize> {
+        // Anything not re-armed last time (queue was full) goes in with this submission.
+        self.push_rearms()?;
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        let mut processed = 0;
+        let Self {
+            ring,
+            socket,
+            slots,
+            in_flight,
+            in_flight_count,
+            rearm,
+            counters,
+            ..
+        } = self;
+        for cqe in ring.completion() {
+            let idx = cqe.user_data();
+            let Some(i) = usize::try_from(idx).ok().filter(|&i| i < slots.len()) else {
+                continue; // not a receive (e.g. a cancellation)
+            };
+            in_flight[i] = false;
+            *in_flight_count -= 1;
+            rearm.push(idx as u32);
+            let Ok(len) = usize::try_from(cqe.result()) else {
+                counters.recv_errors += 1;
+                continue;
+            };
+            if len > BUF_LEN {
+                counters.truncated += 1;
+                continue;
+            }
+            let p = slots[i].get();
+            // SAFETY: the completion for slot `i` has been reaped, so the kernel no longer
+            // accesses it and it is not re-submitted until `push_rearms`, after these borrows
+            // end. No other reference to the slot exists.
+            let slot = unsafe { &mut *p };
+            let (buf, from) = (&mut slot.buf[..len], sockaddr_of(&slot.name));
+            let Some(from) = from else {
+                counters.bad_source += 1;
+                continue;
+            };
+            processed += 1;
+            match worker.handle_rx(now, Path::udp(from), &mut *buf) {
+                Rx::Deliver {
+                    id,
+                    packet,
+                    new_path,
+                } => {
+                    counters.new_path_events += u64::from(new_path.is_some());
+                    deliver(id, packet);
+                }
+                Rx::Reply { dst, len, new_path } => {
+                    counters.new_path_events += u64::from(new_path.is_some());
+                    let sent = dst.transport == Transport::Udp
+                        && socket.send_to(&buf[..len], dst.addr).is_ok();
+                    if sent {
+                        counters.replies_sent += 1;
+                    } else {
+                        counters.reply_errors += 1;
+                    }
+                }
+                Rx::Consumed { new_path } => {
+                    counters.new_path_events += u64::from(new_path.is_some());
+                }
+                Rx::Dropped(_) => {}
+            }
+        }
+        self.push_rearms()?;
+        self.ring.submit()?;
+        Ok(processed)
+    }
+
+    /// Cancel every in-flight receive and reap the completions, so that no buffer is in the
+    /// kernel's hands afterwards ([`UringUdp::in_flight`] is then 0). Datagrams that
+    /// completed in the meantime are discarded unprocessed. A later [`UringUdp::run_once`]
+    /// re-arms every buffer. Called on drop.
+    ///
+    /// # Errors
+    /// The cancellation could not be queued, or the ring's submit/wait failed; receives may
+    /// then still be in flight.
+    pub fn cancel_all(&mut self) -> io::Result<()> {
+        if self.in_flight_count == 0 {
+            return Ok(());
+        }
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(CANCEL_TAG);
+        // SAFETY: a cancellation carries no buffer or pointer.
+        unsafe { self.ring.submission().push(&cancel) }
+            .map_err(|_| io::Error::other("submission queue full"))?;
+        let mut rounds = 0;
+        while self.in_flight_count > 0 {
+            rounds += 1;
+            if rounds > 1000 {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "receives still in flight after cancellation",
+                ));
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for cqe in self.ring.completion() {
+                let Ok(i) = usize::try_from(cqe.user_data()) else {
+                    continue;
+                };
+                if i < self.in_flight.len() && self.in_flight[i] {
+                    self.in_flight[i] = false;
+                    self.in_flight_count -= 1;
+                    self.rearm.push(i as u32);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Encapsulate `inner` for session `id` and send it to the session's active path.
+    ///
+    /// # Errors
+    /// The worker refused it ([`crate::worker::WorkerDrop`], counted by the worker; kind
+    /// `InvalidInput`), the active path is not UDP (`Unsupported`), or the send failed.
+    pub fn send_inner(
+        &mut self,
+        worker: &mut Worker,
+        id: SessionId,
+        inner: &[u8],
+    ) -> io::Result<()> {
+        let buf = &mut self.tx_buf[..];
+        let header = jumping_protocol::wire::DATA_HEADER_LEN;
+        if let Some(room) = buf.get_mut(header..header + inner.len()) {
+            room.copy_from_slice(inner);
+        }
+        let (dst, len) = worker
+            .encapsulate(id, buf, inner.len())
+            .map_err(|d| io::Error::new(io::ErrorKind::InvalidInput, format!("{d:?}")))?;
+        if dst.transport != Transport::Udp {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "active path is not UDP",
+            ));
+        }
+        self.socket.send_to(&buf[..len], dst.addr)?;
+        Ok(())
+    }
+}
+
+/// The source address the kernel wrote into a receive slot's name.
+fn sockaddr_of(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a `sockaddr_in`; `sockaddr_storage`
+            // is larger and at least as aligned, and we only read it.
+            let sin = unsafe { &*ptr::from_ref(ss).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for `sockaddr_in6`.
+            let sin6 = unsafe { &*ptr::from_ref(ss).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+impl Drop for UringUdp {
+    fn drop(&mut self) {
+        // The kernel may still write into any in-flight buffer: cancel every operation and
+        // reap the completions before the slots are freed. If that cannot be confirmed, leak
+        // the slots rather than free memory the kernel may still write to.
+        let _ = self.cancel_all();
+        if self.in_flight_count > 0 {
+            mem::forget(mem::take(&mut self.slots));
+        }
+    }
+}
