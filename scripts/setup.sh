@@ -42,6 +42,11 @@ fi
 if ! command -v clang >/dev/null 2>&1 && command -v clang-19 >/dev/null 2>&1; then
   $SUDO ln -sf "$(command -v clang-19)" /usr/local/bin/clang
 fi
+# libxdp's build also runs `llc` on clang-19's IR; Debian's unversioned `llc` may be an older
+# LLVM (14 here) that cannot read it, so put llc-19 first on PATH.
+if command -v llc-19 >/dev/null 2>&1 && ! llc --version 2>/dev/null | grep -q 'LLVM version 19'; then
+  $SUDO ln -sf "$(command -v llc-19)" /usr/local/bin/llc
+fi
 
 # Rust: stable with rustfmt and clippy (the toolchain itself comes with the machine).
 if ! command -v cargo >/dev/null 2>&1; then

@@ -9,8 +9,8 @@
 //!
 //! This crate holds, so far, the session table, the command path, the worker's packet
 //! processing without I/O ([`worker::Worker`]) and the io_uring UDP loop that feeds a worker
-//! ([`uring::UringUdp`], the only module allowed `unsafe`); the AF_XDP loop is the next piece
-//! (see docs/ARCHITECTURE.md).
+//! ([`uring::UringUdp`]), and the first slice of the AF_XDP path ([`xsk::XskRx`]: receive only,
+//! IPv4 only). Only those two modules are allowed `unsafe` (see docs/ARCHITECTURE.md).
 #![deny(unsafe_code)]
 
 pub mod commands;
@@ -18,3 +18,5 @@ pub mod table;
 #[allow(unsafe_code)]
 pub mod uring;
 pub mod worker;
+#[allow(unsafe_code)]
+pub mod xsk;

@@ -16,7 +16,7 @@
 
 use std::path::Path;
 
-use aya::maps::{HashMap, PerCpuArray};
+use aya::maps::{HashMap, PerCpuArray, XskMap};
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 use jumping_protocol::wire::{self, MessageType};
@@ -350,6 +350,26 @@ pub fn set_session_owner(
         .ok_or(Error::Missing("map session_owner"))?;
     let mut owners: HashMap<_, u64, [u8; SessionOwner::SIZE]> = HashMap::try_from(map)?;
     owners.insert(session_id.0, owner.to_ne_bytes(), 0)?;
+    Ok(())
+}
+
+/// Put the AF_XDP socket `socket_fd` into slot `queue` of `xsks`, so the program redirects the
+/// data of sessions owned by `queue` into it. The map holds its own reference to the socket:
+/// the slot keeps working until it is overwritten or the socket's last fd is closed.
+///
+/// # Errors
+/// [`Error`] if the map is missing, `queue` is out of range or `socket_fd` is not an AF_XDP
+/// socket.
+pub fn set_xsk(
+    ebpf: &mut Ebpf,
+    queue: u32,
+    socket_fd: impl std::os::fd::AsRawFd,
+) -> Result<(), Error> {
+    let map = ebpf
+        .map_mut(map_names::XSKS)
+        .ok_or(Error::Missing("map xsks"))?;
+    let mut xsks = XskMap::try_from(map)?;
+    xsks.set(queue, socket_fd, 0)?;
     Ok(())
 }
 
