@@ -9,8 +9,9 @@
 //!
 //! This crate holds, so far, the session table, the command path, the worker's packet
 //! processing without I/O ([`worker::Worker`]) and the io_uring UDP loop that feeds a worker
-//! ([`uring::UringUdp`]), and the first slice of the AF_XDP path ([`xsk::XskRx`]: receive only,
-//! IPv4 only), and the inside interface as a TUN device ([`tun::Tun`]). Only those three modules
+//! ([`uring::UringUdp`]), and the first slice of the AF_XDP path ([`xsk::XskRx`]: receive,
+//! heartbeat echoes and `send_inner`, IPv4 only), and the inside interface as a TUN device
+//! ([`tun::Tun`]). Only those three modules
 //! are allowed `unsafe` (see docs/ARCHITECTURE.md).
 #![deny(unsafe_code)]
 

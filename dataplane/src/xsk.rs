@@ -1,4 +1,4 @@
-//! The AF_XDP receive path for one [`Worker`] (first slice: receive only, IPv4 only).
+//! The AF_XDP receive and transmit path for one [`Worker`] (first slice: IPv4 only).
 //!
 //! [`XskRx::bind`] creates a UMEM and one AF_XDP socket on `(interface, queue)` with xsk-rs
 //! (libxdp underneath), without letting libxdp load its own XDP program
@@ -10,14 +10,32 @@
 //! [`XskRx::poll_rx`] takes one batch of received frames off the RX ring, parses
 //! Ethernet → IPv4 → UDP to find the UDP payload and the sender's address, runs
 //! [`Worker::handle_rx`] on the payload **in place in the UMEM frame**, hands delivered inner
-//! packets to `deliver`, and returns every frame to the fill ring.
+//! packets to `deliver`, and returns every frame to the fill ring — except heartbeat echoes
+//! ([`Rx::Reply`]), which are turned into the reply **in the same frame** (MACs, addresses and
+//! ports swapped, lengths and IPv4 header checksum rewritten, UDP checksum 0) and put on the
+//! TX ring. Each call first reaps the completion ring, returning sent frames to the free list
+//! and from there to the fill ring.
+//!
+//! [`XskRx::send_inner`] takes a free frame, writes Ethernet/IPv4/UDP headers from an
+//! [`L2Template`] and the session's active path, seals the inner packet in place with
+//! [`Worker::encapsulate`] and puts the frame on the TX ring.
+//!
+//! The UDP checksum of transmitted datagrams is 0 ("no checksum"), which RFC 768 allows for
+//! IPv4 (not for IPv6); the payload is authenticated by the tunnel's AEAD anyway.
+//!
+//! After producing on the TX ring the socket is always kicked with `sendto` (xsk-rs
+//! [`TxQueue::wakeup`]): the socket is not bound with `XDP_USE_NEED_WAKEUP`, and in copy mode
+//! every transmit is driven by `sendto`, which sends a bounded batch per call, so the socket
+//! is kicked again on each poll while frames are outstanding.
 //!
 //! Limits of this slice:
 //! - IPv4 only, no VLAN tags, no IP fragments (the XDP program passes fragments to the
 //!   kernel anyway); anything else is counted in [`XskRxCounters::not_ipv4_udp`] and recycled.
-//! - No transmit: heartbeat echoes ([`Rx::Reply`]) are not sent, only counted in
-//!   [`XskRxCounters::replies_unsent`]; the TX ring and completion ring are created (libxdp
-//!   requires them) but unused.
+//! - No ARP/neighbour resolution: replies go back to the MAC they came from, and
+//!   [`XskRx::send_inner`] uses the caller's [`L2Template`] (one next hop for all clients).
+//! - A reply whose destination is not the datagram's source (the worker answers to the active
+//!   path, which may differ during a path change) is not sent but counted in
+//!   [`XskRxCounters::replies_unsent`], as is one that finds the TX ring full.
 //! - Copy or zero-copy is the kernel's choice unless [`XskConfig::force_copy`] is set (veth
 //!   supports only copy mode).
 
@@ -26,13 +44,15 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
+use jumping_protocol::path::Transport;
+use jumping_protocol::wire::DATA_HEADER_LEN;
 use jumping_protocol::{Instant, Path, SessionId};
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
-use crate::worker::{Rx, Worker};
+use crate::worker::{Rx, Worker, WorkerDrop};
 
 /// Sizes of the UMEM and rings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +113,15 @@ pub struct XskRxCounters {
     pub to_worker: u64,
     /// Inner packets handed to `deliver`.
     pub delivered: u64,
-    /// Heartbeat echoes the worker produced that this receive-only slice did not send.
+    /// Heartbeat echoes the worker produced that were not sent (destination other than the
+    /// datagram's source, or TX ring full).
     pub replies_unsent: u64,
+    /// Heartbeat echoes put on the TX ring.
+    pub replies_sent: u64,
+    /// Frames put on the TX ring by [`XskRx::send_inner`].
+    pub inner_sent: u64,
+    /// Frames the kernel reported done on the completion ring.
+    pub tx_completed: u64,
     /// Results carrying a `new_path` (path validation is the control process's job).
     pub new_path_events: u64,
 }
@@ -105,13 +132,19 @@ pub struct XskRx {
     // Field order is drop order: queues (which hold the socket) before the UMEM.
     rx: RxQueue,
     fill: FillQueue,
-    _tx: TxQueue,
-    _comp: CompQueue,
+    tx: TxQueue,
+    comp: CompQueue,
     umem: Umem,
     /// Frames owned by userspace and not yet on the fill ring.
     free: Vec<FrameDesc>,
     /// Receive batch (descriptors overwritten by each consume).
     batch: Vec<FrameDesc>,
+    /// Replies of the current receive batch, to go on the TX ring.
+    replies: Vec<FrameDesc>,
+    /// Completion batch (descriptors overwritten by each consume).
+    completed: Vec<FrameDesc>,
+    /// Frames on the TX ring or in flight, not yet back on the completion ring.
+    tx_outstanding: usize,
     counters: XskRxCounters,
     total_frames: usize,
 }
@@ -165,11 +198,14 @@ impl XskRx {
         let mut me = Self {
             rx,
             fill,
-            _tx: tx,
-            _comp: comp,
+            tx,
+            comp,
             umem,
             free: frames,
             batch: vec![FrameDesc::default(); batch_len],
+            replies: Vec::with_capacity(batch_len),
+            completed: vec![FrameDesc::default(); batch_len],
+            tx_outstanding: 0,
             counters: XskRxCounters::default(),
             total_frames,
         };
@@ -192,7 +228,7 @@ impl XskRx {
         &self.counters
     }
 
-    /// Frames currently on the fill ring or the RX ring (owned by the kernel).
+    /// Frames currently on the fill, RX, TX or completion ring (owned by the kernel).
     #[must_use]
     pub fn frames_in_kernel(&self) -> usize {
         self.total_frames - self.free.len()
@@ -236,6 +272,7 @@ impl XskRx {
         now: Instant,
         deliver: &mut impl FnMut(SessionId, &[u8]),
     ) -> usize {
+        self.reap_completions();
         // SAFETY: `batch` descriptors are overwritten with frames of this socket's UMEM, which
         // the kernel has finished writing and hands to userspace.
         let n = unsafe { self.rx.consume(&mut self.batch) };
@@ -244,8 +281,10 @@ impl XskRx {
             batch,
             counters,
             free,
+            replies,
             ..
         } = self;
+        replies.clear();
         for desc in &mut batch[..n] {
             counters.frames += 1;
             // SAFETY: `desc` came off this socket's RX ring, so it names a frame of `umem`
@@ -253,12 +292,15 @@ impl XskRx {
             // nothing else in userspace references it until it goes back on the fill ring.
             let mut data = unsafe { umem.data_mut(desc) };
             let frame = data.contents_mut();
-            let Some((from, payload)) = parse_ipv4_udp(frame) else {
+            let Some(at) = locate_ipv4_udp(frame) else {
                 counters.not_ipv4_udp += 1;
+                free.push(*desc);
                 continue;
             };
             counters.to_worker += 1;
-            match worker.handle_rx(now, Path::udp(SocketAddr::V4(from)), payload) {
+            let from = Path::udp(SocketAddr::V4(at.from));
+            let mut reply_len = None;
+            match worker.handle_rx(now, from, &mut frame[at.payload.clone()]) {
                 Rx::Deliver {
                     id,
                     packet,
@@ -268,26 +310,197 @@ impl XskRx {
                     counters.delivered += 1;
                     deliver(id, packet);
                 }
-                Rx::Reply { new_path, .. } => {
+                Rx::Reply { dst, len, new_path } => {
                     counters.new_path_events += u64::from(new_path.is_some());
-                    counters.replies_unsent += 1;
+                    if dst == from {
+                        reply_len = Some(len);
+                    } else {
+                        counters.replies_unsent += 1;
+                    }
                 }
                 Rx::Consumed { new_path } => {
                     counters.new_path_events += u64::from(new_path.is_some());
                 }
                 Rx::Dropped(_) => {}
             }
+            match reply_len.and_then(|len| turn_into_reply(frame, &at, len)) {
+                Some(frame_len) => {
+                    data.cursor().set_pos(frame_len);
+                    replies.push(*desc);
+                }
+                None => {
+                    counters.replies_unsent += u64::from(reply_len.is_some());
+                    free.push(*desc);
+                }
+            }
         }
-        free.extend_from_slice(&batch[..n]);
+        if !self.replies.is_empty() {
+            // SAFETY: the reply frames came off this socket's RX ring (frames of `self.umem`),
+            // were rewritten above and are referenced nowhere else until the completion ring
+            // hands them back.
+            let done = unsafe { self.tx.produce(&self.replies) };
+            self.tx_outstanding += done;
+            self.counters.replies_sent += done as u64;
+            let unsent = &self.replies[done..];
+            self.counters.replies_unsent += unsent.len() as u64;
+            self.free.extend_from_slice(unsent);
+        }
+        self.kick();
         self.refill();
         n
     }
+
+    /// Take a free frame, build an Ethernet/IPv4/UDP datagram to the session's active path
+    /// from `l2`, seal `inner` into its UDP payload in place with [`Worker::encapsulate`], and
+    /// put it on the TX ring. Returns the frame length put on the wire.
+    ///
+    /// # Errors
+    /// [`XskTxError`]: no free frame, TX ring full, the worker refused (no session, no active
+    /// path, too large for the frame: counted by the worker), or the active path is not
+    /// IPv4/UDP. The frame goes back to the free list in every case.
+    pub fn send_inner(
+        &mut self,
+        worker: &mut Worker,
+        id: SessionId,
+        inner: &[u8],
+        l2: &L2Template,
+    ) -> Result<usize, XskTxError> {
+        self.reap_completions();
+        if self.tx.nb_free(1) == 0 {
+            self.kick();
+            return Err(XskTxError::TxRingFull);
+        }
+        let Some(mut desc) = self.free.pop() else {
+            return Err(XskTxError::NoFreeFrame);
+        };
+        let result = self.build_inner(&mut desc, worker, id, inner, l2);
+        match result {
+            Ok(len) => {
+                // SAFETY: `desc` is a frame of `self.umem` taken off the free list (owned by
+                // userspace, referenced nowhere else) and was just written.
+                let done = unsafe { self.tx.produce_one(&desc) };
+                if done == 0 {
+                    self.free.push(desc);
+                    return Err(XskTxError::TxRingFull);
+                }
+                self.tx_outstanding += 1;
+                self.counters.inner_sent += 1;
+                self.kick();
+                Ok(len)
+            }
+            Err(e) => {
+                self.free.push(desc);
+                Err(e)
+            }
+        }
+    }
+
+    fn build_inner(
+        &self,
+        desc: &mut FrameDesc,
+        worker: &mut Worker,
+        id: SessionId,
+        inner: &[u8],
+        l2: &L2Template,
+    ) -> Result<usize, XskTxError> {
+        // SAFETY: `desc` is a free frame of `self.umem`, owned by userspace and referenced
+        // nowhere else (the caller took it off the free list).
+        let mut data = unsafe { self.umem.data_mut(desc) };
+        let mut cursor = data.cursor();
+        let room = cursor.buf_len();
+        cursor.set_pos(room);
+        let frame = data.contents_mut();
+        let at = HEADERS_LEN + DATA_HEADER_LEN;
+        if frame.len() < at + inner.len() {
+            return Err(XskTxError::Worker(WorkerDrop::TooLarge));
+        }
+        frame[at..at + inner.len()].copy_from_slice(inner);
+        let (dst, udp_payload) = worker
+            .encapsulate(id, &mut frame[HEADERS_LEN..], inner.len())
+            .map_err(XskTxError::Worker)?;
+        let SocketAddr::V4(dst_addr) = dst.addr else {
+            return Err(XskTxError::NotIpv4Udp);
+        };
+        if dst.transport != Transport::Udp {
+            return Err(XskTxError::NotIpv4Udp);
+        }
+        let len = write_headers(frame, l2, dst_addr, udp_payload);
+        data.cursor().set_pos(len);
+        Ok(len)
+    }
+
+    /// Return every frame on the completion ring to the free list.
+    fn reap_completions(&mut self) {
+        loop {
+            // SAFETY: the completion ring hands back frames of `self.umem` that this socket
+            // put on its TX ring; the kernel is done with them.
+            let n = unsafe { self.comp.consume(&mut self.completed) };
+            if n == 0 {
+                break;
+            }
+            self.free.extend_from_slice(&self.completed[..n]);
+            self.tx_outstanding = self.tx_outstanding.saturating_sub(n);
+            self.counters.tx_completed += n as u64;
+        }
+    }
+
+    /// Kick the kernel to transmit while frames are outstanding. Errors that only mean "try
+    /// again" are swallowed by xsk-rs; others leave the frames on the ring for the next kick.
+    fn kick(&self) {
+        if self.tx_outstanding > 0 {
+            let _ = self.tx.wakeup();
+        }
+    }
+}
+
+/// Fixed link-layer and source fields of transmitted datagrams (one next hop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L2Template {
+    /// Our MAC (Ethernet source).
+    pub src_mac: [u8; 6],
+    /// The next hop's MAC (Ethernet destination).
+    pub dst_mac: [u8; 6],
+    /// Our IPv4 address (IP source).
+    pub src_ip: Ipv4Addr,
+    /// Our tunnel port (UDP source).
+    pub src_port: u16,
+}
+
+/// Why [`XskRx::send_inner`] did not transmit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum XskTxError {
+    /// Every UMEM frame is on a ring.
+    #[error("no free UMEM frame")]
+    NoFreeFrame,
+    /// The TX ring is full.
+    #[error("the TX ring is full")]
+    TxRingFull,
+    /// The worker did not seal the packet (counted by the worker).
+    #[error("the worker dropped the packet: {0:?}")]
+    Worker(WorkerDrop),
+    /// The session's active path is not UDP over IPv4.
+    #[error("the active path is not UDP over IPv4")]
+    NotIpv4Udp,
 }
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const IPPROTO_UDP: u8 = 17;
 const UDP_HLEN: usize = 8;
+
+const IPV4_HLEN: usize = 20;
+/// Ethernet + IPv4 without options + UDP headers of transmitted frames.
+const HEADERS_LEN: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN;
+
+/// Where the parts of a received Ethernet/IPv4/UDP frame are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ipv4Udp {
+    from: SocketAddrV4,
+    /// IPv4 header length (options included).
+    ihl: usize,
+    /// UDP payload within the frame.
+    payload: std::ops::Range<usize>,
+}
 
 /// Find the UDP payload of an Ethernet/IPv4/UDP frame and its sender. `None` for anything
 /// else: other ethertypes (VLAN included), IPv4 options beyond the frame, fragments, lengths
@@ -296,11 +509,16 @@ const UDP_HLEN: usize = 8;
 /// treats as a path change to validate).
 #[must_use]
 pub fn parse_ipv4_udp(frame: &mut [u8]) -> Option<(SocketAddrV4, &mut [u8])> {
+    let at = locate_ipv4_udp(frame)?;
+    Some((at.from, &mut frame[at.payload]))
+}
+
+fn locate_ipv4_udp(frame: &[u8]) -> Option<Ipv4Udp> {
     let ethertype = u16::from_be_bytes(frame.get(12..ETH_HLEN)?.try_into().ok()?);
     if ethertype != ETH_P_IP {
         return None;
     }
-    let ip = frame.get_mut(ETH_HLEN..)?;
+    let ip = frame.get(ETH_HLEN..)?;
     let vihl = *ip.first()?;
     if vihl >> 4 != 4 {
         return None;
@@ -315,16 +533,96 @@ pub fn parse_ipv4_udp(frame: &mut [u8]) -> Option<(SocketAddrV4, &mut [u8])> {
         return None;
     }
     let src_ip = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let udp = &mut ip[ihl..total];
+    let udp = &ip[ihl..total];
     let src_port = u16::from_be_bytes([udp[0], udp[1]]);
     let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
     if udp_len < UDP_HLEN || udp_len > udp.len() {
         return None;
     }
-    Some((
-        SocketAddrV4::new(src_ip, src_port),
-        &mut udp[UDP_HLEN..udp_len],
-    ))
+    let start = ETH_HLEN + ihl + UDP_HLEN;
+    Some(Ipv4Udp {
+        from: SocketAddrV4::new(src_ip, src_port),
+        ihl,
+        payload: start..start + udp_len - UDP_HLEN,
+    })
+}
+
+/// Turn a received frame located by `at`, whose UDP payload now starts with `len` bytes of
+/// reply, into that reply back to the sender: Ethernet MACs, IPv4 addresses and UDP ports
+/// swapped, lengths set, IPv4 header checksum recomputed, UDP checksum 0 (allowed for IPv4).
+/// Returns the new frame length, or `None` if the reply does not fit the frame.
+fn turn_into_reply(frame: &mut [u8], at: &Ipv4Udp, len: usize) -> Option<usize> {
+    let ip_total = at.ihl + UDP_HLEN + len;
+    let frame_len = ETH_HLEN + ip_total;
+    if frame_len > frame.len() || at.payload.start + len > frame.len() {
+        return None;
+    }
+    let ip_total16 = u16::try_from(ip_total).ok()?;
+    let udp_len16 = u16::try_from(UDP_HLEN + len).ok()?;
+    let (eth, ip) = frame.split_at_mut(ETH_HLEN);
+    let (dst_mac, src_mac) = eth.split_at_mut(6);
+    dst_mac.swap_with_slice(&mut src_mac[..6]);
+    ip[2..4].copy_from_slice(&ip_total16.to_be_bytes());
+    ip[8] = 64; // TTL
+    let (src_ip, dst_ip) = ip[12..20].split_at_mut(4);
+    src_ip.swap_with_slice(dst_ip);
+    set_ipv4_checksum(&mut ip[..at.ihl]);
+    let udp = &mut ip[at.ihl..at.ihl + UDP_HLEN];
+    let (sport, dport) = udp[..4].split_at_mut(2);
+    sport.swap_with_slice(dport);
+    udp[4..6].copy_from_slice(&udp_len16.to_be_bytes());
+    udp[6..8].copy_from_slice(&[0, 0]);
+    Some(frame_len)
+}
+
+/// Write Ethernet, IPv4 (no options, DF set) and UDP headers for a UDP payload of
+/// `payload_len` bytes already at `frame[HEADERS_LEN..]`. Returns the frame length.
+fn write_headers(
+    frame: &mut [u8],
+    l2: &L2Template,
+    dst: SocketAddrV4,
+    payload_len: usize,
+) -> usize {
+    let ip_total = IPV4_HLEN + UDP_HLEN + payload_len;
+    // The worker's datagrams are far below 64 KiB; saturate rather than wrap if not.
+    let ip_total16 = u16::try_from(ip_total).unwrap_or(u16::MAX);
+    let udp_len16 = u16::try_from(UDP_HLEN + payload_len).unwrap_or(u16::MAX);
+    frame[0..6].copy_from_slice(&l2.dst_mac);
+    frame[6..12].copy_from_slice(&l2.src_mac);
+    frame[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    let ip = &mut frame[ETH_HLEN..ETH_HLEN + IPV4_HLEN];
+    ip[0] = 0x45;
+    ip[1] = 0;
+    ip[2..4].copy_from_slice(&ip_total16.to_be_bytes());
+    ip[4..6].copy_from_slice(&[0, 0]); // identification (DF set, never fragmented)
+    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = IPPROTO_UDP;
+    ip[12..16].copy_from_slice(&l2.src_ip.octets());
+    ip[16..20].copy_from_slice(&dst.ip().octets());
+    set_ipv4_checksum(ip);
+    let udp = &mut frame[ETH_HLEN + IPV4_HLEN..HEADERS_LEN];
+    udp[0..2].copy_from_slice(&l2.src_port.to_be_bytes());
+    udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&udp_len16.to_be_bytes());
+    udp[6..8].copy_from_slice(&[0, 0]); // no UDP checksum (RFC 768, IPv4 only)
+    ETH_HLEN + ip_total
+}
+
+/// Recompute the checksum of an IPv4 header (`header.len()` = IHL × 4).
+fn set_ipv4_checksum(header: &mut [u8]) {
+    header[10] = 0;
+    header[11] = 0;
+    let mut sum: u32 = header
+        .chunks_exact(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    #[allow(clippy::cast_possible_truncation)] // folded to 16 bits above
+    let sum = !(sum as u16);
+    header[10..12].copy_from_slice(&sum.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -355,6 +653,54 @@ mod tests {
         let (from, payload) = parse_ipv4_udp(&mut f).expect("parsed");
         assert_eq!(from, "10.77.0.2:4242".parse().expect("addr"));
         assert_eq!(payload, b"abc");
+    }
+
+    fn checksum_ok(header: &[u8]) -> bool {
+        let mut sum: u32 = header
+            .chunks_exact(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        while sum > 0xFFFF {
+            sum = (sum & 0xFFFF) + (sum >> 16);
+        }
+        sum == 0xFFFF
+    }
+
+    #[test]
+    fn a_frame_turns_into_its_reply_in_place() {
+        let mut f = frame(ETH_P_IP, 0, IPPROTO_UDP, b"abcdefgh");
+        f[..12].copy_from_slice(&[1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]);
+        let at = locate_ipv4_udp(&f).expect("parsed");
+        f[at.payload.start..at.payload.start + 3].copy_from_slice(b"xyz");
+        let len = turn_into_reply(&mut f, &at, 3).expect("fits");
+        assert_eq!(len, 14 + 20 + 8 + 3);
+        assert_eq!(&f[..12], &[2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1]);
+        assert!(checksum_ok(&f[14..34]));
+        let (from, payload) = parse_ipv4_udp(&mut f[..len]).expect("reply parses");
+        assert_eq!(from, "10.77.0.1:51820".parse().expect("addr"));
+        assert_eq!(payload, b"xyz");
+        assert_eq!(&f[26..34], &[10, 77, 0, 1, 10, 77, 0, 2]);
+        assert_eq!(&f[36..38], &4242u16.to_be_bytes());
+        assert_eq!(&f[40..42], &[0, 0]);
+    }
+
+    #[test]
+    fn headers_are_written_from_the_template() {
+        let mut f = vec![0u8; 100];
+        f[HEADERS_LEN..HEADERS_LEN + 4].copy_from_slice(b"data");
+        let l2 = L2Template {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src_ip: Ipv4Addr::new(10, 77, 0, 1),
+            src_port: 51820,
+        };
+        let len = write_headers(&mut f, &l2, "10.77.0.2:4242".parse().expect("addr"), 4);
+        assert_eq!(len, HEADERS_LEN + 4);
+        assert!(checksum_ok(&f[14..34]));
+        let (from, payload) = parse_ipv4_udp(&mut f[..len]).expect("parses");
+        assert_eq!(from, "10.77.0.1:51820".parse().expect("addr"));
+        assert_eq!(payload, b"data");
+        assert_eq!(&f[..12], &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
     }
 
     #[test]

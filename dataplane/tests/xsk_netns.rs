@@ -3,6 +3,10 @@
 //! veth, an [`XskRx`] socket on its queue 0 is put into the program's `xsks` map, and the
 //! protocol client's real encrypted datagrams, sent from a UDP socket in the client
 //! namespace, must reach the worker through AF_XDP and be delivered exactly once each.
+//! A second test sends the other way: heartbeat echoes rewritten in the received frame and
+//! inner packets sealed into free frames with `XskRx::send_inner` go out on the TX ring and
+//! must reach the client socket, where the protocol client accepts each exactly once; a
+//! heartbeat from a port other than the active path is answered but not sent.
 //!
 //! Needs root (namespaces, BPF, bpffs). Without root it prints `SKIPPED: needs root` and
 //! returns; with `JUMPING_REQUIRE_BPF_TESTS=1` (set by CI) it fails instead.
@@ -12,17 +16,18 @@ use std::io::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::process::Command as Proc;
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, PoisonError};
 use std::time::{Duration, Instant as WallInstant};
 
 use aya::programs::XdpFlags;
 use jumping_dataplane::commands::{channel, Command};
 use jumping_dataplane::worker::{DataSession, SessionUpdate, Worker};
-use jumping_dataplane::xsk::{XskConfig, XskRx};
+use jumping_dataplane::xsk::{L2Template, XskConfig, XskRx, XskTxError};
 use jumping_ebpf::test_run::BpffsMount;
 use jumping_ebpf::{Counter, SessionOwner};
+use jumping_protocol::client::{ClientOutput, LocalPath};
 use jumping_protocol::testing::Sim;
-use jumping_protocol::wire::{DATA_HEADER_LEN, TAG_LEN};
+use jumping_protocol::wire::{self, MessageType, DATA_HEADER_LEN, TAG_LEN};
 use jumping_protocol::{Path, Policy};
 
 const PACKETS: u32 = 200;
@@ -36,6 +41,12 @@ const GW_DEV: &str = "jxgw0";
 const CLIENT_DEV: &str = "jxcl0";
 /// Bound on waiting for the gateway to come up and for all packets to arrive.
 const LIMIT: Duration = Duration::from_secs(20);
+/// Heartbeats the client sends (one per heartbeat interval) and inner packets sent back.
+const HEARTBEATS: u32 = 3;
+const INNER_BACK: u32 = 50;
+
+/// The tests share namespace-independent names (veth creation, bpffs): run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn is_root() -> bool {
     jumping_ebpf::test_run::is_root()
@@ -71,11 +82,11 @@ struct Netns {
 }
 
 impl Netns {
-    fn new() -> Self {
+    fn new(tag: &str) -> Self {
         let pid = std::process::id();
         let me = Self {
-            gw: format!("jx-gw-{pid}"),
-            client: format!("jx-cl-{pid}"),
+            gw: format!("jx-gw{tag}-{pid}"),
+            client: format!("jx-cl{tag}-{pid}"),
         };
         // Created before the first command so a failure half way still cleans up.
         ip(&["netns", "add", &me.gw]);
@@ -157,7 +168,8 @@ fn encrypted_datagrams_reach_the_worker_through_af_xdp() {
     if skip_unless_root() {
         return;
     }
-    let netns = Netns::new();
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let netns = Netns::new("r");
 
     // A session established by the protocol, handed to a worker whose active path is the
     // client socket in the client namespace.
@@ -292,4 +304,240 @@ fn encrypted_datagrams_reach_the_worker_through_af_xdp() {
         r.xdp
     );
     assert_eq!(c(Counter::RedirectFailedPass), 0, "{:?}", r.xdp);
+}
+
+fn mac(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    v.try_into().expect("6 bytes")
+}
+
+struct TxResult {
+    xsk: jumping_dataplane::xsk::XskRxCounters,
+    frames_in_kernel: usize,
+    sealed: u64,
+}
+
+#[derive(Debug)]
+struct ClientResult {
+    echoes: u32,
+    seen: Vec<u32>,
+}
+
+#[test]
+fn echoes_and_inner_packets_leave_through_af_xdp() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let netns = Netns::new("t");
+
+    let mut sim = Sim::new(72, Policy::default());
+    let sid = sim.connect();
+    let handoff = sim.session(sid).handoff();
+    let (mut tx, rx) = channel(16);
+    let mut worker = Worker::new(sid.owner_core(), 1024, rx, Policy::default().key_grace);
+    let client_addr: SocketAddr = format!("{CLIENT_ADDR}:{CLIENT_PORT}")
+        .parse()
+        .expect("addr");
+    tx.send(Command::Install {
+        id: sid,
+        state: DataSession::from(handoff),
+    })
+    .expect("room");
+    tx.send(Command::Update {
+        id: sid,
+        update: SessionUpdate::ActivePath(Some(Path::udp(client_addr))),
+    })
+    .expect("room");
+    assert_eq!(worker.apply_commands(16).installed, 1);
+    // The worker's clock: after every heartbeat the client will send.
+    let gw_now = sim.now + Duration::from_secs(10);
+    let l2 = L2Template {
+        src_mac: mac(GW_MAC),
+        dst_mac: mac(CLIENT_MAC),
+        src_ip: GW_ADDR.parse().expect("addr"),
+        src_port: TUNNEL_PORT,
+    };
+
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (echoed_tx, echoed_rx) = mpsc::channel::<()>();
+    let gw_ns = netns.gw.clone();
+    let gateway = std::thread::spawn(move || {
+        let _tx = tx;
+        enter_netns(&gw_ns);
+        let mount = BpffsMount::new().expect("mount a private bpffs");
+        let mut ebpf = jumping_ebpf::load(mount.path()).expect("load XDP object");
+        jumping_ebpf::add_tunnel_port(&mut ebpf, TUNNEL_PORT).expect("tunnel port");
+        jumping_ebpf::set_session_owner(&mut ebpf, sid, SessionOwner::new(0))
+            .expect("session owner");
+        let prog = jumping_ebpf::xdp_program(&mut ebpf).expect("program");
+        let link = prog
+            .attach(GW_DEV, XdpFlags::DRV_MODE)
+            .expect("attach XDP in native mode");
+        let mut xsk = XskRx::bind(
+            GW_DEV,
+            0,
+            XskConfig {
+                force_copy: true,
+                ..XskConfig::default()
+            },
+        )
+        .expect("bind AF_XDP socket");
+        jumping_ebpf::set_xsk(&mut ebpf, 0, xsk.fd()).expect("xsks[0] = socket");
+        ready_tx.send(()).expect("main waits");
+
+        let deadline = WallInstant::now() + LIMIT;
+        let mut no_delivery =
+            |_: jumping_protocol::SessionId, _: &[u8]| panic!("nothing is delivered in this test");
+        // Echo heartbeats until the client says it has them all.
+        while echoed_rx.try_recv().is_err() && WallInstant::now() < deadline {
+            xsk.wait(20).expect("poll");
+            xsk.poll_rx(&mut worker, gw_now, &mut no_delivery);
+        }
+        // Send the inner packets, retrying while the rings are busy.
+        let mut sent = 0;
+        while sent < INNER_BACK && WallInstant::now() < deadline {
+            match xsk.send_inner(&mut worker, sid, &inner_packet(sent), &l2) {
+                Ok(_) => sent += 1,
+                Err(XskTxError::TxRingFull | XskTxError::NoFreeFrame) => {
+                    xsk.poll_rx(&mut worker, gw_now, &mut no_delivery);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("send_inner: {e}"),
+            }
+        }
+        let want = u64::from(HEARTBEATS + INNER_BACK);
+        while xsk.counters().tx_completed < want && WallInstant::now() < deadline {
+            xsk.poll_rx(&mut worker, gw_now, &mut no_delivery);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let result = TxResult {
+            xsk: xsk.counters().clone(),
+            frames_in_kernel: xsk.frames_in_kernel(),
+            sealed: worker.counters().sealed,
+        };
+        drop(xsk);
+        jumping_ebpf::xdp_program(&mut ebpf)
+            .expect("program")
+            .detach(link)
+            .expect("detach XDP");
+        drop(ebpf);
+        drop(mount);
+        result
+    });
+
+    if ready_rx.recv_timeout(LIMIT).is_err() {
+        match gateway.join() {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(_) => panic!("gateway finished without signalling readiness"),
+        }
+    }
+
+    let client_ns = netns.client.clone();
+    let client = std::thread::spawn(move || {
+        enter_netns(&client_ns);
+        let sock = UdpSocket::bind(client_addr).expect("client socket");
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let gw: SocketAddr = format!("{GW_ADDR}:{TUNNEL_PORT}").parse().expect("addr");
+        let mut buf = [0u8; 2048];
+        let mut echoes = 0;
+        for k in 0..=HEARTBEATS {
+            let at = sim.now + Duration::from_millis(1500) * (k + 1);
+            sim.client.handle_timeout(at);
+            let hb = std::iter::from_fn(|| sim.client.poll_transmit())
+                .find(|t| wire::peek_type(&t.payload) == Ok(MessageType::Heartbeat))
+                .expect("a heartbeat after the interval");
+            if k == 0 {
+                // From another port than the active path: the worker answers to the active
+                // path, which is not this datagram's source, so the echo is not sent.
+                let stray = UdpSocket::bind(SocketAddr::new(client_addr.ip(), CLIENT_PORT + 1))
+                    .expect("stray socket");
+                stray
+                    .send_to(&hb.payload, gw)
+                    .expect("send stray heartbeat");
+                continue;
+            }
+            sock.send_to(&hb.payload, gw).expect("send heartbeat");
+            let (len, from) = sock.recv_from(&mut buf).expect("the echo");
+            assert_eq!(from, gw);
+            match sim.client.handle_datagram(
+                at + Duration::from_millis(10),
+                LocalPath(0),
+                &mut buf[..len],
+            ) {
+                ClientOutput::Consumed => echoes += 1,
+                other => panic!("client did not accept echo {k}: {other:?}"),
+            }
+        }
+        echoed_tx.send(()).expect("gateway waits");
+        let mut seen = vec![0u32; INNER_BACK as usize];
+        let mut got = 0;
+        let deadline = WallInstant::now() + LIMIT;
+        while got < INNER_BACK && WallInstant::now() < deadline {
+            let Ok((len, from)) = sock.recv_from(&mut buf) else {
+                break;
+            };
+            assert_eq!(from, gw);
+            match sim
+                .client
+                .handle_datagram(sim.now, LocalPath(0), &mut buf[..len])
+            {
+                ClientOutput::Deliver(p) => {
+                    let i = u32::from_be_bytes(p[..4].try_into().expect("4 bytes"));
+                    assert_eq!(&*p, &inner_packet(i)[..]);
+                    seen[i as usize] += 1;
+                    got += 1;
+                }
+                other => panic!("client did not accept an inner packet: {other:?}"),
+            }
+        }
+        // Duplicates, if any, would follow shortly.
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        while let Ok((len, _)) = sock.recv_from(&mut buf) {
+            if let ClientOutput::Deliver(p) =
+                sim.client
+                    .handle_datagram(sim.now, LocalPath(0), &mut buf[..len])
+            {
+                let i = u32::from_be_bytes(p[..4].try_into().expect("4 bytes"));
+                seen[i as usize] += 1;
+            }
+        }
+        ClientResult { echoes, seen }
+    });
+    let c = client.join();
+    let r = match gateway.join() {
+        Ok(r) => r,
+        Err(p) => std::panic::resume_unwind(p),
+    };
+    let c = match c {
+        Ok(c) => c,
+        Err(p) => std::panic::resume_unwind(p),
+    };
+    drop(netns);
+
+    assert_eq!(c.echoes, HEARTBEATS, "{:?}", r.xsk);
+    let missing: Vec<usize> = (0..c.seen.len()).filter(|&i| c.seen[i] == 0).collect();
+    let dup: Vec<usize> = (0..c.seen.len()).filter(|&i| c.seen[i] > 1).collect();
+    assert!(
+        missing.is_empty() && dup.is_empty(),
+        "missing {missing:?}, duplicated {dup:?}; xsk {:?}",
+        r.xsk
+    );
+    assert_eq!(r.xsk.replies_sent, u64::from(HEARTBEATS), "{:?}", r.xsk);
+    assert_eq!(r.xsk.replies_unsent, 1, "the stray heartbeat: {:?}", r.xsk);
+    assert_eq!(r.xsk.new_path_events, 1, "the stray heartbeat: {:?}", r.xsk);
+    assert_eq!(r.xsk.inner_sent, u64::from(INNER_BACK), "{:?}", r.xsk);
+    assert_eq!(r.sealed, u64::from(INNER_BACK));
+    assert_eq!(
+        r.xsk.tx_completed,
+        u64::from(HEARTBEATS + INNER_BACK),
+        "{:?}",
+        r.xsk
+    );
+    assert_eq!(r.frames_in_kernel, 2048, "every sent frame came back");
 }
