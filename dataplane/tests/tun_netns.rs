@@ -6,20 +6,17 @@
 //! Needs root (namespaces, TUN). Without root it prints `SKIPPED: needs root` and returns;
 //! with `JUMPING_REQUIRE_BPF_TESTS=1` (set by CI) it fails instead.
 
-use std::fs::File;
-use std::io::Write as _;
+mod support;
+use support::{enter_netns, ip, setup, skip_unless_root};
+
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd as _;
 use std::process::Command as Proc;
 use std::time::{Duration, Instant as WallInstant};
 
-use jumping_dataplane::commands::{channel, Command, CommandSender};
 use jumping_dataplane::tun::Tun;
-use jumping_dataplane::worker::{DataSession, Rx, SessionUpdate, Worker};
+use jumping_dataplane::worker::Rx;
 use jumping_protocol::client::{ClientOutput, LocalPath};
-use jumping_protocol::testing::Sim;
 use jumping_protocol::wire::{DATA_HEADER_LEN, TAG_LEN};
-use jumping_protocol::{Path, Policy, SessionId};
 
 const PACKETS: u32 = 50;
 const TUN_DEV: &str = "jtun0";
@@ -31,28 +28,6 @@ const REMOTE_PORT: u16 = 5555;
 const LIMIT: Duration = Duration::from_secs(5);
 const IPV4_HEADER_LEN: usize = 20;
 const UDP_HEADER_LEN: usize = 8;
-
-fn skip_unless_root() -> bool {
-    if jumping_ebpf::test_run::is_root() {
-        return false;
-    }
-    assert!(
-        std::env::var_os("JUMPING_REQUIRE_BPF_TESTS").is_none_or(|v| v != "1"),
-        "JUMPING_REQUIRE_BPF_TESTS=1 but not running as root"
-    );
-    let _ = writeln!(std::io::stderr(), "SKIPPED: needs root");
-    true
-}
-
-fn ip(args: &[&str]) {
-    let out = Proc::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A fresh network namespace, deleted on drop (also when the test panics), which destroys
 /// the TUN device in it.
@@ -74,39 +49,6 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Proc::new("ip").args(["netns", "del", &self.name]).output();
     }
-}
-
-fn enter_netns(name: &str) {
-    let f = File::open(format!("/var/run/netns/{name}")).expect("open netns");
-    // SAFETY: `f` is an open namespace file for the duration of the call; setns changes only
-    // the calling thread's network namespace.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-}
-
-/// As in tests/worker.rs: the protocol's gateway completes the handshake and the session is
-/// handed to a worker.
-fn setup() -> (
-    Sim,
-    SessionId,
-    Worker,
-    CommandSender<DataSession, SessionUpdate>,
-    Path,
-) {
-    let mut sim = Sim::new(21, Policy::default());
-    let sid = sim.connect();
-    let s = sim.session(sid);
-    let active = s.active.expect("active path");
-    let handoff = s.handoff();
-    let (mut tx, rx) = channel(16);
-    let mut worker = Worker::new(sid.owner_core(), 1024, rx, Policy::default().key_grace);
-    tx.send(Command::Install {
-        id: sid,
-        state: DataSession::from(handoff),
-    })
-    .expect("room");
-    assert_eq!(worker.apply_commands(16).installed, 1);
-    (sim, sid, worker, tx, active)
 }
 
 fn payload(i: u32) -> Vec<u8> {

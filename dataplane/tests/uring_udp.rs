@@ -2,6 +2,9 @@
 //! client sends encrypted datagrams from a plain socket, the worker's [`UringUdp`] receives,
 //! opens and delivers them, and sends sealed packets and heartbeat echoes back.
 
+mod support;
+use support::client_datagram;
+
 use std::net::UdpSocket;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -11,7 +14,7 @@ use jumping_dataplane::uring::UringUdp;
 use jumping_dataplane::worker::{DataSession, SessionUpdate, Worker, WorkerDrop};
 use jumping_protocol::client::{ClientOutput, LocalPath};
 use jumping_protocol::testing::Sim;
-use jumping_protocol::wire::{self, MessageType, DATA_HEADER_LEN, TAG_LEN};
+use jumping_protocol::wire::{self, MessageType};
 use jumping_protocol::{Path, Policy, SessionId};
 
 /// Upper bound for a whole test; the body runs on its own thread so a lost datagram (which
@@ -37,17 +40,6 @@ fn within_limit(name: &str, body: impl FnOnce() + Send + 'static) {
         }
         Err(mpsc::RecvTimeoutError::Timeout) => panic!("{name} did not finish in {TEST_LIMIT:?}"),
     }
-}
-
-fn client_datagram(sim: &mut Sim, inner: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; DATA_HEADER_LEN + inner.len() + TAG_LEN];
-    buf[DATA_HEADER_LEN..DATA_HEADER_LEN + inner.len()].copy_from_slice(inner);
-    let (_, len) = sim
-        .client
-        .encapsulate(sim.now, &mut buf, inner.len())
-        .expect("established");
-    buf.truncate(len);
-    buf
 }
 
 struct Setup {

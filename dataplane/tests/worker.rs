@@ -2,48 +2,16 @@
 //! session to the worker, and the protocol's client exchanges real encrypted packets with the
 //! worker alone.
 
+mod support;
+use support::{client_datagram, setup};
+
 use std::time::Duration;
 
-use jumping_dataplane::commands::{channel, Command};
-use jumping_dataplane::worker::{DataSession, Rx, SessionUpdate, Worker, WorkerDrop};
+use jumping_dataplane::commands::Command;
+use jumping_dataplane::worker::{DataSession, Rx, SessionUpdate, WorkerDrop};
 use jumping_protocol::client::{ClientOutput, LocalPath};
-use jumping_protocol::testing::Sim;
 use jumping_protocol::wire::{self, MessageType, DATA_HEADER_LEN, TAG_LEN};
-use jumping_protocol::{Path, Policy, SessionId};
-
-fn client_datagram(sim: &mut Sim, inner: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; DATA_HEADER_LEN + inner.len() + TAG_LEN];
-    buf[DATA_HEADER_LEN..DATA_HEADER_LEN + inner.len()].copy_from_slice(inner);
-    let (_, len) = sim
-        .client
-        .encapsulate(sim.now, &mut buf, inner.len())
-        .expect("established");
-    buf.truncate(len);
-    buf
-}
-
-fn setup() -> (
-    Sim,
-    SessionId,
-    Worker,
-    jumping_dataplane::commands::CommandSender<DataSession, SessionUpdate>,
-    Path,
-) {
-    let mut sim = Sim::new(21, Policy::default());
-    let sid = sim.connect();
-    let s = sim.session(sid);
-    let active = s.active.expect("active path");
-    let handoff = s.handoff();
-    let (mut tx, rx) = channel(16);
-    let mut worker = Worker::new(sid.owner_core(), 1024, rx, Policy::default().key_grace);
-    tx.send(Command::Install {
-        id: sid,
-        state: DataSession::from(handoff),
-    })
-    .expect("room");
-    assert_eq!(worker.apply_commands(16).installed, 1);
-    (sim, sid, worker, tx, active)
-}
+use jumping_protocol::Path;
 
 #[test]
 fn worker_carries_a_handed_off_session_both_ways() {

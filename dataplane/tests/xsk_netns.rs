@@ -11,10 +11,10 @@
 //! Needs root (namespaces, BPF, bpffs). Without root it prints `SKIPPED: needs root` and
 //! returns; with `JUMPING_REQUIRE_BPF_TESTS=1` (set by CI) it fails instead.
 
-use std::fs::File;
-use std::io::Write as _;
+mod support;
+use support::{client_datagram, enter_netns, ip, skip_unless_root};
+
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd as _;
 use std::process::Command as Proc;
 use std::sync::{mpsc, Mutex, PoisonError};
 use std::time::{Duration, Instant as WallInstant};
@@ -27,7 +27,7 @@ use jumping_ebpf::test_run::BpffsMount;
 use jumping_ebpf::{Counter, SessionOwner};
 use jumping_protocol::client::{ClientOutput, LocalPath};
 use jumping_protocol::testing::Sim;
-use jumping_protocol::wire::{self, MessageType, DATA_HEADER_LEN, TAG_LEN};
+use jumping_protocol::wire::{self, MessageType};
 use jumping_protocol::{Path, Policy};
 
 const PACKETS: u32 = 200;
@@ -47,32 +47,6 @@ const INNER_BACK: u32 = 50;
 
 /// The tests share namespace-independent names (veth creation, bpffs): run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn is_root() -> bool {
-    jumping_ebpf::test_run::is_root()
-}
-
-fn skip_unless_root() -> bool {
-    if is_root() {
-        return false;
-    }
-    assert!(
-        std::env::var_os("JUMPING_REQUIRE_BPF_TESTS").is_none_or(|v| v != "1"),
-        "JUMPING_REQUIRE_BPF_TESTS=1 but not running as root"
-    );
-    let _ = writeln!(std::io::stderr(), "SKIPPED: needs root");
-    true
-}
-
-fn ip(args: &[&str]) {
-    let out = Proc::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Two namespaces joined by a veth pair; deleting the namespaces (on drop, also when the test
 /// panics) destroys the veth pair and with it the attached XDP program.
@@ -130,30 +104,10 @@ impl Drop for Netns {
     }
 }
 
-/// Move the calling thread into the named network namespace.
-fn enter_netns(name: &str) {
-    let f = File::open(format!("/var/run/netns/{name}")).expect("open netns");
-    // SAFETY: `f` is an open namespace file for the duration of the call; setns changes only
-    // the calling thread's network namespace.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-}
-
 fn inner_packet(i: u32) -> Vec<u8> {
     let mut p = i.to_be_bytes().to_vec();
     p.extend_from_slice(b" an inner packet through AF_XDP");
     p
-}
-
-fn client_datagram(sim: &mut Sim, inner: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; DATA_HEADER_LEN + inner.len() + TAG_LEN];
-    buf[DATA_HEADER_LEN..DATA_HEADER_LEN + inner.len()].copy_from_slice(inner);
-    let (_, len) = sim
-        .client
-        .encapsulate(sim.now, &mut buf, inner.len())
-        .expect("established");
-    buf.truncate(len);
-    buf
 }
 
 struct GatewayResult {
