@@ -3,19 +3,18 @@
 //! opens and delivers them, and sends sealed packets and heartbeat echoes back.
 
 mod support;
-use support::client_datagram;
+use support::{client_datagram, handed_off, Sender};
 
 use std::net::UdpSocket;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use jumping_dataplane::commands::{channel, Command, CommandSender};
 use jumping_dataplane::uring::UringUdp;
-use jumping_dataplane::worker::{DataSession, SessionUpdate, Worker, WorkerDrop};
+use jumping_dataplane::worker::{Worker, WorkerDrop};
 use jumping_protocol::client::{ClientOutput, LocalPath};
 use jumping_protocol::testing::Sim;
 use jumping_protocol::wire::{self, MessageType};
-use jumping_protocol::{Path, Policy, SessionId};
+use jumping_protocol::{Path, SessionId};
 
 /// Upper bound for a whole test; the body runs on its own thread so a lost datagram (which
 /// would leave `run_once` waiting) fails the test instead of hanging it.
@@ -46,7 +45,7 @@ struct Setup {
     sim: Sim,
     sid: SessionId,
     worker: Worker,
-    _tx: CommandSender<DataSession, SessionUpdate>,
+    _tx: Sender,
     uring: UringUdp,
     client: UdpSocket,
 }
@@ -54,28 +53,12 @@ struct Setup {
 /// A session handed to a worker whose active path is the client test socket, and the
 /// worker's io_uring socket.
 fn setup(seed: u64) -> Setup {
-    let mut sim = Sim::new(seed, Policy::default());
-    let sid = sim.connect();
-    let handoff = sim.session(sid).handoff();
-    let (mut tx, rx) = channel(16);
-    let mut worker = Worker::new(sid.owner_core(), 1024, rx, Policy::default().key_grace);
     let client = UdpSocket::bind("127.0.0.1:0").expect("client socket");
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let client_path = Path::udp(client.local_addr().expect("client addr"));
-    tx.send(Command::Install {
-        id: sid,
-        state: DataSession::from(handoff),
-    })
-    .expect("room");
-    tx.send(Command::Update {
-        id: sid,
-        update: SessionUpdate::ActivePath(Some(client_path)),
-    })
-    .expect("room");
-    let applied = worker.apply_commands(16);
-    assert_eq!(applied.installed, 1);
+    let (sim, sid, worker, tx) = handed_off(seed, Some(client_path));
     let uring = UringUdp::bind("127.0.0.1:0".parse().expect("addr")).expect("io_uring socket");
     Setup {
         sim,

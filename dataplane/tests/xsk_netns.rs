@@ -12,7 +12,7 @@
 //! returns; with `JUMPING_REQUIRE_BPF_TESTS=1` (set by CI) it fails instead.
 
 mod support;
-use support::{client_datagram, enter_netns, ip, skip_unless_root};
+use support::{client_datagram, enter_netns, handed_off, ip, skip_unless_root};
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command as Proc;
@@ -20,15 +20,12 @@ use std::sync::{mpsc, Mutex, PoisonError};
 use std::time::{Duration, Instant as WallInstant};
 
 use aya::programs::XdpFlags;
-use jumping_dataplane::commands::{channel, Command};
-use jumping_dataplane::worker::{DataSession, SessionUpdate, Worker};
 use jumping_dataplane::xsk::{L2Template, XskConfig, XskRx, XskTxError};
 use jumping_ebpf::test_run::BpffsMount;
 use jumping_ebpf::{Counter, SessionOwner};
 use jumping_protocol::client::{ClientOutput, LocalPath};
-use jumping_protocol::testing::Sim;
 use jumping_protocol::wire::{self, MessageType};
-use jumping_protocol::{Path, Policy};
+use jumping_protocol::Path;
 
 const PACKETS: u32 = 200;
 const TUNNEL_PORT: u16 = 51_820;
@@ -127,25 +124,10 @@ fn encrypted_datagrams_reach_the_worker_through_af_xdp() {
 
     // A session established by the protocol, handed to a worker whose active path is the
     // client socket in the client namespace.
-    let mut sim = Sim::new(71, Policy::default());
-    let sid = sim.connect();
-    let handoff = sim.session(sid).handoff();
-    let (mut tx, rx) = channel(16);
-    let mut worker = Worker::new(sid.owner_core(), 1024, rx, Policy::default().key_grace);
     let client_addr: SocketAddr = format!("{CLIENT_ADDR}:{CLIENT_PORT}")
         .parse()
         .expect("addr");
-    tx.send(Command::Install {
-        id: sid,
-        state: DataSession::from(handoff),
-    })
-    .expect("room");
-    tx.send(Command::Update {
-        id: sid,
-        update: SessionUpdate::ActivePath(Some(Path::udp(client_addr))),
-    })
-    .expect("room");
-    assert_eq!(worker.apply_commands(16).installed, 1);
+    let (mut sim, sid, mut worker, tx) = handed_off(71, Some(Path::udp(client_addr)));
     let datagrams: Vec<Vec<u8>> = (0..PACKETS)
         .map(|i| client_datagram(&mut sim, &inner_packet(i)))
         .collect();
@@ -288,25 +270,10 @@ fn echoes_and_inner_packets_leave_through_af_xdp() {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     let netns = Netns::new("t");
 
-    let mut sim = Sim::new(72, Policy::default());
-    let sid = sim.connect();
-    let handoff = sim.session(sid).handoff();
-    let (mut tx, rx) = channel(16);
-    let mut worker = Worker::new(sid.owner_core(), 1024, rx, Policy::default().key_grace);
     let client_addr: SocketAddr = format!("{CLIENT_ADDR}:{CLIENT_PORT}")
         .parse()
         .expect("addr");
-    tx.send(Command::Install {
-        id: sid,
-        state: DataSession::from(handoff),
-    })
-    .expect("room");
-    tx.send(Command::Update {
-        id: sid,
-        update: SessionUpdate::ActivePath(Some(Path::udp(client_addr))),
-    })
-    .expect("room");
-    assert_eq!(worker.apply_commands(16).installed, 1);
+    let (mut sim, sid, mut worker, tx) = handed_off(72, Some(Path::udp(client_addr)));
     // The worker's clock: after every heartbeat the client will send.
     let gw_now = sim.now + Duration::from_secs(10);
     let l2 = L2Template {

@@ -16,15 +16,13 @@ use jumping_protocol::{Path, Policy, SessionId};
 /// The control process's end of a worker's command ring.
 pub type Sender = CommandSender<DataSession, SessionUpdate>;
 
-/// The protocol's gateway completes a handshake in the simulation and the session is handed
-/// to a fresh worker: the simulation, the session, the worker, its command ring and the
-/// session's active path.
-pub fn setup() -> (Sim, SessionId, Worker, Sender, Path) {
-    let mut sim = Sim::new(21, Policy::default());
+/// The protocol's gateway completes a handshake in the simulation (seeded by `seed`) and the
+/// session is handed to a fresh worker, with its active path moved to `active` if given: the
+/// simulation, the session, the worker and its command ring.
+pub fn handed_off(seed: u64, active: Option<Path>) -> (Sim, SessionId, Worker, Sender) {
+    let mut sim = Sim::new(seed, Policy::default());
     let sid = sim.connect();
-    let s = sim.session(sid);
-    let active = s.active.expect("active path");
-    let handoff = s.handoff();
+    let handoff = sim.session(sid).handoff();
     let (mut tx, rx) = channel(16);
     let mut worker = Worker::new(sid.owner_core(), 1024, rx, Policy::default().key_grace);
     tx.send(Command::Install {
@@ -32,7 +30,21 @@ pub fn setup() -> (Sim, SessionId, Worker, Sender, Path) {
         state: DataSession::from(handoff),
     })
     .expect("room");
+    if let Some(path) = active {
+        tx.send(Command::Update {
+            id: sid,
+            update: SessionUpdate::ActivePath(Some(path)),
+        })
+        .expect("room");
+    }
     assert_eq!(worker.apply_commands(16).installed, 1);
+    (sim, sid, worker, tx)
+}
+
+/// [`handed_off`] with seed 21 and the handshake's own path, which is returned too.
+pub fn setup() -> (Sim, SessionId, Worker, Sender, Path) {
+    let (sim, sid, worker, tx) = handed_off(21, None);
+    let active = sim.session(sid).active.expect("active path");
     (sim, sid, worker, tx, active)
 }
 
