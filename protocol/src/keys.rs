@@ -125,6 +125,95 @@ impl EpochKeys {
     }
 }
 
+/// One epoch's secrets and bookkeeping in transferable form, for moving a session to another
+/// process (control process → data plane). Times are relative to the moment of export, so the
+/// two processes need no common clock. Zeroed on drop; never printed.
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct EpochMaterial {
+    /// Full epoch number.
+    pub epoch: u32,
+    /// Cipher suite wire code ([`CipherSuite::code`]).
+    pub suite: u8,
+    /// Raw packet key for sending.
+    pub send: [u8; 32],
+    /// Raw packet key for receiving.
+    pub recv: [u8; 32],
+    /// Control-message MAC key for sending.
+    pub ctrl_send: [u8; 32],
+    /// Control-message MAC key for receiving.
+    pub ctrl_recv: [u8; 32],
+    /// Age of the epoch at export, in nanoseconds.
+    pub age_ns: u64,
+    /// Packets sealed under the epoch so far.
+    pub sent: u64,
+}
+
+impl core::fmt::Debug for EpochMaterial {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("EpochMaterial")
+            .field("epoch", &self.epoch)
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The suite code of an [`EpochMaterial`] is not a known cipher suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown cipher suite code {0}")]
+pub struct UnknownSuite(pub u8);
+
+impl EpochKeys {
+    /// This epoch in transferable form, ages counted back from `now`.
+    #[must_use]
+    pub fn export(&self, now: Instant) -> EpochMaterial {
+        EpochMaterial {
+            epoch: self.epoch,
+            suite: self.suite.code(),
+            send: *self.send_secret.expose(),
+            recv: *self.recv_secret.expose(),
+            ctrl_send: *self.ctrl_send.expose(),
+            ctrl_recv: *self.ctrl_recv.expose(),
+            age_ns: u64::try_from(now.saturating_duration_since(self.created).as_nanos())
+                .unwrap_or(u64::MAX),
+            sent: self.sent,
+        }
+    }
+
+    /// Rebuild an epoch exported by [`EpochKeys::export`], its creation placed `age_ns` before
+    /// `now` on this process's clock.
+    ///
+    /// # Errors
+    /// [`UnknownSuite`] if the suite code is unknown.
+    pub fn import(m: &EpochMaterial, now: Instant) -> Result<Self, UnknownSuite> {
+        let suite = CipherSuite::from_code(m.suite).ok_or(UnknownSuite(m.suite))?;
+        let send = SecretKey::from_bytes(m.send);
+        let recv = SecretKey::from_bytes(m.recv);
+        Ok(EpochKeys {
+            epoch: m.epoch,
+            send: AeadKey::new(suite, &send),
+            recv: AeadKey::new(suite, &recv),
+            ctrl_send: SecretKey::from_bytes(m.ctrl_send),
+            ctrl_recv: SecretKey::from_bytes(m.ctrl_recv),
+            created: Instant::from_nanos(now.as_nanos().saturating_sub(m.age_ns)),
+            sent: m.sent,
+            send_secret: send,
+            recv_secret: recv,
+            suite,
+        })
+    }
+}
+
+/// Every epoch of a [`KeySet`] in transferable form.
+#[derive(Debug, Clone)]
+pub struct KeySetMaterial {
+    /// The previous epoch and the nanoseconds of grace it had left at export.
+    pub previous: Option<(EpochMaterial, u64)>,
+    /// The current epoch.
+    pub current: EpochMaterial,
+    /// The next epoch, waiting for promotion.
+    pub next: Option<EpochMaterial>,
+}
+
 /// The epochs of a session.
 #[derive(Debug)]
 pub struct KeySet {
@@ -166,6 +255,42 @@ impl KeySet {
             current: self.current.duplicate(),
             next: self.next.as_ref().map(EpochKeys::duplicate),
         }
+    }
+
+    /// Every epoch in transferable form, times relative to `now`.
+    #[must_use]
+    pub fn export(&self, now: Instant) -> KeySetMaterial {
+        KeySetMaterial {
+            previous: self.previous.as_ref().map(|(k, until)| {
+                let left = until.saturating_duration_since(now).as_nanos();
+                (k.export(now), u64::try_from(left).unwrap_or(u64::MAX))
+            }),
+            current: self.current.export(now),
+            next: self.next.as_ref().map(|k| k.export(now)),
+        }
+    }
+
+    /// Rebuild a set exported by [`KeySet::export`] on this process's clock.
+    ///
+    /// # Errors
+    /// [`UnknownSuite`] if an epoch names an unknown suite.
+    pub fn import(m: &KeySetMaterial, now: Instant) -> Result<Self, UnknownSuite> {
+        let previous = match &m.previous {
+            Some((k, left)) => Some((
+                EpochKeys::import(k, now)?,
+                Instant::from_nanos(now.as_nanos().saturating_add(*left)),
+            )),
+            None => None,
+        };
+        Ok(KeySet {
+            previous,
+            current: EpochKeys::import(&m.current, now)?,
+            next: m
+                .next
+                .as_ref()
+                .map(|k| EpochKeys::import(k, now))
+                .transpose()?,
+        })
     }
 
     /// The current epoch (used for sending).
@@ -287,6 +412,42 @@ mod tests {
             transcript: [0; 32],
             suite: CipherSuite::Aes256Gcm,
         }
+    }
+
+    #[test]
+    fn export_import_keeps_keys_and_grace() {
+        let t0 = Instant::from_millis(1_000);
+        let mut set = KeySet::new(EpochKeys::derive(&hk(3), 0, Role::Gateway, t0));
+        set.install_next(EpochKeys::derive(&hk(4), 1, Role::Gateway, t0));
+        set.promote_next(t0, Duration::from_secs(10));
+        let exported = set.export(t0 + Duration::from_secs(4));
+        assert!(
+            !format!("{exported:?}").contains("send:"),
+            "no key bytes in Debug"
+        );
+        // Another process, another clock origin.
+        let there = Instant::from_millis(50);
+        let imported = KeySet::import(&exported, there).expect("known suite");
+        assert_eq!(imported.current().epoch, 1);
+        assert_eq!(
+            imported.previous_deadline(),
+            Some(there + Duration::from_secs(6))
+        );
+        assert!(imported.for_receive(there, 0).is_some());
+        assert!(imported
+            .for_receive(there + Duration::from_secs(6), 0)
+            .is_none());
+        let mut buf = [0u8; DATA_HEADER_LEN + 5 + TAG_LEN];
+        buf[DATA_HEADER_LEN..DATA_HEADER_LEN + 5].copy_from_slice(b"hello");
+        let mut client = EpochKeys::derive(&hk(4), 1, Role::Client, t0);
+        client.seal_transport(SessionId(9), 7, MessageType::Data, &mut buf);
+        let mut w = ReplayWindow::new();
+        let (slot, plain) =
+            open_transport(&imported, &mut w, there, 1, 7, &mut buf).expect("opens");
+        assert_eq!((slot, &plain[..]), (Slot::Current, &b"hello"[..]));
+        let mut bad = exported.current.clone();
+        bad.suite = 9;
+        assert_eq!(EpochKeys::import(&bad, there).err(), Some(UnknownSuite(9)));
     }
 
     #[test]

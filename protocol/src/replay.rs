@@ -75,6 +75,25 @@ impl<const WORDS: usize> ReplayWindow<WORDS> {
         self.any.then_some(self.top)
     }
 
+    /// The window's state (highest counter accepted, bitmap), to move it to another process.
+    #[must_use]
+    pub fn to_parts(&self) -> (Option<u64>, [u64; WORDS]) {
+        (self.top(), self.bitmap)
+    }
+
+    /// A window rebuilt from [`ReplayWindow::to_parts`].
+    #[must_use]
+    pub fn from_parts(top: Option<u64>, bitmap: [u64; WORDS]) -> Self {
+        match top {
+            Some(top) => ReplayWindow {
+                top,
+                any: true,
+                bitmap,
+            },
+            None => Self::new(),
+        }
+    }
+
     fn slot(counter: u64) -> (usize, u64) {
         let word = ((counter / 64) as usize) & (WORDS - 1);
         (word, 1u64 << (counter % 64))
