@@ -16,6 +16,11 @@
 #![deny(unsafe_code)]
 
 pub mod commands;
+pub mod config;
+pub mod control;
+pub mod runtime;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod table;
 #[allow(unsafe_code)]
 pub mod tun;

@@ -29,6 +29,25 @@ impl Tun {
     /// it does not exist (needs `CAP_NET_ADMIN`). An empty `name` lets the kernel choose one
     /// (`tun%d`); [`Tun::name`] reports it.
     pub fn create(name: &str) -> io::Result<Tun> {
+        Self::open(name, 0)
+    }
+
+    /// Opens `queues` queues of the multi-queue TUN device `name` (`IFF_MULTI_QUEUE`), one
+    /// per worker: the kernel spreads the packets it routes into the device over the queues
+    /// by flow hash, and a packet written to any queue enters the stack.
+    pub fn create_queues(name: &str, queues: usize) -> io::Result<Vec<Tun>> {
+        if name.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a multi-queue TUN device needs a name",
+            ));
+        }
+        (0..queues.max(1))
+            .map(|_| Self::open(name, libc::IFF_MULTI_QUEUE))
+            .collect()
+    }
+
+    fn open(name: &str, extra_flags: libc::c_int) -> io::Result<Tun> {
         if name.len() >= libc::IFNAMSIZ || name.bytes().any(|b| b == 0 || b == b'/') {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -47,8 +66,8 @@ impl Tun {
         let mut ifr = libc::ifreq {
             ifr_name,
             ifr_ifru: libc::__c_anonymous_ifr_ifru {
-                // The flags fit in the kernel's `short` (0x0001 | 0x1000).
-                ifru_flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+                // The flags fit in the kernel's `short` (0x0001 | 0x1000 | 0x0100).
+                ifru_flags: (libc::IFF_TUN | libc::IFF_NO_PI | extra_flags) as libc::c_short,
             },
         };
         // SAFETY: `file` is an open /dev/net/tun descriptor and `ifr` is a valid, initialised

@@ -76,6 +76,12 @@ pub struct UringUdp {
     counters: UringCounters,
 }
 
+// SAFETY: the raw pointers inside `slots` (msghdr → iovec, name, buffer) point into the same
+// boxed slots, which the `UringUdp` owns and which do not move when the struct moves; the
+// ring, its in-flight operations and the slots all go to the new thread together, and no
+// reference to them is kept elsewhere. `UringUdp` is not `Sync`: one thread uses it at a time.
+unsafe impl Send for UringUdp {}
+
 impl std::fmt::Debug for UringUdp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UringUdp")
@@ -223,9 +229,55 @@ impl UringUdp {
         now: Instant,
         deliver: &mut impl FnMut(SessionId, &[u8]),
     ) -> io::Result<usize> {
+        let mut new_paths = 0;
+        let n = self.poll(
+            true,
+            &mut |from, buf| match worker.handle_rx(now, from, buf) {
+                Rx::Deliver {
+                    id,
+                    packet,
+                    new_path,
+                } => {
+                    new_paths += u64::from(new_path.is_some());
+                    deliver(id, packet);
+                    None
+                }
+                Rx::Reply { dst, len, new_path } => {
+                    new_paths += u64::from(new_path.is_some());
+                    Some((dst, len))
+                }
+                Rx::Consumed { new_path } => {
+                    new_paths += u64::from(new_path.is_some());
+                    None
+                }
+                Rx::Dropped(_) => None,
+            },
+        )?;
+        self.counters.new_path_events += new_paths;
+        Ok(n)
+    }
+
+    /// Submit pending re-arms, optionally wait for at least one completion (`wait`), and pass
+    /// every received datagram (source, payload in place) to `handle`; when it returns
+    /// `Some((dst, len))` the first `len` bytes of the buffer are sent to `dst` (a heartbeat
+    /// echo). Consumed buffers are re-armed in one submission. Returns the number of
+    /// datagrams passed to `handle`.
+    ///
+    /// # Errors
+    /// The ring's submit/wait failed (other than by a signal, which returns `Ok(0)`).
+    pub fn poll(
+        &mut self,
+        wait: bool,
+        handle: &mut impl FnMut(Path, &mut [u8]) -> Option<(Path, usize)>,
+    ) -> io::Result<usize> {
         // Anything not re-armed last time (queue was full) goes in with this submission.
         self.push_rearms()?;
-        match self.ring.submit_and_wait(1) {
+        let submitted = if wait {
+            self.ring.submit_and_wait(1)
+        } else {
+            self.ring.submit()
+        };
+        match submitted {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
             Err(e) => return Err(e),
@@ -268,34 +320,34 @@ impl UringUdp {
                 continue;
             };
             processed += 1;
-            match worker.handle_rx(now, Path::udp(from), &mut *buf) {
-                Rx::Deliver {
-                    id,
-                    packet,
-                    new_path,
-                } => {
-                    counters.new_path_events += u64::from(new_path.is_some());
-                    deliver(id, packet);
+            if let Some((dst, len)) = handle(Path::udp(from), &mut *buf) {
+                let sent = dst.transport == Transport::Udp
+                    && len <= buf.len()
+                    && socket.send_to(&buf[..len], dst.addr).is_ok();
+                if sent {
+                    counters.replies_sent += 1;
+                } else {
+                    counters.reply_errors += 1;
                 }
-                Rx::Reply { dst, len, new_path } => {
-                    counters.new_path_events += u64::from(new_path.is_some());
-                    let sent = dst.transport == Transport::Udp
-                        && socket.send_to(&buf[..len], dst.addr).is_ok();
-                    if sent {
-                        counters.replies_sent += 1;
-                    } else {
-                        counters.reply_errors += 1;
-                    }
-                }
-                Rx::Consumed { new_path } => {
-                    counters.new_path_events += u64::from(new_path.is_some());
-                }
-                Rx::Dropped(_) => {}
             }
         }
         self.push_rearms()?;
         self.ring.submit()?;
         Ok(processed)
+    }
+
+    /// The io_uring file descriptor: readable when completions are waiting (for `poll(2)`).
+    #[must_use]
+    pub fn ring_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+
+    /// Send one datagram from the socket (control messages, sealed packets built elsewhere).
+    ///
+    /// # Errors
+    /// The send failed.
+    pub fn send_datagram(&self, dst: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+        self.socket.send_to(datagram, dst).map(|_| ())
     }
 
     /// Cancel every in-flight receive and reap the completions, so that no buffer is in the
@@ -371,6 +423,118 @@ impl UringUdp {
         }
         self.socket.send_to(&buf[..len], dst.addr)?;
         Ok(())
+    }
+}
+
+/// Bind `count` UDP sockets to `addr` in one `SO_REUSEPORT` group and attach a classic BPF
+/// program that picks the group member by the byte at offset 4 of the UDP payload: the top
+/// byte of the SessionId, which names the owner worker (SPEC.md section 7). Socket `i` of the
+/// result is member `i`; a datagram whose byte is not a member index (control messages,
+/// sessions of a moved owner) falls back to the kernel's flow hash and is handed to its owner
+/// by the receiving worker.
+///
+/// # Errors
+/// Creating, configuring or binding a socket failed.
+pub fn bind_steered(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
+    use std::os::fd::FromRawFd as _;
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let mut sockets = Vec::with_capacity(count);
+    for i in 0..count {
+        // SAFETY: plain socket(2) call; the result is checked and owned right away.
+        let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh socket that nothing else owns.
+        let socket = unsafe { UdpSocket::from_raw_fd(fd) };
+        let one: libc::c_int = 1;
+        setsockopt(&socket, libc::SOL_SOCKET, libc::SO_REUSEPORT, &one)?;
+        if i == 0 {
+            // A generous receive buffer: bursts arrive faster than a wake-up.
+            let size: libc::c_int = 8 << 20;
+            let _ = setsockopt(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, &size);
+        }
+        let (storage, len) = sockaddr_from(addr);
+        // SAFETY: `storage` holds a valid sockaddr of `len` bytes for the socket's family.
+        let rc = unsafe { libc::bind(fd, ptr::from_ref(&storage).cast(), len) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if i == 0 {
+            // ldb [4]; ret a
+            let mut code = [
+                libc::sock_filter {
+                    code: (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: 4,
+                },
+                libc::sock_filter {
+                    code: (libc::BPF_RET | libc::BPF_A) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
+            ];
+            let prog = libc::sock_fprog {
+                len: code.len() as u16,
+                filter: code.as_mut_ptr(),
+            };
+            setsockopt(
+                &socket,
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_REUSEPORT_CBPF,
+                &prog,
+            )?;
+        }
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+fn setsockopt<T>(socket: &UdpSocket, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: `value` points to a live `T` of the size passed; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            ptr::from_ref(value).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn sockaddr_from(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero bytes are a valid `sockaddr_storage`.
+    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: `sockaddr_storage` is larger and at least as aligned as `sockaddr_in`.
+            let sin = unsafe { &mut *ptr::from_mut(&mut ss).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            (ss, size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for `sockaddr_in6`.
+            let sin6 = unsafe { &mut *ptr::from_mut(&mut ss).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_scope_id = a.scope_id();
+            (ss, size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+        }
     }
 }
 

@@ -19,6 +19,11 @@ use jumping_protocol::wire::{
 };
 use jumping_protocol::{Instant, Path, SessionId};
 
+use std::net::IpAddr;
+
+use jumping_dataplane_api::Install;
+use jumping_protocol::keys::UnknownSuite;
+
 use crate::commands::{Applied, CommandReceiver, Update};
 use crate::table::SessionTable;
 
@@ -29,6 +34,8 @@ pub struct DataSession {
     send_counter: u64,
     recv_window: ReplayWindow,
     active: Option<Path>,
+    /// The client's virtual address on the inside, when installed by the control process.
+    inner: Option<IpAddr>,
     /// Packets delivered inward.
     pub rx_packets: u64,
     /// Inner bytes delivered inward.
@@ -46,11 +53,57 @@ impl From<DataPlaneHandoff> for DataSession {
             send_counter: h.send_counter,
             recv_window: h.recv_window,
             active: h.active,
+            inner: None,
             rx_packets: 0,
             rx_bytes: 0,
             tx_packets: 0,
             tx_bytes: 0,
         }
+    }
+}
+
+impl DataSession {
+    /// A session as the control process installs it over the data-plane interface, its key
+    /// times placed on this process's clock at `now`.
+    ///
+    /// # Errors
+    /// [`UnknownSuite`] if the key material names an unknown cipher suite.
+    pub fn from_install(i: &Install, now: Instant) -> Result<Self, UnknownSuite> {
+        Ok(DataSession {
+            keys: KeySet::import(&i.keys, now)?,
+            send_counter: i.send_counter,
+            recv_window: ReplayWindow::from_parts(i.window_top, i.window),
+            active: i.active,
+            inner: Some(i.inner),
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+        })
+    }
+
+    /// The active path.
+    #[must_use]
+    pub fn active(&self) -> Option<Path> {
+        self.active
+    }
+
+    /// The client's virtual address, if installed with one.
+    #[must_use]
+    pub fn inner(&self) -> Option<IpAddr> {
+        self.inner
+    }
+
+    /// The current key epoch.
+    #[must_use]
+    pub fn epoch(&self) -> u32 {
+        self.keys.current().epoch
+    }
+
+    /// The next send counter.
+    #[must_use]
+    pub fn send_counter(&self) -> u64 {
+        self.send_counter
     }
 }
 
@@ -73,46 +126,9 @@ impl Update<DataSession> for SessionUpdate {
     }
 }
 
-/// Why a worker dropped a packet. [`WorkerDrop::index`] is the counter slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WorkerDrop {
-    /// Not a well-formed transport message.
-    Malformed,
-    /// A message type the data plane does not handle (the XDP program should not steer it).
-    NotDataPlane,
-    /// Not in this worker's table (unknown, retired, or owned by another core).
-    UnknownSession,
-    /// No key for the epoch.
-    UnknownEpoch,
-    /// Counter seen before or too old.
-    Replay,
-    /// The AEAD tag does not verify.
-    AuthFailed,
-    /// No active path to send to (the session is recovering).
-    NoActivePath,
-    /// The buffer cannot hold header, packet and tag.
-    TooLarge,
-}
-
-impl WorkerDrop {
-    /// Counter names by index.
-    pub const NAMES: [&'static str; 8] = [
-        "malformed",
-        "not_data_plane",
-        "unknown_session",
-        "unknown_epoch",
-        "replay",
-        "auth_failed",
-        "no_active_path",
-        "too_large",
-    ];
-
-    /// Stable counter index.
-    #[must_use]
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-}
+/// Why a worker dropped a packet; [`WorkerDrop::index`] is the counter slot. The same type
+/// names drops on the control interface.
+pub use jumping_dataplane_api::DropReason as WorkerDrop;
 
 /// What became of a received datagram.
 #[derive(Debug)]
@@ -155,7 +171,7 @@ pub struct WorkerCounters {
     /// Inner packets sealed.
     pub sealed: u64,
     /// Drops by [`WorkerDrop::index`].
-    pub drops: [u64; 8],
+    pub drops: [u64; WorkerDrop::COUNT],
     /// Key epochs promoted after the first packet under them.
     pub epochs_promoted: u64,
 }
@@ -210,6 +226,23 @@ impl Worker {
     /// Apply queued control commands; call between batches.
     pub fn apply_commands(&mut self, max: usize) -> Applied {
         self.commands.apply(&mut self.table, max)
+    }
+
+    /// Every session this worker holds.
+    pub fn sessions(&self) -> impl Iterator<Item = (SessionId, &DataSession)> {
+        self.table.iter()
+    }
+
+    /// Sessions held.
+    #[must_use]
+    pub fn session_count(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Count a drop decided outside [`Worker::handle_rx`] / [`Worker::encapsulate`] (no
+    /// route, handoff ring full, transmit or inside-interface failure).
+    pub fn count_drop(&mut self, d: WorkerDrop) {
+        self.counters.drops[d.index()] += 1;
     }
 
     fn drop_(&mut self, d: WorkerDrop) -> Rx<'static> {

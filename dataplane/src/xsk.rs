@@ -1,4 +1,4 @@
-//! The AF_XDP receive and transmit path for one [`Worker`] (first slice: IPv4 only).
+//! The AF_XDP receive and transmit path for one [`Worker`] (UDP over IPv4 and IPv6).
 //!
 //! [`XskRx::bind`] creates a UMEM and one AF_XDP socket on `(interface, queue)` with xsk-rs
 //! (libxdp underneath), without letting libxdp load its own XDP program
@@ -8,20 +8,25 @@
 //! frame that fits starts on the fill ring.
 //!
 //! [`XskRx::poll_rx`] takes one batch of received frames off the RX ring, parses
-//! Ethernet → IPv4 → UDP to find the UDP payload and the sender's address, runs
+//! Ethernet → IPv4 or IPv6 → UDP to find the UDP payload and the sender's address, runs
 //! [`Worker::handle_rx`] on the payload **in place in the UMEM frame**, hands delivered inner
 //! packets to `deliver`, and returns every frame to the fill ring — except heartbeat echoes
 //! ([`Rx::Reply`]), which are turned into the reply **in the same frame** (MACs, addresses and
-//! ports swapped, lengths and IPv4 header checksum rewritten, UDP checksum 0) and put on the
-//! TX ring. Each call first reaps the completion ring, returning sent frames to the free list
-//! and from there to the fill ring.
+//! ports swapped, lengths rewritten, the IPv4 header checksum or the IPv6 UDP checksum
+//! recomputed) and put on the TX ring. Each call first reaps the completion ring, returning
+//! sent frames to the free list and from there to the fill ring.
 //!
-//! [`XskRx::send_inner`] takes a free frame, writes Ethernet/IPv4/UDP headers from an
-//! [`L2Template`] and the session's active path, seals the inner packet in place with
-//! [`Worker::encapsulate`] and puts the frame on the TX ring.
+//! [`XskRx::send_inner`] takes a free frame, writes Ethernet/IPv4/UDP or Ethernet/IPv6/UDP
+//! headers (after the family of the session's active path) from an [`L2Template`], seals the
+//! inner packet in place with [`Worker::encapsulate`] and puts the frame on the TX ring. The
+//! worker reveals the active path only when it seals, so the inner packet is first placed
+//! behind IPv4-sized headers and, for an IPv6 path, the sealed datagram is moved 20 bytes
+//! further back in the frame before the headers are written.
 //!
-//! The UDP checksum of transmitted datagrams is 0 ("no checksum"), which RFC 768 allows for
-//! IPv4 (not for IPv6); the payload is authenticated by the tunnel's AEAD anyway.
+//! Over IPv4 the UDP checksum of transmitted datagrams is 0 ("no checksum", allowed by
+//! RFC 768; the payload is authenticated by the tunnel's AEAD anyway). Over IPv6 the checksum
+//! is mandatory (RFC 8200 section 8.1) and is computed over the pseudo-header and the whole
+//! datagram, a result of 0 being sent as `0xFFFF`.
 //!
 //! After producing on the TX ring the socket is always kicked with `sendto` (xsk-rs
 //! [`TxQueue::wakeup`]): the socket is not bound with `XDP_USE_NEED_WAKEUP`, and in copy mode
@@ -29,10 +34,12 @@
 //! is kicked again on each poll while frames are outstanding.
 //!
 //! Limits of this slice:
-//! - IPv4 only, no VLAN tags, no IP fragments (the XDP program passes fragments to the
-//!   kernel anyway); anything else is counted in [`XskRxCounters::not_ipv4_udp`] and recycled.
+//! - No VLAN tags, no IP fragments (the XDP program passes fragments to the kernel anyway),
+//!   no IPv6 extension headers (UDP must be the IPv6 header's next header); anything else is
+//!   counted in [`XskRxCounters::not_ip_udp`] and recycled.
 //! - No ARP/neighbour resolution: replies go back to the MAC they came from, and
-//!   [`XskRx::send_inner`] uses the caller's [`L2Template`] (one next hop for all clients).
+//!   [`XskRx::send_inner`] uses the caller's [`L2Template`] (one next hop for all clients,
+//!   both families).
 //! - A reply whose destination is not the datagram's source (the worker answers to the active
 //!   path, which may differ during a path change) is not sent but counted in
 //!   [`XskRxCounters::replies_unsent`], as is one that finds the TX ring full.
@@ -40,7 +47,7 @@
 //!   supports only copy mode).
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
@@ -107,8 +114,9 @@ pub enum XskError {
 pub struct XskRxCounters {
     /// Frames taken off the RX ring.
     pub frames: u64,
-    /// Frames that were not a well-formed, unfragmented IPv4/UDP datagram.
-    pub not_ipv4_udp: u64,
+    /// Frames that were not a well-formed, unfragmented IPv4/UDP or IPv6/UDP datagram (IPv6
+    /// with extension headers, the Fragment header included, counts here).
+    pub not_ip_udp: u64,
     /// Datagrams handed to the worker.
     pub to_worker: u64,
     /// Inner packets handed to `deliver`.
@@ -147,6 +155,7 @@ pub struct XskRx {
     tx_outstanding: usize,
     counters: XskRxCounters,
     total_frames: usize,
+    learnt_next_hop: Option<[u8; 6]>,
 }
 
 fn queue_size(n: u32) -> Result<QueueSize, XskError> {
@@ -208,6 +217,7 @@ impl XskRx {
             tx_outstanding: 0,
             counters: XskRxCounters::default(),
             total_frames,
+            learnt_next_hop: None,
         };
         me.refill();
         Ok(me)
@@ -272,6 +282,50 @@ impl XskRx {
         now: Instant,
         deliver: &mut impl FnMut(SessionId, &[u8]),
     ) -> usize {
+        let mut delivered = 0;
+        let mut new_paths = 0;
+        let mut unsent = 0;
+        let n = self.poll(
+            &mut |from, payload| match worker.handle_rx(now, from, payload) {
+                Rx::Deliver {
+                    id,
+                    packet,
+                    new_path,
+                } => {
+                    new_paths += u64::from(new_path.is_some());
+                    delivered += 1;
+                    deliver(id, packet);
+                    None
+                }
+                Rx::Reply { dst, len, new_path } => {
+                    new_paths += u64::from(new_path.is_some());
+                    if dst == from {
+                        Some(len)
+                    } else {
+                        unsent += 1;
+                        None
+                    }
+                }
+                Rx::Consumed { new_path } => {
+                    new_paths += u64::from(new_path.is_some());
+                    None
+                }
+                Rx::Dropped(_) => None,
+            },
+        );
+        self.counters.delivered += delivered;
+        self.counters.new_path_events += new_paths;
+        self.counters.replies_unsent += unsent;
+        n
+    }
+
+    /// Take up to one batch of received frames off the RX ring and pass each UDP payload, in
+    /// place, with its source to `handle`. When `handle` returns `Some(len)`, the first `len`
+    /// bytes of the payload are a reply to the source: the frame is turned around in place
+    /// (addresses and ports swapped) and put on the TX ring. Every other frame returns to the
+    /// fill ring. The source MAC of the last frame is kept as the learnt next hop
+    /// ([`XskRx::learnt_next_hop`]). Does not block. Returns the number of frames taken.
+    pub fn poll(&mut self, handle: &mut impl FnMut(Path, &mut [u8]) -> Option<usize>) -> usize {
         self.reap_completions();
         // SAFETY: `batch` descriptors are overwritten with frames of this socket's UMEM, which
         // the kernel has finished writing and hands to userspace.
@@ -282,6 +336,7 @@ impl XskRx {
             counters,
             free,
             replies,
+            learnt_next_hop,
             ..
         } = self;
         replies.clear();
@@ -292,37 +347,17 @@ impl XskRx {
             // nothing else in userspace references it until it goes back on the fill ring.
             let mut data = unsafe { umem.data_mut(desc) };
             let frame = data.contents_mut();
-            let Some(at) = locate_ipv4_udp(frame) else {
-                counters.not_ipv4_udp += 1;
+            let Some(at) = locate_udp(frame) else {
+                counters.not_ip_udp += 1;
                 free.push(*desc);
                 continue;
             };
             counters.to_worker += 1;
-            let from = Path::udp(SocketAddr::V4(at.from));
-            let mut reply_len = None;
-            match worker.handle_rx(now, from, &mut frame[at.payload.clone()]) {
-                Rx::Deliver {
-                    id,
-                    packet,
-                    new_path,
-                } => {
-                    counters.new_path_events += u64::from(new_path.is_some());
-                    counters.delivered += 1;
-                    deliver(id, packet);
-                }
-                Rx::Reply { dst, len, new_path } => {
-                    counters.new_path_events += u64::from(new_path.is_some());
-                    if dst == from {
-                        reply_len = Some(len);
-                    } else {
-                        counters.replies_unsent += 1;
-                    }
-                }
-                Rx::Consumed { new_path } => {
-                    counters.new_path_events += u64::from(new_path.is_some());
-                }
-                Rx::Dropped(_) => {}
-            }
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&frame[6..12]);
+            *learnt_next_hop = Some(mac);
+            let from = Path::udp(at.from);
+            let reply_len = handle(from, &mut frame[at.payload.clone()]);
             match reply_len.and_then(|len| turn_into_reply(frame, &at, len)) {
                 Some(frame_len) => {
                     data.cursor().set_pos(frame_len);
@@ -350,14 +385,79 @@ impl XskRx {
         n
     }
 
-    /// Take a free frame, build an Ethernet/IPv4/UDP datagram to the session's active path
-    /// from `l2`, seal `inner` into its UDP payload in place with [`Worker::encapsulate`], and
-    /// put it on the TX ring. Returns the frame length put on the wire.
+    /// The source MAC of the last received tunnel frame: the next hop toward clients when
+    /// none is configured.
+    #[must_use]
+    pub fn learnt_next_hop(&self) -> Option<[u8; 6]> {
+        self.learnt_next_hop
+    }
+
+    /// Send a ready UDP payload (already sealed, e.g. a heartbeat echo produced by another
+    /// worker's receive path) to `dst` in a free frame. Returns the frame length.
+    ///
+    /// # Errors
+    /// [`XskTxError`]: no free frame, TX ring full, no IPv6 source for an IPv6 destination,
+    /// or the payload does not fit a frame.
+    pub fn send_payload(
+        &mut self,
+        dst: SocketAddr,
+        payload: &[u8],
+        l2: &L2Template,
+    ) -> Result<usize, XskTxError> {
+        self.reap_completions();
+        if self.tx.nb_free(1) == 0 {
+            self.kick();
+            return Err(XskTxError::TxRingFull);
+        }
+        let Some(mut desc) = self.free.pop() else {
+            return Err(XskTxError::NoFreeFrame);
+        };
+        // SAFETY: `desc` is a free frame of `self.umem`, owned by userspace and referenced
+        // nowhere else (just taken off the free list).
+        let mut data = unsafe { self.umem.data_mut(&mut desc) };
+        let mut cursor = data.cursor();
+        let room = cursor.buf_len();
+        cursor.set_pos(room);
+        let frame = data.contents_mut();
+        let at = headers_len(&dst);
+        let built = if frame.len() < at + payload.len() {
+            Err(XskTxError::Worker(WorkerDrop::TooLarge))
+        } else {
+            frame[at..at + payload.len()].copy_from_slice(payload);
+            write_headers(frame, l2, dst, payload.len())
+        };
+        let len = match built {
+            Ok(len) => len,
+            Err(e) => {
+                self.free.push(desc);
+                return Err(e);
+            }
+        };
+        data.cursor().set_pos(len);
+        // SAFETY: `desc` is a frame of `self.umem` owned by userspace and just written.
+        let done = unsafe { self.tx.produce_one(&desc) };
+        if done == 0 {
+            self.free.push(desc);
+            return Err(XskTxError::TxRingFull);
+        }
+        self.tx_outstanding += 1;
+        self.counters.inner_sent += 1;
+        self.kick();
+        Ok(len)
+    }
+
+    /// Take a free frame, build an Ethernet/IPv4/UDP or Ethernet/IPv6/UDP datagram to the
+    /// session's active path from `l2`, seal `inner` into its UDP payload in place with
+    /// [`Worker::encapsulate`], and put it on the TX ring. Returns the frame length put on the
+    /// wire.
     ///
     /// # Errors
     /// [`XskTxError`]: no free frame, TX ring full, the worker refused (no session, no active
-    /// path, too large for the frame: counted by the worker), or the active path is not
-    /// IPv4/UDP. The frame goes back to the free list in every case.
+    /// path, too large for the frame: counted by the worker), the active path is not UDP, it
+    /// is IPv6 and `l2` has no IPv6 source, or the datagram fits the frame behind IPv4 but not
+    /// behind IPv6 headers ([`WorkerDrop::TooLarge`], not counted by the worker). In the last
+    /// three cases the packet was already sealed (its counter is used up). The frame goes
+    /// back to the free list in every case.
     pub fn send_inner(
         &mut self,
         worker: &mut Worker,
@@ -410,21 +510,32 @@ impl XskRx {
         let room = cursor.buf_len();
         cursor.set_pos(room);
         let frame = data.contents_mut();
-        let at = HEADERS_LEN + DATA_HEADER_LEN;
+        // The family is known only once the worker has sealed: seal behind IPv4 headers and
+        // move the datagram back for IPv6 (see the module documentation).
+        let at = IPV4_HEADERS_LEN + DATA_HEADER_LEN;
         if frame.len() < at + inner.len() {
             return Err(XskTxError::Worker(WorkerDrop::TooLarge));
         }
         frame[at..at + inner.len()].copy_from_slice(inner);
         let (dst, udp_payload) = worker
-            .encapsulate(id, &mut frame[HEADERS_LEN..], inner.len())
+            .encapsulate(id, &mut frame[IPV4_HEADERS_LEN..], inner.len())
             .map_err(XskTxError::Worker)?;
-        let SocketAddr::V4(dst_addr) = dst.addr else {
-            return Err(XskTxError::NotIpv4Udp);
-        };
         if dst.transport != Transport::Udp {
-            return Err(XskTxError::NotIpv4Udp);
+            return Err(XskTxError::NotUdp);
         }
-        let len = write_headers(frame, l2, dst_addr, udp_payload);
+        if let SocketAddr::V6(_) = dst.addr {
+            if l2.src_ip6.is_none() {
+                return Err(XskTxError::NoIpv6Source);
+            }
+            if frame.len() < headers_len(&dst.addr) + udp_payload {
+                return Err(XskTxError::Worker(WorkerDrop::TooLarge));
+            }
+            frame.copy_within(
+                IPV4_HEADERS_LEN..IPV4_HEADERS_LEN + udp_payload,
+                IPV6_HEADERS_LEN,
+            );
+        }
+        let len = write_headers(frame, l2, dst.addr, udp_payload)?;
         data.cursor().set_pos(len);
         Ok(len)
     }
@@ -460,8 +571,11 @@ pub struct L2Template {
     pub src_mac: [u8; 6],
     /// The next hop's MAC (Ethernet destination).
     pub dst_mac: [u8; 6],
-    /// Our IPv4 address (IP source).
+    /// Our IPv4 address (IP source towards IPv4 paths).
     pub src_ip: Ipv4Addr,
+    /// Our IPv6 address (IP source towards IPv6 paths); `None`: IPv6 paths cannot be sent
+    /// to ([`XskTxError::NoIpv6Source`]).
+    pub src_ip6: Option<Ipv6Addr>,
     /// Our tunnel port (UDP source).
     pub src_port: u16,
 }
@@ -478,42 +592,82 @@ pub enum XskTxError {
     /// The worker did not seal the packet (counted by the worker).
     #[error("the worker dropped the packet: {0:?}")]
     Worker(WorkerDrop),
-    /// The session's active path is not UDP over IPv4.
-    #[error("the active path is not UDP over IPv4")]
-    NotIpv4Udp,
+    /// The session's active path is not UDP (over IPv4 or IPv6).
+    #[error("the active path is not UDP over IPv4 or IPv6")]
+    NotUdp,
+    /// The session's active path is IPv6 and [`L2Template::src_ip6`] is `None`.
+    #[error("the active path is IPv6 and no IPv6 source address is configured")]
+    NoIpv6Source,
 }
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_UDP: u8 = 17;
 const UDP_HLEN: usize = 8;
+/// Hop limit / TTL of transmitted datagrams and replies.
+const HOP_LIMIT: u8 = 64;
 
 const IPV4_HLEN: usize = 20;
 /// Ethernet + IPv4 without options + UDP headers of transmitted frames.
-const HEADERS_LEN: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN;
+const IPV4_HEADERS_LEN: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN;
+const IPV6_HLEN: usize = 40;
+/// Ethernet + IPv6 (no extension headers) + UDP headers of transmitted frames.
+const IPV6_HEADERS_LEN: usize = ETH_HLEN + IPV6_HLEN + UDP_HLEN;
 
-/// Where the parts of a received Ethernet/IPv4/UDP frame are.
+/// Length of the Ethernet, IP and UDP headers of a frame sent to `dst`.
+const fn headers_len(dst: &SocketAddr) -> usize {
+    match dst {
+        SocketAddr::V4(_) => IPV4_HEADERS_LEN,
+        SocketAddr::V6(_) => IPV6_HEADERS_LEN,
+    }
+}
+
+/// Where the parts of a received Ethernet/IPv4/UDP or Ethernet/IPv6/UDP frame are.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Ipv4Udp {
-    from: SocketAddrV4,
-    /// IPv4 header length (options included).
-    ihl: usize,
+struct UdpFrame {
+    /// The sender; its family is the frame's.
+    from: SocketAddr,
+    /// IP header length (IPv4 options included; 40 for IPv6).
+    ip_hlen: usize,
     /// UDP payload within the frame.
     payload: std::ops::Range<usize>,
 }
 
 /// Find the UDP payload of an Ethernet/IPv4/UDP frame and its sender. `None` for anything
-/// else: other ethertypes (VLAN included), IPv4 options beyond the frame, fragments, lengths
-/// that disagree with the frame. Checksums are not verified (the tunnel's AEAD authenticates
-/// the payload; a corrupted header at worst misattributes the source, which the worker
-/// treats as a path change to validate).
+/// else (IPv6 included): other ethertypes (VLAN included), IPv4 options beyond the frame,
+/// fragments, lengths that disagree with the frame. Checksums are not verified (the tunnel's
+/// AEAD authenticates the payload; a corrupted header at worst misattributes the source,
+/// which the worker treats as a path change to validate).
 #[must_use]
 pub fn parse_ipv4_udp(frame: &mut [u8]) -> Option<(SocketAddrV4, &mut [u8])> {
     let at = locate_ipv4_udp(frame)?;
+    let SocketAddr::V4(from) = at.from else {
+        return None;
+    };
+    Some((from, &mut frame[at.payload]))
+}
+
+/// Find the UDP payload of an Ethernet/IPv4/UDP or Ethernet/IPv6/UDP frame and its sender.
+/// `None` for anything else: as [`parse_ipv4_udp`] for IPv4; for IPv6, a version other than
+/// 6, any extension header (Fragment included: UDP must be the next header), a payload length
+/// beyond the frame, a UDP length beyond the payload length. Checksums are not verified.
+#[must_use]
+pub fn parse_udp(frame: &mut [u8]) -> Option<(SocketAddr, &mut [u8])> {
+    let at = locate_udp(frame)?;
     Some((at.from, &mut frame[at.payload]))
 }
 
-fn locate_ipv4_udp(frame: &[u8]) -> Option<Ipv4Udp> {
+fn locate_udp(frame: &[u8]) -> Option<UdpFrame> {
+    let ethertype = u16::from_be_bytes(frame.get(12..ETH_HLEN)?.try_into().ok()?);
+    match ethertype {
+        ETH_P_IP => locate_ipv4_udp(frame),
+        ETH_P_IPV6 => locate_ipv6_udp(frame),
+        _ => None,
+    }
+}
+
+fn locate_ipv4_udp(frame: &[u8]) -> Option<UdpFrame> {
     let ethertype = u16::from_be_bytes(frame.get(12..ETH_HLEN)?.try_into().ok()?);
     if ethertype != ETH_P_IP {
         return None;
@@ -540,19 +694,50 @@ fn locate_ipv4_udp(frame: &[u8]) -> Option<Ipv4Udp> {
         return None;
     }
     let start = ETH_HLEN + ihl + UDP_HLEN;
-    Some(Ipv4Udp {
-        from: SocketAddrV4::new(src_ip, src_port),
-        ihl,
+    Some(UdpFrame {
+        from: SocketAddr::V4(SocketAddrV4::new(src_ip, src_port)),
+        ip_hlen: ihl,
+        payload: start..start + udp_len - UDP_HLEN,
+    })
+}
+
+fn locate_ipv6_udp(frame: &[u8]) -> Option<UdpFrame> {
+    let ethertype = u16::from_be_bytes(frame.get(12..ETH_HLEN)?.try_into().ok()?);
+    if ethertype != ETH_P_IPV6 {
+        return None;
+    }
+    let ip = frame.get(ETH_HLEN..)?;
+    if ip.len() < IPV6_HLEN + UDP_HLEN || ip[0] >> 4 != 6 || ip[6] != IPPROTO_UDP {
+        return None;
+    }
+    // Payload length 0 (a jumbogram, which needs a Hop-by-Hop header anyway) fails here too.
+    let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    if payload_len < UDP_HLEN || payload_len > ip.len() - IPV6_HLEN {
+        return None;
+    }
+    let src_ip: [u8; 16] = ip[8..24].try_into().ok()?;
+    let udp = &ip[IPV6_HLEN..IPV6_HLEN + payload_len];
+    let src_port = u16::from_be_bytes([udp[0], udp[1]]);
+    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    if udp_len < UDP_HLEN || udp_len > udp.len() {
+        return None;
+    }
+    let start = ETH_HLEN + IPV6_HLEN + UDP_HLEN;
+    Some(UdpFrame {
+        from: SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(src_ip), src_port, 0, 0)),
+        ip_hlen: IPV6_HLEN,
         payload: start..start + udp_len - UDP_HLEN,
     })
 }
 
 /// Turn a received frame located by `at`, whose UDP payload now starts with `len` bytes of
-/// reply, into that reply back to the sender: Ethernet MACs, IPv4 addresses and UDP ports
-/// swapped, lengths set, IPv4 header checksum recomputed, UDP checksum 0 (allowed for IPv4).
-/// Returns the new frame length, or `None` if the reply does not fit the frame.
-fn turn_into_reply(frame: &mut [u8], at: &Ipv4Udp, len: usize) -> Option<usize> {
-    let ip_total = at.ihl + UDP_HLEN + len;
+/// reply, into that reply back to the sender: Ethernet MACs, IP addresses and UDP ports
+/// swapped, lengths set, TTL / hop limit 64. IPv4: header checksum recomputed, UDP checksum 0
+/// (allowed for IPv4). IPv6: flow label 0 (traffic class kept, as the IPv4 TOS is), UDP
+/// checksum computed (mandatory for IPv6). Returns the new frame length, or `None` if the
+/// reply does not fit the frame.
+fn turn_into_reply(frame: &mut [u8], at: &UdpFrame, len: usize) -> Option<usize> {
+    let ip_total = at.ip_hlen + UDP_HLEN + len;
     let frame_len = ETH_HLEN + ip_total;
     if frame_len > frame.len() || at.payload.start + len > frame.len() {
         return None;
@@ -562,22 +747,60 @@ fn turn_into_reply(frame: &mut [u8], at: &Ipv4Udp, len: usize) -> Option<usize> 
     let (eth, ip) = frame.split_at_mut(ETH_HLEN);
     let (dst_mac, src_mac) = eth.split_at_mut(6);
     dst_mac.swap_with_slice(&mut src_mac[..6]);
-    ip[2..4].copy_from_slice(&ip_total16.to_be_bytes());
-    ip[8] = 64; // TTL
-    let (src_ip, dst_ip) = ip[12..20].split_at_mut(4);
-    src_ip.swap_with_slice(dst_ip);
-    set_ipv4_checksum(&mut ip[..at.ihl]);
-    let udp = &mut ip[at.ihl..at.ihl + UDP_HLEN];
-    let (sport, dport) = udp[..4].split_at_mut(2);
-    sport.swap_with_slice(dport);
-    udp[4..6].copy_from_slice(&udp_len16.to_be_bytes());
-    udp[6..8].copy_from_slice(&[0, 0]);
+    if at.from.is_ipv4() {
+        ip[2..4].copy_from_slice(&ip_total16.to_be_bytes());
+        ip[8] = HOP_LIMIT; // TTL
+        let (src_ip, dst_ip) = ip[12..20].split_at_mut(4);
+        src_ip.swap_with_slice(dst_ip);
+        set_ipv4_checksum(&mut ip[..at.ip_hlen]);
+        let udp = &mut ip[at.ip_hlen..at.ip_hlen + UDP_HLEN];
+        let (sport, dport) = udp[..4].split_at_mut(2);
+        sport.swap_with_slice(dport);
+        udp[4..6].copy_from_slice(&udp_len16.to_be_bytes());
+        udp[6..8].copy_from_slice(&[0, 0]);
+    } else {
+        // Version and traffic class kept, flow label cleared.
+        ip[1] &= 0xF0;
+        ip[2..4].copy_from_slice(&[0, 0]);
+        ip[4..6].copy_from_slice(&udp_len16.to_be_bytes()); // payload length
+        ip[7] = HOP_LIMIT;
+        let (src_ip, dst_ip) = ip[8..40].split_at_mut(16);
+        src_ip.swap_with_slice(dst_ip);
+        let (hdr, udp) = ip.split_at_mut(IPV6_HLEN);
+        let udp = &mut udp[..UDP_HLEN + len];
+        let (sport, dport) = udp[..4].split_at_mut(2);
+        sport.swap_with_slice(dport);
+        udp[4..6].copy_from_slice(&udp_len16.to_be_bytes());
+        set_udp6_checksum(&hdr[8..24], &hdr[24..40], udp);
+    }
     Some(frame_len)
 }
 
-/// Write Ethernet, IPv4 (no options, DF set) and UDP headers for a UDP payload of
-/// `payload_len` bytes already at `frame[HEADERS_LEN..]`. Returns the frame length.
+/// Write Ethernet, IP and UDP headers for a UDP payload of `payload_len` bytes already at
+/// `frame[headers_len(&dst)..]`: IPv4 (no options, DF set, UDP checksum 0) or IPv6 (no
+/// extension headers, traffic class and flow label 0, UDP checksum computed) after `dst`'s
+/// family. Returns the frame length.
+///
+/// # Errors
+/// [`XskTxError::NoIpv6Source`] if `dst` is IPv6 and `l2` has no IPv6 source.
 fn write_headers(
+    frame: &mut [u8],
+    l2: &L2Template,
+    dst: SocketAddr,
+    payload_len: usize,
+) -> Result<usize, XskTxError> {
+    match dst {
+        SocketAddr::V4(dst) => Ok(write_ipv4_headers(frame, l2, dst, payload_len)),
+        SocketAddr::V6(dst) => {
+            let src = l2.src_ip6.ok_or(XskTxError::NoIpv6Source)?;
+            Ok(write_ipv6_headers(frame, l2, src, dst, payload_len))
+        }
+    }
+}
+
+/// Write Ethernet, IPv4 (no options, DF set) and UDP headers for a UDP payload of
+/// `payload_len` bytes already at `frame[IPV4_HEADERS_LEN..]`. Returns the frame length.
+fn write_ipv4_headers(
     frame: &mut [u8],
     l2: &L2Template,
     dst: SocketAddrV4,
@@ -596,17 +819,48 @@ fn write_headers(
     ip[2..4].copy_from_slice(&ip_total16.to_be_bytes());
     ip[4..6].copy_from_slice(&[0, 0]); // identification (DF set, never fragmented)
     ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
-    ip[8] = 64;
+    ip[8] = HOP_LIMIT;
     ip[9] = IPPROTO_UDP;
     ip[12..16].copy_from_slice(&l2.src_ip.octets());
     ip[16..20].copy_from_slice(&dst.ip().octets());
     set_ipv4_checksum(ip);
-    let udp = &mut frame[ETH_HLEN + IPV4_HLEN..HEADERS_LEN];
+    let udp = &mut frame[ETH_HLEN + IPV4_HLEN..IPV4_HEADERS_LEN];
     udp[0..2].copy_from_slice(&l2.src_port.to_be_bytes());
     udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
     udp[4..6].copy_from_slice(&udp_len16.to_be_bytes());
     udp[6..8].copy_from_slice(&[0, 0]); // no UDP checksum (RFC 768, IPv4 only)
     ETH_HLEN + ip_total
+}
+
+/// Write Ethernet, IPv6 (no extension headers, traffic class and flow label 0) and UDP
+/// headers, UDP checksum included, for a UDP payload of `payload_len` bytes already at
+/// `frame[IPV6_HEADERS_LEN..]`. Returns the frame length.
+fn write_ipv6_headers(
+    frame: &mut [u8],
+    l2: &L2Template,
+    src: Ipv6Addr,
+    dst: SocketAddrV6,
+    payload_len: usize,
+) -> usize {
+    let udp_len = UDP_HLEN + payload_len;
+    // The worker's datagrams are far below 64 KiB; saturate rather than wrap if not.
+    let udp_len16 = u16::try_from(udp_len).unwrap_or(u16::MAX);
+    frame[0..6].copy_from_slice(&l2.dst_mac);
+    frame[6..12].copy_from_slice(&l2.src_mac);
+    frame[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+    let (hdr, udp) = frame[ETH_HLEN..].split_at_mut(IPV6_HLEN);
+    hdr[0..4].copy_from_slice(&[0x60, 0, 0, 0]); // version 6, traffic class 0, flow label 0
+    hdr[4..6].copy_from_slice(&udp_len16.to_be_bytes()); // payload length
+    hdr[6] = IPPROTO_UDP; // next header
+    hdr[7] = HOP_LIMIT;
+    hdr[8..24].copy_from_slice(&src.octets());
+    hdr[24..40].copy_from_slice(&dst.ip().octets());
+    let udp = &mut udp[..udp_len];
+    udp[0..2].copy_from_slice(&l2.src_port.to_be_bytes());
+    udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&udp_len16.to_be_bytes());
+    set_udp6_checksum(&hdr[8..24], &hdr[24..40], udp);
+    ETH_HLEN + IPV6_HLEN + udp_len
 }
 
 /// Recompute the checksum of an IPv4 header (`header.len()` = IHL × 4).
@@ -623,6 +877,48 @@ fn set_ipv4_checksum(header: &mut [u8]) {
     #[allow(clippy::cast_possible_truncation)] // folded to 16 bits above
     let sum = !(sum as u16);
     header[10..12].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// Sum of `bytes` as big-endian 16-bit words (a trailing odd byte padded with zero), added
+/// to `sum`, not folded.
+fn add_words(mut sum: u64, bytes: &[u8]) -> u64 {
+    let mut words = bytes.chunks_exact(2);
+    for w in &mut words {
+        sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [last] = words.remainder() {
+        sum += u64::from(*last) << 8;
+    }
+    sum
+}
+
+/// The UDP checksum over IPv6 (RFC 8200 section 8.1) of the datagram `udp` (header and
+/// payload, its checksum field taken as 0) from `src` to `dst` (16 bytes each): the one's
+/// complement of the one's complement sum of the pseudo-header (addresses, upper-layer
+/// length, next header 17) and the datagram, with 0 sent as `0xFFFF`.
+fn udp6_checksum(src: &[u8], dst: &[u8], udp: &[u8]) -> u16 {
+    let mut sum = add_words(0, src);
+    sum = add_words(sum, dst);
+    sum += udp.len() as u64; // upper-layer length (32 bits, < 2^32 here)
+    sum += u64::from(IPPROTO_UDP);
+    sum = add_words(sum, &udp[..6]);
+    sum = add_words(sum, &udp[8..]);
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    #[allow(clippy::cast_possible_truncation)] // folded to 16 bits above
+    let checksum = !(sum as u16);
+    if checksum == 0 {
+        0xFFFF
+    } else {
+        checksum
+    }
+}
+
+/// Compute and store the UDP checksum of `udp` (header and payload) sent over IPv6.
+fn set_udp6_checksum(src: &[u8], dst: &[u8], udp: &mut [u8]) {
+    let checksum = udp6_checksum(src, dst, udp);
+    udp[6..8].copy_from_slice(&checksum.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -684,18 +980,24 @@ mod tests {
         assert_eq!(&f[40..42], &[0, 0]);
     }
 
-    #[test]
-    fn headers_are_written_from_the_template() {
-        let mut f = vec![0u8; 100];
-        f[HEADERS_LEN..HEADERS_LEN + 4].copy_from_slice(b"data");
-        let l2 = L2Template {
+    fn template(src_ip6: Option<Ipv6Addr>) -> L2Template {
+        L2Template {
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac: [2, 0, 0, 0, 0, 2],
             src_ip: Ipv4Addr::new(10, 77, 0, 1),
+            src_ip6,
             src_port: 51820,
-        };
-        let len = write_headers(&mut f, &l2, "10.77.0.2:4242".parse().expect("addr"), 4);
-        assert_eq!(len, HEADERS_LEN + 4);
+        }
+    }
+
+    #[test]
+    fn headers_are_written_from_the_template() {
+        let mut f = vec![0u8; 100];
+        f[IPV4_HEADERS_LEN..IPV4_HEADERS_LEN + 4].copy_from_slice(b"data");
+        let l2 = template(None);
+        let len = write_headers(&mut f, &l2, "10.77.0.2:4242".parse().expect("addr"), 4)
+            .expect("IPv4 needs no IPv6 source");
+        assert_eq!(len, IPV4_HEADERS_LEN + 4);
         assert!(checksum_ok(&f[14..34]));
         let (from, payload) = parse_ipv4_udp(&mut f[..len]).expect("parses");
         assert_eq!(from, "10.77.0.1:51820".parse().expect("addr"));
@@ -715,5 +1017,217 @@ mod tests {
         ] {
             assert!(parse_ipv4_udp(&mut f).is_none());
         }
+    }
+
+    const CLIENT6: &str = "fd00:99::2";
+    const GW6: &str = "fd00:99::1";
+
+    /// An Ethernet/IPv6 frame from `[fd00:99::2]:4242` to `[fd00:99::1]:51820` whose IPv6
+    /// header names `next` as next header and is followed by `ext` (extension headers), a UDP
+    /// header and `payload`; the UDP checksum is left 0.
+    fn frame6(next: u8, ext: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2];
+        f.extend_from_slice(&0x86DDu16.to_be_bytes());
+        let udp_len = u16::try_from(8 + payload.len()).expect("len");
+        let payload_len = u16::try_from(ext.len()).expect("len") + udp_len;
+        f.extend_from_slice(&[0x6A, 0xB1, 0x23, 0x45]); // traffic class 0xAB, a flow label
+        f.extend_from_slice(&payload_len.to_be_bytes());
+        f.extend_from_slice(&[next, 7]);
+        f.extend_from_slice(&CLIENT6.parse::<Ipv6Addr>().expect("addr").octets());
+        f.extend_from_slice(&GW6.parse::<Ipv6Addr>().expect("addr").octets());
+        f.extend_from_slice(ext);
+        f.extend_from_slice(&4242u16.to_be_bytes());
+        f.extend_from_slice(&51820u16.to_be_bytes());
+        f.extend_from_slice(&udp_len.to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Independent check of an IPv6 UDP checksum: the one's complement sum of the
+    /// pseudo-header and the datagram (checksum field included) is 0xFFFF, and the field is
+    /// never 0.
+    fn udp6_checksum_ok(ip6_header: &[u8], udp: &[u8]) -> bool {
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&ip6_header[8..40]); // source and destination
+        pseudo.extend_from_slice(&u32::try_from(udp.len()).expect("len").to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 17]);
+        let mut bytes = pseudo;
+        bytes.extend_from_slice(udp);
+        if bytes.len() % 2 == 1 {
+            bytes.push(0);
+        }
+        let mut sum: u64 = 0;
+        for pair in bytes.chunks(2) {
+            sum += u64::from(pair[0]) * 256 + u64::from(pair[1]);
+        }
+        let folded = u16::try_from(sum % 0xFFFF).expect("below 0xFFFF");
+        let folded = if folded == 0 && sum != 0 {
+            0xFFFF
+        } else {
+            folded
+        };
+        folded == 0xFFFF && udp[6..8] != [0, 0]
+    }
+
+    #[test]
+    fn parses_ipv6_udp() {
+        let mut f = frame6(IPPROTO_UDP, &[], b"abc");
+        let (from, payload) = parse_udp(&mut f).expect("parsed");
+        assert_eq!(from, "[fd00:99::2]:4242".parse().expect("addr"));
+        assert_eq!(payload, b"abc");
+        assert!(parse_ipv4_udp(&mut f).is_none(), "not IPv4");
+        // Ethernet padding (or any trailer beyond the payload length) is ignored.
+        f.extend_from_slice(&[0xEE; 10]);
+        let (_, payload) = parse_udp(&mut f).expect("parsed");
+        assert_eq!(payload, b"abc");
+        // A UDP length below the payload length: the UDP length wins, as over IPv4.
+        let mut f = frame6(IPPROTO_UDP, &[], b"abcdef");
+        f[54 + 4..54 + 6].copy_from_slice(&11u16.to_be_bytes());
+        let (_, payload) = parse_udp(&mut f).expect("parsed");
+        assert_eq!(payload, b"abc");
+    }
+
+    #[test]
+    fn parse_udp_handles_ipv4_too() {
+        let mut f = frame(ETH_P_IP, 0, IPPROTO_UDP, b"abc");
+        let (from, payload) = parse_udp(&mut f).expect("parsed");
+        assert_eq!(from, "10.77.0.2:4242".parse().expect("addr"));
+        assert_eq!(payload, b"abc");
+    }
+
+    #[test]
+    fn an_ipv6_frame_turns_into_its_reply_in_place() {
+        for reply in [
+            &b"xyz"[..],
+            b"an even reply",
+            b"a longer reply than the request",
+        ] {
+            let mut f = frame6(IPPROTO_UDP, &[], b"a heartbeat to be echoed");
+            f.resize(f.len() + 16, 0xEE); // room beyond the request, as in a UMEM frame
+            let at = locate_udp(&f).expect("parsed");
+            f[at.payload.start..at.payload.start + reply.len()].copy_from_slice(reply);
+            let len = turn_into_reply(&mut f, &at, reply.len()).expect("fits");
+            assert_eq!(len, 14 + 40 + 8 + reply.len());
+            let f = &mut f[..len];
+            assert_eq!(&f[..12], &[2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1]);
+            assert_eq!(&f[12..14], &[0x86, 0xDD]);
+            // Version and traffic class kept, flow label cleared.
+            assert_eq!(&f[14..18], &[0x6A, 0xB0, 0, 0]);
+            let payload_len = u16::try_from(8 + reply.len()).expect("len");
+            assert_eq!(&f[18..20], &payload_len.to_be_bytes());
+            assert_eq!(f[20], IPPROTO_UDP);
+            assert_eq!(f[21], 64, "hop limit");
+            assert_eq!(&f[22..38], &GW6.parse::<Ipv6Addr>().expect("addr").octets());
+            assert_eq!(
+                &f[38..54],
+                &CLIENT6.parse::<Ipv6Addr>().expect("addr").octets()
+            );
+            assert_eq!(&f[54..56], &51820u16.to_be_bytes());
+            assert_eq!(&f[56..58], &4242u16.to_be_bytes());
+            assert_eq!(&f[58..60], &payload_len.to_be_bytes());
+            assert!(
+                udp6_checksum_ok(&f[14..54], &f[54..]),
+                "{:02x?}",
+                &f[54..62]
+            );
+            let (from, payload) = parse_udp(f).expect("reply parses");
+            assert_eq!(from, "[fd00:99::1]:51820".parse().expect("addr"));
+            assert_eq!(payload, reply);
+        }
+    }
+
+    #[test]
+    fn an_ipv6_reply_that_does_not_fit_is_refused() {
+        let mut f = frame6(IPPROTO_UDP, &[], b"abc");
+        let at = locate_udp(&f).expect("parsed");
+        assert!(turn_into_reply(&mut f, &at, 4).is_none());
+        assert!(turn_into_reply(&mut f, &at, 3).is_some());
+    }
+
+    #[test]
+    fn ipv6_headers_are_written_from_the_template() {
+        let data = b"sealed datagram";
+        let mut f = vec![0u8; 128];
+        f[IPV6_HEADERS_LEN..IPV6_HEADERS_LEN + data.len()].copy_from_slice(data);
+        let src: Ipv6Addr = GW6.parse().expect("addr");
+        let dst: SocketAddr = "[fd00:99::2]:4242".parse().expect("addr");
+        assert_eq!(headers_len(&dst), 62);
+        assert_eq!(
+            write_headers(&mut f, &template(None), dst, data.len()),
+            Err(XskTxError::NoIpv6Source)
+        );
+        let len = write_headers(&mut f, &template(Some(src)), dst, data.len()).expect("written");
+        assert_eq!(len, IPV6_HEADERS_LEN + data.len());
+        let f = &mut f[..len];
+        assert_eq!(&f[..14], &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xDD]);
+        assert_eq!(&f[14..18], &[0x60, 0, 0, 0]);
+        assert_eq!(f[21], 64, "hop limit");
+        assert!(udp6_checksum_ok(&f[14..54], &f[54..]));
+        let (from, payload) = parse_udp(f).expect("parses");
+        assert_eq!(from, "[fd00:99::1]:51820".parse().expect("addr"));
+        assert_eq!(payload, data);
+        assert_eq!(
+            &f[38..54],
+            &CLIENT6.parse::<Ipv6Addr>().expect("addr").octets()
+        );
+        assert_eq!(&f[56..58], &4242u16.to_be_bytes());
+    }
+
+    #[test]
+    fn a_zero_ipv6_udp_checksum_is_sent_as_ffff() {
+        let src = GW6.parse::<Ipv6Addr>().expect("addr").octets();
+        let dst = CLIENT6.parse::<Ipv6Addr>().expect("addr").octets();
+        let mut udp = vec![0xC3, 0x50, 0x10, 0x92, 0, 10, 0, 0, 0, 0];
+        // A payload word equal to the checksum without it makes the sum 0xFFFF, whose
+        // complement is 0.
+        let without = udp6_checksum(&src, &dst, &udp);
+        udp[8..10].copy_from_slice(&without.to_be_bytes());
+        assert_eq!(udp6_checksum(&src, &dst, &udp), 0xFFFF);
+        set_udp6_checksum(&src, &dst, &mut udp);
+        let mut header = vec![0u8; 40];
+        header[8..24].copy_from_slice(&src);
+        header[24..40].copy_from_slice(&dst);
+        assert!(udp6_checksum_ok(&header, &udp));
+    }
+
+    #[test]
+    fn rejects_other_ipv6_frames() {
+        let payload = b"a tunnel message";
+        // Hop-by-Hop options (0) then UDP: an 8-byte extension header (next header 17, length
+        // 0, PadN).
+        let hop_by_hop = [IPPROTO_UDP, 0, 1, 4, 0, 0, 0, 0];
+        // Fragment header (44) of a first fragment with more to follow, then UDP.
+        let fragment = [IPPROTO_UDP, 0, 0, 1, 0, 0, 0, 42];
+        let good = frame6(IPPROTO_UDP, &[], payload);
+        let with = |at: usize, bytes: &[u8]| {
+            let mut f = good.clone();
+            f[at..at + bytes.len()].copy_from_slice(bytes);
+            f
+        };
+        let mut cases = vec![
+            ("hop-by-hop", frame6(0, &hop_by_hop, payload)),
+            ("fragment", frame6(44, &fragment, payload)),
+            ("routing", frame6(43, &hop_by_hop, payload)),
+            ("destination options", frame6(60, &hop_by_hop, payload)),
+            ("TCP", frame6(6, &[], payload)),
+            ("version 4 in an IPv6 ethertype", with(14, &[0x45])),
+            ("IPv6 in an IPv4 ethertype", with(12, &[0x08, 0x00])),
+            ("VLAN", with(12, &[0x81, 0x00])),
+            ("payload length beyond the frame", with(18, &[0, 25])),
+            ("payload length below a UDP header", with(18, &[0, 7])),
+            ("payload length 0 (jumbogram)", with(18, &[0, 0])),
+            ("UDP length beyond the payload length", with(58, &[0, 25])),
+            ("UDP length below its header", with(58, &[0, 7])),
+        ];
+        for cut in [0, 13, 14, 20, 53, 54, 61, good.len() - 1] {
+            cases.push(("truncated", good[..cut].to_vec()));
+        }
+        for (what, mut f) in cases {
+            assert!(parse_udp(&mut f).is_none(), "{what} (len {})", f.len());
+            assert!(parse_ipv4_udp(&mut f).is_none(), "{what}");
+        }
+        let mut f = good;
+        assert!(parse_udp(&mut f).is_some(), "the unmodified frame parses");
     }
 }

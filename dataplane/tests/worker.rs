@@ -102,12 +102,7 @@ fn replayed_forged_foreign_and_control_datagrams_are_dropped_by_reason() {
         (WorkerDrop::Malformed, 1),
         (WorkerDrop::NotDataPlane, 1),
     ] {
-        assert_eq!(
-            c.drops[reason.index()],
-            n,
-            "{}",
-            WorkerDrop::NAMES[reason.index()]
-        );
+        assert_eq!(c.drops[reason.index()], n, "{}", reason.name());
     }
     assert_eq!(c.delivered, 2);
     let _ = sid;

@@ -7,6 +7,9 @@
 //! inner packets sealed into free frames with `XskRx::send_inner` go out on the TX ring and
 //! must reach the client socket, where the protocol client accepts each exactly once; a
 //! heartbeat from a port other than the active path is answered but not sent.
+//! A third test does both over IPv6: data datagrams delivered, heartbeats echoed (with the
+//! UDP checksum IPv6 requires, which the client's kernel verifies) and inner packets sent with
+//! `send_inner` to an IPv6 active path.
 //!
 //! Needs root (namespaces, BPF, bpffs). Without root it prints `SKIPPED: needs root` and
 //! returns; with `JUMPING_REQUIRE_BPF_TESTS=1` (set by CI) it fails instead.
@@ -32,6 +35,8 @@ const TUNNEL_PORT: u16 = 51_820;
 const CLIENT_PORT: u16 = 40_000;
 const GW_ADDR: &str = "10.77.0.1";
 const CLIENT_ADDR: &str = "10.77.0.2";
+const GW_ADDR6: &str = "fd00:99::1";
+const CLIENT_ADDR6: &str = "fd00:99::2";
 const GW_MAC: &str = "02:77:00:00:00:01";
 const CLIENT_MAC: &str = "02:77:00:00:00:02";
 const GW_DEV: &str = "jxgw0";
@@ -90,6 +95,42 @@ impl Netns {
             "permanent",
         ]);
         me
+    }
+
+    /// Add the IPv6 addresses (without duplicate address detection, so they are usable at
+    /// once) and, as for IPv4, a permanent neighbour entry for the gateway in the client
+    /// namespace.
+    fn add_ipv6(&self) {
+        for (ns, dev, addr) in [
+            (&self.gw, GW_DEV, GW_ADDR6),
+            (&self.client, CLIENT_DEV, CLIENT_ADDR6),
+        ] {
+            ip(&[
+                "-n",
+                ns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+        }
+        ip(&[
+            "-n",
+            &self.client,
+            "-6",
+            "neigh",
+            "replace",
+            GW_ADDR6,
+            "lladdr",
+            GW_MAC,
+            "dev",
+            CLIENT_DEV,
+            "nud",
+            "permanent",
+        ]);
     }
 }
 
@@ -280,6 +321,7 @@ fn echoes_and_inner_packets_leave_through_af_xdp() {
         src_mac: mac(GW_MAC),
         dst_mac: mac(CLIENT_MAC),
         src_ip: GW_ADDR.parse().expect("addr"),
+        src_ip6: None,
         src_port: TUNNEL_PORT,
     };
 
@@ -452,6 +494,255 @@ fn echoes_and_inner_packets_leave_through_af_xdp() {
     assert_eq!(r.xsk.replies_sent, u64::from(HEARTBEATS), "{:?}", r.xsk);
     assert_eq!(r.xsk.replies_unsent, 1, "the stray heartbeat: {:?}", r.xsk);
     assert_eq!(r.xsk.new_path_events, 1, "the stray heartbeat: {:?}", r.xsk);
+    assert_eq!(r.xsk.inner_sent, u64::from(INNER_BACK), "{:?}", r.xsk);
+    assert_eq!(r.sealed, u64::from(INNER_BACK));
+    assert_eq!(
+        r.xsk.tx_completed,
+        u64::from(HEARTBEATS + INNER_BACK),
+        "{:?}",
+        r.xsk
+    );
+    assert_eq!(r.frames_in_kernel, 2048, "every sent frame came back");
+}
+
+struct Gateway6Result {
+    seen: Vec<u32>,
+    xdp: [u64; Counter::COUNT],
+    xsk: jumping_dataplane::xsk::XskRxCounters,
+    frames_in_kernel: usize,
+    worker_delivered: u64,
+    sealed: u64,
+}
+
+#[test]
+fn data_echoes_and_inner_packets_over_ipv6_through_af_xdp() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let netns = Netns::new("6");
+    netns.add_ipv6();
+
+    let client_addr: SocketAddr = format!("[{CLIENT_ADDR6}]:{CLIENT_PORT}")
+        .parse()
+        .expect("addr");
+    let gw: SocketAddr = format!("[{GW_ADDR6}]:{TUNNEL_PORT}").parse().expect("addr");
+    let (mut sim, sid, mut worker, tx) = handed_off(73, Some(Path::udp(client_addr)));
+    let datagrams: Vec<Vec<u8>> = (0..PACKETS)
+        .map(|i| client_datagram(&mut sim, &inner_packet(i)))
+        .collect();
+    // The worker's clock: after every heartbeat the client will send.
+    let gw_now = sim.now + Duration::from_secs(10);
+    let l2 = L2Template {
+        src_mac: mac(GW_MAC),
+        dst_mac: mac(CLIENT_MAC),
+        src_ip: GW_ADDR.parse().expect("addr"),
+        src_ip6: Some(GW_ADDR6.parse().expect("addr")),
+        src_port: TUNNEL_PORT,
+    };
+
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (echoed_tx, echoed_rx) = mpsc::channel::<()>();
+    let gw_ns = netns.gw.clone();
+    let gateway = std::thread::spawn(move || {
+        let _tx = tx;
+        enter_netns(&gw_ns);
+        let mount = BpffsMount::new().expect("mount a private bpffs");
+        let mut ebpf = jumping_ebpf::load(mount.path()).expect("load XDP object");
+        jumping_ebpf::add_tunnel_port(&mut ebpf, TUNNEL_PORT).expect("tunnel port");
+        jumping_ebpf::set_session_owner(&mut ebpf, sid, SessionOwner::new(0))
+            .expect("session owner");
+        let prog = jumping_ebpf::xdp_program(&mut ebpf).expect("program");
+        let link = prog
+            .attach(GW_DEV, XdpFlags::DRV_MODE)
+            .expect("attach XDP in native mode");
+        let mut xsk = XskRx::bind(
+            GW_DEV,
+            0,
+            XskConfig {
+                force_copy: true,
+                ..XskConfig::default()
+            },
+        )
+        .expect("bind AF_XDP socket");
+        jumping_ebpf::set_xsk(&mut ebpf, 0, xsk.fd()).expect("xsks[0] = socket");
+        ready_tx.send(()).expect("main waits");
+
+        let mut seen = vec![0u32; PACKETS as usize];
+        let mut deliver = |id, packet: &[u8]| {
+            assert_eq!(id, sid);
+            assert_eq!(&packet[4..], &inner_packet(0)[4..]);
+            let i = u32::from_be_bytes(packet[..4].try_into().expect("4 bytes"));
+            seen[i as usize] += 1;
+        };
+        let deadline = WallInstant::now() + LIMIT;
+        // Deliver the data and echo heartbeats until the client says it has every echo.
+        while echoed_rx.try_recv().is_err() && WallInstant::now() < deadline {
+            xsk.wait(20).expect("poll");
+            xsk.poll_rx(&mut worker, gw_now, &mut deliver);
+        }
+        // Send the inner packets, retrying while the rings are busy.
+        let mut sent = 0;
+        while sent < INNER_BACK && WallInstant::now() < deadline {
+            match xsk.send_inner(&mut worker, sid, &inner_packet(sent), &l2) {
+                Ok(len) => {
+                    let datagram = wire::DATA_HEADER_LEN + inner_packet(sent).len() + wire::TAG_LEN;
+                    assert_eq!(len, 14 + 40 + 8 + datagram, "Ethernet/IPv6/UDP");
+                    sent += 1;
+                }
+                Err(XskTxError::TxRingFull | XskTxError::NoFreeFrame) => {
+                    xsk.poll_rx(&mut worker, gw_now, &mut deliver);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("send_inner: {e}"),
+            }
+        }
+        let want = u64::from(HEARTBEATS + INNER_BACK);
+        while xsk.counters().tx_completed < want && WallInstant::now() < deadline {
+            xsk.poll_rx(&mut worker, gw_now, &mut deliver);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let xdp = jumping_ebpf::read_counters(&ebpf).expect("counters");
+        let result = Gateway6Result {
+            seen,
+            xdp,
+            xsk: xsk.counters().clone(),
+            frames_in_kernel: xsk.frames_in_kernel(),
+            worker_delivered: worker.counters().delivered,
+            sealed: worker.counters().sealed,
+        };
+        drop(xsk);
+        jumping_ebpf::xdp_program(&mut ebpf)
+            .expect("program")
+            .detach(link)
+            .expect("detach XDP");
+        drop(ebpf);
+        drop(mount);
+        result
+    });
+
+    if ready_rx.recv_timeout(LIMIT).is_err() {
+        match gateway.join() {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(_) => panic!("gateway finished without signalling readiness"),
+        }
+    }
+
+    let client_ns = netns.client.clone();
+    let client = std::thread::spawn(move || {
+        enter_netns(&client_ns);
+        let sock = UdpSocket::bind(client_addr).expect("client socket");
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        for d in &datagrams {
+            sock.send_to(d, gw).expect("send");
+        }
+        let mut buf = [0u8; 2048];
+        let mut echoes = 0;
+        for k in 0..HEARTBEATS {
+            let at = sim.now + Duration::from_millis(1500) * (k + 1);
+            sim.client.handle_timeout(at);
+            let hb = std::iter::from_fn(|| sim.client.poll_transmit())
+                .find(|t| wire::peek_type(&t.payload) == Ok(MessageType::Heartbeat))
+                .expect("a heartbeat after the interval");
+            sock.send_to(&hb.payload, gw).expect("send heartbeat");
+            let (len, from) = sock.recv_from(&mut buf).expect("the echo");
+            assert_eq!(from, gw);
+            match sim.client.handle_datagram(
+                at + Duration::from_millis(10),
+                LocalPath(0),
+                &mut buf[..len],
+            ) {
+                ClientOutput::Consumed => echoes += 1,
+                other => panic!("client did not accept echo {k}: {other:?}"),
+            }
+        }
+        echoed_tx.send(()).expect("gateway waits");
+        let mut seen = vec![0u32; INNER_BACK as usize];
+        let mut got = 0;
+        let deadline = WallInstant::now() + LIMIT;
+        while got < INNER_BACK && WallInstant::now() < deadline {
+            let Ok((len, from)) = sock.recv_from(&mut buf) else {
+                break;
+            };
+            assert_eq!(from, gw);
+            match sim
+                .client
+                .handle_datagram(sim.now, LocalPath(0), &mut buf[..len])
+            {
+                ClientOutput::Deliver(p) => {
+                    let i = u32::from_be_bytes(p[..4].try_into().expect("4 bytes"));
+                    assert_eq!(&*p, &inner_packet(i)[..]);
+                    seen[i as usize] += 1;
+                    got += 1;
+                }
+                other => panic!("client did not accept an inner packet: {other:?}"),
+            }
+        }
+        // Duplicates, if any, would follow shortly.
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        while let Ok((len, _)) = sock.recv_from(&mut buf) {
+            if let ClientOutput::Deliver(p) =
+                sim.client
+                    .handle_datagram(sim.now, LocalPath(0), &mut buf[..len])
+            {
+                let i = u32::from_be_bytes(p[..4].try_into().expect("4 bytes"));
+                seen[i as usize] += 1;
+            }
+        }
+        ClientResult { echoes, seen }
+    });
+    let c = client.join();
+    let r = match gateway.join() {
+        Ok(r) => r,
+        Err(p) => std::panic::resume_unwind(p),
+    };
+    let c = match c {
+        Ok(c) => c,
+        Err(p) => std::panic::resume_unwind(p),
+    };
+    drop(netns);
+
+    // Client to gateway: every data datagram delivered once.
+    let missing: Vec<usize> = (0..r.seen.len()).filter(|&i| r.seen[i] == 0).collect();
+    let dup: Vec<usize> = (0..r.seen.len()).filter(|&i| r.seen[i] > 1).collect();
+    assert!(
+        missing.is_empty() && dup.is_empty(),
+        "data: missing {missing:?}, duplicated {dup:?}; xsk {:?}; xdp {:?}",
+        r.xsk,
+        r.xdp
+    );
+    assert_eq!(r.worker_delivered, u64::from(PACKETS));
+    assert_eq!(r.xsk.delivered, u64::from(PACKETS));
+    assert_eq!(
+        r.xsk.to_worker,
+        u64::from(PACKETS + HEARTBEATS),
+        "{:?}",
+        r.xsk
+    );
+    assert_eq!(r.xsk.not_ip_udp, 0, "{:?}", r.xsk);
+    assert_eq!(r.xsk.new_path_events, 0, "{:?}", r.xsk);
+    let x = |k: Counter| r.xdp[k.index() as usize];
+    assert_eq!(
+        x(Counter::RedirectData),
+        u64::from(PACKETS + HEARTBEATS),
+        "{:?}",
+        r.xdp
+    );
+    assert_eq!(x(Counter::RedirectFailedPass), 0, "{:?}", r.xdp);
+
+    // Gateway to client: every echo and inner packet accepted once.
+    assert_eq!(c.echoes, HEARTBEATS, "{:?}", r.xsk);
+    let missing: Vec<usize> = (0..c.seen.len()).filter(|&i| c.seen[i] == 0).collect();
+    let dup: Vec<usize> = (0..c.seen.len()).filter(|&i| c.seen[i] > 1).collect();
+    assert!(
+        missing.is_empty() && dup.is_empty(),
+        "inner: missing {missing:?}, duplicated {dup:?}; xsk {:?}",
+        r.xsk
+    );
+    assert_eq!(r.xsk.replies_sent, u64::from(HEARTBEATS), "{:?}", r.xsk);
+    assert_eq!(r.xsk.replies_unsent, 0, "{:?}", r.xsk);
     assert_eq!(r.xsk.inner_sent, u64::from(INNER_BACK), "{:?}", r.xsk);
     assert_eq!(r.sealed, u64::from(INNER_BACK));
     assert_eq!(

@@ -4,9 +4,12 @@
  *
  * Ethernet -> IPv4 | IPv6 -> UDP to a port in `tunnel_ports` -> tunnel header:
  *   - data (type 4, >= 36 bytes) and heartbeat (type 5, exactly 60 bytes): look up the owner
- *     queue in `session_owner` (SessionId -> queue), else take the SessionId's top 8 bits, and
- *     bpf_redirect_map(&xsks, queue, XDP_PASS). An empty xsks slot falls back to XDP_PASS
- *     (counted separately as JX_REDIRECT_FAILED_PASS) so the kernel socket still sees it.
+ *     queue in `session_owner` (SessionId -> queue), else take the SessionId's top 8 bits
+ *     (recorded in `last_queue`), and bpf_redirect_map(&xsks, rx_queue_index, XDP_PASS): an
+ *     AF_XDP socket only takes frames of its own queue, so a frame for another owner goes to
+ *     the receiving queue's worker, which hands it to the owner in userspace. An empty xsks
+ *     slot falls back to XDP_PASS (counted separately as JX_REDIRECT_FAILED_PASS) so the
+ *     kernel socket still sees it.
  *   - any other valid type (handshake, cookie, terminate, reattach): XDP_PASS to the kernel.
  *   - malformed tunnel messages (truncated, bad version, unknown type, bad length): XDP_DROP.
  *   - everything else, including VLAN-tagged frames and IPv6 with extension headers: XDP_PASS.
@@ -211,7 +214,14 @@ int jumping_xdp(struct xdp_md *ctx)
 			*last = queue;
 	}
 
-	long action = bpf_redirect_map(&xsks, queue, XDP_PASS);
+	/*
+	 * An AF_XDP socket only receives frames of the queue it is bound to, so the frame goes to
+	 * the socket of the queue it arrived on; when that worker is not the owner it hands the
+	 * packet to the owner over a userspace ring (docs/ARCHITECTURE.md, "Cross-queue
+	 * handoff"). The owner queue computed above is recorded in `last_queue` for tests and
+	 * diagnostics.
+	 */
+	long action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 
 	if (action == XDP_REDIRECT)
 		return outcome(JX_REDIRECT_DATA, XDP_REDIRECT);

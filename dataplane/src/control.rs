@@ -1,0 +1,411 @@
+//! The data plane's end of the control-process interface ([`jumping_dataplane_api`]).
+//!
+//! One thread, off the packet path: it listens on a Unix stream socket (mode 0600; each
+//! message preceded by its length as a big-endian u32), serves one control connection at a
+//! time (a new connection replaces the old one: the control process restarted), turns
+//! requests into worker commands, and forwards what the workers report. Without a control
+//! process the workers go on forwarding every installed session; events that find no
+//! connection are counted as lost, and a returning control process resynchronises with
+//! [`ToDataplane::Hello`] (the session count) and [`ToDataplane::ListSessions`].
+
+use std::collections::HashMap;
+use std::io::{self, Read as _, Write as _};
+use std::net::IpAddr;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use jumping_dataplane_api::{
+    Backend, FromDataplane, Refusal, SessionSummary, Stats, ToDataplane, MAX_MESSAGE,
+};
+use jumping_protocol::keys::EpochKeys;
+use jumping_protocol::SessionId;
+use rtrb::{Consumer, Producer};
+
+use crate::commands::{Command, CommandSender};
+use crate::runtime::{owner_of, Clock, FromWorker, SharedStats, ToWorker};
+use crate::worker::{DataSession, SessionUpdate};
+
+/// The control thread's ends of one worker's rings.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    /// Session commands.
+    pub commands: CommandSender<DataSession, SessionUpdate>,
+    /// Routes, listings, transmissions.
+    pub to_worker: Producer<ToWorker>,
+    /// Events and listings.
+    pub from_worker: Consumer<FromWorker>,
+    /// Counters.
+    pub stats: Arc<SharedStats>,
+}
+
+/// Read one length-prefixed message from a blocking stream.
+///
+/// # Errors
+/// I/O errors, or a length over [`MAX_MESSAGE`] (`InvalidData`).
+pub fn read_message(s: &mut UnixStream) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message too large",
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// Write one length-prefixed message.
+///
+/// # Errors
+/// I/O errors.
+pub fn write_message(s: &mut UnixStream, msg: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(msg.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut framed = Vec::with_capacity(4 + msg.len());
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(msg);
+    let r = s.write_all(&framed);
+    jumping_dataplane_api::zeroize_message(framed);
+    r
+}
+
+struct Conn {
+    stream: UnixStream,
+    inbuf: Vec<u8>,
+    hello: bool,
+}
+
+/// The control thread.
+pub struct ControlServer {
+    path: PathBuf,
+    listener: UnixListener,
+    conn: Option<Conn>,
+    workers: Vec<WorkerHandle>,
+    backend: Backend,
+    clock: Clock,
+    /// Client virtual address of every installed session, and the reverse.
+    inner_of: HashMap<SessionId, IpAddr>,
+    session_of: HashMap<IpAddr, SessionId>,
+    /// A listing in progress: its sequence number and the workers yet to finish.
+    listing: Option<(u32, usize)>,
+    events_lost: u64,
+}
+
+impl std::fmt::Debug for ControlServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlServer")
+            .field("path", &self.path)
+            .field("connected", &self.conn.is_some())
+            .field("sessions", &self.inner_of.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlServer {
+    /// Listen on `path` (a stale socket file left by a crash is replaced; its directory is
+    /// created mode 0700 if missing).
+    ///
+    /// # Errors
+    /// Creating the directory, binding or setting permissions failed.
+    pub fn bind(
+        path: &FsPath,
+        workers: Vec<WorkerHandle>,
+        backend: Backend,
+        clock: Clock,
+    ) -> io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir)?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+        }
+        match UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by a running data plane", path.display()),
+                ))
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        listener.set_nonblocking(true)?;
+        Ok(ControlServer {
+            path: path.to_owned(),
+            listener,
+            conn: None,
+            workers,
+            backend,
+            clock,
+            inner_of: HashMap::new(),
+            session_of: HashMap::new(),
+            listing: None,
+            events_lost: 0,
+        })
+    }
+
+    /// Serve until `stop` is set; removes the socket file on return.
+    pub fn run(mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            self.accept();
+            self.read_requests();
+            self.forward_from_workers();
+            let mut fds = vec![self.listener.as_raw_fd()];
+            if let Some(c) = &self.conn {
+                fds.push(c.stream.as_raw_fd());
+            }
+            let _ = crate::sys::wait_readable(&fds, 2);
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    fn accept(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            if self.conn.is_some() {
+                tracing::info!("control process reconnected; the previous connection is closed");
+            } else {
+                tracing::info!("control process connected");
+            }
+            self.conn = Some(Conn {
+                stream,
+                inbuf: Vec::new(),
+                hello: false,
+            });
+            self.listing = None;
+        }
+    }
+
+    fn send(&mut self, msg: &FromDataplane, seq: u32) {
+        let Some(c) = &mut self.conn else {
+            self.events_lost += u64::from(matches!(msg, FromDataplane::Event(_)));
+            return;
+        };
+        let bytes = msg.encode(seq);
+        // Short blocking write: the peer is a local process; if it stops reading for a
+        // second it is treated as gone.
+        let ok = c.stream.set_nonblocking(false).is_ok()
+            && c.stream
+                .set_write_timeout(Some(std::time::Duration::from_secs(1)))
+                .is_ok()
+            && write_message(&mut c.stream, &bytes).is_ok()
+            && c.stream.set_nonblocking(true).is_ok();
+        if !ok {
+            tracing::warn!("control connection lost while writing; waiting for a new one");
+            self.conn = None;
+            self.events_lost += u64::from(matches!(msg, FromDataplane::Event(_)));
+        }
+    }
+
+    fn read_requests(&mut self) {
+        let mut buf = [0u8; 8192];
+        loop {
+            let Some(c) = &mut self.conn else { return };
+            match c.stream.read(&mut buf) {
+                Ok(0) => {
+                    tracing::info!("control process disconnected; forwarding continues");
+                    self.conn = None;
+                    return;
+                }
+                Ok(n) => c.inbuf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.conn = None;
+                    return;
+                }
+            }
+        }
+        buf.fill(0);
+        loop {
+            let Some(c) = &mut self.conn else { return };
+            if c.inbuf.len() < 4 {
+                return;
+            }
+            let len = u32::from_be_bytes([c.inbuf[0], c.inbuf[1], c.inbuf[2], c.inbuf[3]]) as usize;
+            if len > MAX_MESSAGE {
+                tracing::warn!(len, "control message too large; closing the connection");
+                self.conn = None;
+                return;
+            }
+            if c.inbuf.len() < 4 + len {
+                return;
+            }
+            let msg: Vec<u8> = c.inbuf.drain(..4 + len).skip(4).collect();
+            self.handle(&msg);
+            jumping_dataplane_api::zeroize_message(msg);
+        }
+    }
+
+    fn handle(&mut self, msg: &[u8]) {
+        let (header, req) = match ToDataplane::decode(msg) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable control message; closing the connection");
+                self.conn = None;
+                return;
+            }
+        };
+        let seq = header.seq;
+        let hello = self.conn.as_ref().is_some_and(|c| c.hello);
+        if !hello && !matches!(req, ToDataplane::Hello) {
+            self.send(&FromDataplane::Refused(Refusal::NoHello), seq);
+            return;
+        }
+        let answer = match req {
+            ToDataplane::Hello => {
+                if let Some(c) = &mut self.conn {
+                    c.hello = true;
+                }
+                FromDataplane::HelloAck {
+                    workers: self.workers.len() as u8,
+                    backend: self.backend,
+                    sessions: u32::try_from(self.inner_of.len()).unwrap_or(u32::MAX),
+                }
+            }
+            ToDataplane::Install(i) => self.install(&i),
+            ToDataplane::SetPath { id, path } => self.update(id, SessionUpdate::ActivePath(path)),
+            ToDataplane::NextKeys { id, keys } => {
+                match EpochKeys::import(&keys, self.clock.now()) {
+                    Ok(k) => self.update(id, SessionUpdate::NextKeys(Box::new(k))),
+                    Err(_) => FromDataplane::Refused(Refusal::BadKeys),
+                }
+            }
+            ToDataplane::Retire { id } => self.retire(id),
+            ToDataplane::ListSessions => {
+                for w in &mut self.workers {
+                    let _ = w.to_worker.push(ToWorker::List);
+                }
+                self.listing = Some((seq, self.workers.len()));
+                return;
+            }
+            ToDataplane::Stats => FromDataplane::Stats(Stats {
+                backend: self.backend,
+                workers: self.workers.iter().map(|w| w.stats.read()).collect(),
+                events_lost: self.events_lost,
+            }),
+            ToDataplane::Transmit { to, datagram } => {
+                if self.backend != Backend::IoUring {
+                    FromDataplane::Refused(Refusal::Unsupported)
+                } else if self.workers[0]
+                    .to_worker
+                    .push(ToWorker::Transmit { to, datagram })
+                    .is_err()
+                {
+                    FromDataplane::Refused(Refusal::Busy)
+                } else {
+                    FromDataplane::Done
+                }
+            }
+        };
+        self.send(&answer, seq);
+    }
+
+    fn install(&mut self, i: &jumping_dataplane_api::Install) -> FromDataplane {
+        let owner = usize::from(i.owner);
+        if owner >= self.workers.len() || i.owner != owner_of(i.id) {
+            return FromDataplane::Refused(Refusal::NoSuchWorker);
+        }
+        if self.inner_of.contains_key(&i.id) {
+            return FromDataplane::Refused(Refusal::Exists);
+        }
+        if self.session_of.contains_key(&i.inner) {
+            return FromDataplane::Refused(Refusal::InnerInUse);
+        }
+        let Ok(state) = DataSession::from_install(i, self.clock.now()) else {
+            return FromDataplane::Refused(Refusal::BadKeys);
+        };
+        if self.workers[owner]
+            .commands
+            .send(Command::Install { id: i.id, state })
+            .is_err()
+        {
+            return FromDataplane::Refused(Refusal::Busy);
+        }
+        for w in &mut self.workers {
+            // A full route ring means that worker is stalled; its inner packets for this
+            // client are dropped as no_route until it drains. Rings are sized for bursts.
+            let _ = w.to_worker.push(ToWorker::Route {
+                inner: i.inner,
+                id: i.id,
+            });
+        }
+        self.inner_of.insert(i.id, i.inner);
+        self.session_of.insert(i.inner, i.id);
+        FromDataplane::Done
+    }
+
+    fn update(&mut self, id: SessionId, update: SessionUpdate) -> FromDataplane {
+        if !self.inner_of.contains_key(&id) {
+            return FromDataplane::Refused(Refusal::UnknownSession);
+        }
+        let owner = usize::from(owner_of(id));
+        match self.workers[owner]
+            .commands
+            .send(Command::Update { id, update })
+        {
+            Ok(()) => FromDataplane::Done,
+            Err(_) => FromDataplane::Refused(Refusal::Busy),
+        }
+    }
+
+    fn retire(&mut self, id: SessionId) -> FromDataplane {
+        let Some(inner) = self.inner_of.get(&id).copied() else {
+            return FromDataplane::Refused(Refusal::UnknownSession);
+        };
+        let owner = usize::from(owner_of(id));
+        if self.workers[owner]
+            .commands
+            .send(Command::Retire { id })
+            .is_err()
+        {
+            return FromDataplane::Refused(Refusal::Busy);
+        }
+        for w in &mut self.workers {
+            let _ = w.to_worker.push(ToWorker::Unroute { inner });
+        }
+        self.inner_of.remove(&id);
+        self.session_of.remove(&inner);
+        FromDataplane::Done
+    }
+
+    fn forward_from_workers(&mut self) {
+        for i in 0..self.workers.len() {
+            while let Ok(m) = self.workers[i].from_worker.pop() {
+                match m {
+                    FromWorker::Event(e) => self.send(&FromDataplane::Event(e), 0),
+                    FromWorker::ControlDatagram { from, datagram } => {
+                        self.send(&FromDataplane::ControlDatagram { from, datagram }, 0);
+                    }
+                    FromWorker::Sessions { sessions, last } => self.forward_listing(sessions, last),
+                }
+            }
+        }
+    }
+
+    fn forward_listing(&mut self, sessions: Vec<SessionSummary>, last: bool) {
+        let Some((seq, left)) = self.listing else {
+            return;
+        };
+        let left = if last { left - 1 } else { left };
+        self.listing = (left > 0).then_some((seq, left));
+        self.send(
+            &FromDataplane::Sessions {
+                sessions,
+                more: left > 0,
+            },
+            seq,
+        );
+    }
+}

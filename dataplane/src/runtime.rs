@@ -1,0 +1,737 @@
+//! The worker run loop: one thread per configured CPU, pinned, each turning its own receive
+//! I/O ([`WorkerIo`]: an AF_XDP socket on its queue, or an io_uring UDP socket in a steered
+//! `SO_REUSEPORT` group), its own TUN queue, the rings from the other workers and the rings
+//! from the control thread.
+//!
+//! One iteration, with no lock and no allocation on the packet path:
+//! 1. apply queued session commands (installs, path and key updates, retirements) and route
+//!    changes — between batches, so the control process never pauses a worker;
+//! 2. receive a batch: each datagram is parsed, and if its session belongs to another worker
+//!    (it arrived on a queue that is not its owner's) it is copied into the ring to that
+//!    worker ("cross-queue handoff", docs/ARCHITECTURE.md); otherwise it is opened in place
+//!    and the inner packet written to the TUN queue, a heartbeat echoed;
+//! 3. drain the rings from the other workers (their foreign packets, and inner packets they
+//!    read for sessions owned here);
+//! 4. read a batch of inner packets from the TUN queue: destination address → session →
+//!    sealed and sent here, or handed to the owner;
+//! 5. publish the counters (relaxed stores into [`SharedStats`], readable at any time).
+//!
+//! When an iteration finds nothing to do a hundred times in a row, the worker sleeps in
+//! `poll(2)` on its receive and TUN descriptors for at most a millisecond (the bound on how
+//! late a command is applied on an idle worker).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use jumping_dataplane_api::{
+    Backend, DropReason, Event, SessionSummary, WorkerStats, SESSIONS_PER_MESSAGE,
+};
+use jumping_protocol::wire::{self, DATA_HEADER_LEN, TAG_LEN};
+use jumping_protocol::{Instant, Path, SessionId};
+use rtrb::{Consumer, Producer};
+
+use crate::tun::Tun;
+use crate::uring::UringUdp;
+use crate::worker::{Rx, Worker};
+use crate::xsk::{L2Template, XskRx};
+
+/// Bytes a handoff slot holds (a full-size datagram or inner packet).
+pub const HANDOFF_BUF: usize = 2048;
+/// Slots in each worker-to-worker ring.
+pub const HANDOFF_RING: usize = 512;
+/// Counters are published at least this often while a worker runs (and before it sleeps).
+const PUBLISH_EVERY: core::time::Duration = core::time::Duration::from_millis(1);
+/// Empty iterations before a worker sleeps in `poll(2)`.
+const IDLE_SPINS: u32 = 100;
+/// Heartbeat echo size (the only reply a worker produces).
+const REPLY_MAX: usize = 64;
+
+/// A packet moving between workers.
+pub struct Handoff {
+    kind: HandoffKind,
+    len: u16,
+    data: [u8; HANDOFF_BUF],
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handoff")
+            .field("kind", &self.kind)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Handoff {
+    fn default() -> Self {
+        Handoff {
+            kind: HandoffKind::Outbound(SessionId(0)),
+            len: 0,
+            data: [0; HANDOFF_BUF],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum HandoffKind {
+    /// A tunnel datagram received from `Path` on a queue that is not the owner's.
+    Inbound(Path),
+    /// An inner packet for session `SessionId`, read from another worker's TUN queue.
+    Outbound(SessionId),
+}
+
+/// Control thread → worker, besides session commands.
+#[derive(Debug)]
+pub enum ToWorker {
+    /// Inner packets to `inner` belong to `id`.
+    Route {
+        /// Client virtual address.
+        inner: IpAddr,
+        /// Session.
+        id: SessionId,
+    },
+    /// Forget the route to `inner`.
+    Unroute {
+        /// Client virtual address.
+        inner: IpAddr,
+    },
+    /// Report every session held ([`FromWorker::Sessions`]).
+    List,
+    /// Send a control datagram from the tunnel socket (io_uring backend).
+    Transmit {
+        /// Destination.
+        to: SocketAddr,
+        /// UDP payload.
+        datagram: Vec<u8>,
+    },
+}
+
+/// Worker → control thread.
+#[derive(Debug)]
+pub enum FromWorker {
+    /// Something for the control process.
+    Event(Event),
+    /// Part of a session listing; `last` on the final part.
+    Sessions {
+        /// Sessions.
+        sessions: Vec<SessionSummary>,
+        /// Whether this is the last part from this worker.
+        last: bool,
+    },
+    /// A control message received on the tunnel socket (io_uring backend).
+    ControlDatagram {
+        /// Sender.
+        from: SocketAddr,
+        /// UDP payload.
+        datagram: Vec<u8>,
+    },
+}
+
+const STAT_FIELDS: usize = 11 + DropReason::COUNT;
+
+/// One worker's counters, written by the worker (relaxed stores of its own plain counters:
+/// no read-modify-write, no contention) and read by the control thread at any time.
+#[derive(Debug)]
+pub struct SharedStats {
+    v: [AtomicU64; STAT_FIELDS],
+}
+
+impl Default for SharedStats {
+    fn default() -> Self {
+        SharedStats {
+            v: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+fn stats_fields(s: &WorkerStats) -> [u64; STAT_FIELDS] {
+    let mut v = [0u64; STAT_FIELDS];
+    v[..11].copy_from_slice(&[
+        u64::from(s.cpu),
+        s.rx_datagrams,
+        s.rx_bytes,
+        s.delivered,
+        s.inside_packets,
+        s.sent,
+        s.sent_bytes,
+        s.handed_off,
+        s.taken_over,
+        s.epochs_promoted,
+        s.sessions,
+    ]);
+    v[11..].copy_from_slice(&s.drops);
+    v
+}
+
+impl SharedStats {
+    fn publish(&self, s: &WorkerStats) {
+        for (slot, x) in self.v.iter().zip(stats_fields(s)) {
+            slot.store(x, Ordering::Relaxed);
+        }
+    }
+
+    /// The last published counters.
+    #[must_use]
+    pub fn read(&self) -> WorkerStats {
+        let v: [u64; STAT_FIELDS] = std::array::from_fn(|i| self.v[i].load(Ordering::Relaxed));
+        let mut drops = [0u64; DropReason::COUNT];
+        drops.copy_from_slice(&v[11..]);
+        WorkerStats {
+            cpu: u32::try_from(v[0]).unwrap_or(u32::MAX),
+            rx_datagrams: v[1],
+            rx_bytes: v[2],
+            delivered: v[3],
+            inside_packets: v[4],
+            sent: v[5],
+            sent_bytes: v[6],
+            handed_off: v[7],
+            taken_over: v[8],
+            epochs_promoted: v[9],
+            sessions: v[10],
+            drops,
+        }
+    }
+}
+
+/// A worker's receive and transmit I/O.
+#[derive(Debug)]
+pub enum WorkerIo {
+    /// AF_XDP socket on the worker's queue.
+    Xsk {
+        /// The socket.
+        xsk: Box<XskRx>,
+        /// Headers of transmitted frames.
+        l2: L2Template,
+        /// Whether `l2.dst_mac` was configured (else it is learnt from received frames).
+        next_hop_configured: bool,
+    },
+    /// io_uring over a UDP socket.
+    Uring(Box<UringUdp>),
+}
+
+impl WorkerIo {
+    fn backend(&self) -> Backend {
+        match self {
+            WorkerIo::Xsk { .. } => Backend::AfXdp,
+            WorkerIo::Uring(_) => Backend::IoUring,
+        }
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd as _;
+        match self {
+            WorkerIo::Xsk { xsk, .. } => xsk.fd().as_raw_fd(),
+            WorkerIo::Uring(u) => u.ring_fd(),
+        }
+    }
+
+    /// Send a ready datagram (a heartbeat echo of a handed-off packet, a control datagram).
+    fn send_payload(&mut self, dst: Path, payload: &[u8]) -> bool {
+        match self {
+            WorkerIo::Xsk { xsk, l2, .. } => xsk.send_payload(dst.addr, payload, l2).is_ok(),
+            WorkerIo::Uring(u) => u.send_datagram(dst.addr, payload).is_ok(),
+        }
+    }
+
+    /// Seal `inner` for `id` and send it. `Err` only for failures the worker did not count.
+    fn send_inner(&mut self, worker: &mut Worker, id: SessionId, inner: &[u8]) -> Result<(), ()> {
+        match self {
+            WorkerIo::Xsk { xsk, l2, .. } => match xsk.send_inner(worker, id, inner, l2) {
+                Ok(_) => Ok(()),
+                Err(crate::xsk::XskTxError::Worker(_)) => Err(()),
+                Err(_) => {
+                    worker.count_drop(DropReason::TxFailed);
+                    Err(())
+                }
+            },
+            WorkerIo::Uring(u) => match u.send_inner(worker, id, inner) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(()),
+                Err(_) => {
+                    worker.count_drop(DropReason::TxFailed);
+                    Err(())
+                }
+            },
+        }
+    }
+}
+
+/// Everything a worker thread owns.
+#[derive(Debug)]
+pub struct WorkerLoop {
+    io: WorkerIo,
+    lane: Lane,
+}
+
+/// The rings connecting one worker to the others and to the control thread.
+#[derive(Debug)]
+pub struct Links {
+    /// Rings from every worker (own index unused).
+    pub from_peers: Vec<Consumer<Handoff>>,
+    /// Rings to every worker (`None` for itself).
+    pub to_peers: Vec<Option<Producer<Handoff>>>,
+    /// From the control thread.
+    pub control_in: Consumer<ToWorker>,
+    /// To the control thread.
+    pub control_out: Producer<FromWorker>,
+}
+
+/// One worker's ends of the handoff rings: from every other worker, and to every worker
+/// (`None` at its own index).
+pub type PeerRings = (Vec<Consumer<Handoff>>, Vec<Option<Producer<Handoff>>>);
+
+/// Make the handoff rings of `n` workers: `result[i]` are worker `i`'s ends.
+#[must_use]
+pub fn handoff_mesh(n: usize) -> Vec<PeerRings> {
+    let mut consumers: Vec<Vec<Option<Consumer<Handoff>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut producers: Vec<Vec<Option<Producer<Handoff>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    for (from, row) in producers.iter_mut().enumerate() {
+        for (to, slot) in row.iter_mut().enumerate() {
+            if from != to {
+                let (p, c) = rtrb::RingBuffer::new(HANDOFF_RING);
+                *slot = Some(p);
+                consumers[to][from] = Some(c);
+            }
+        }
+    }
+    consumers
+        .into_iter()
+        .zip(producers)
+        .map(|(c, p)| (c.into_iter().flatten().collect(), p))
+        .collect()
+}
+
+#[derive(Debug)]
+struct Lane {
+    index: u8,
+    worker: Worker,
+    tun: Tun,
+    routes: HashMap<IpAddr, SessionId>,
+    links: Links,
+    stats: Arc<SharedStats>,
+    local: WorkerStats,
+    backend: Backend,
+    /// Last path reported per session, so a rebind is reported once, not per packet.
+    reported: HashMap<SessionId, Path>,
+    /// Replay/auth drops per session since the last report.
+    pending_drops: HashMap<(SessionId, DropReason), u32>,
+    /// Heartbeat echoes to send after the receive batch (destination not the source).
+    deferred: Vec<(Path, u8, [u8; REPLY_MAX])>,
+}
+
+fn session_of(buf: &[u8]) -> Option<SessionId> {
+    let b: [u8; 8] = buf.get(4..12)?.try_into().ok()?;
+    Some(SessionId(u64::from_be_bytes(b))).filter(|id| id.0 != 0)
+}
+
+/// The worker that owns `id` by its SessionId (top byte).
+#[must_use]
+pub fn owner_of(id: SessionId) -> u8 {
+    (id.0 >> 56) as u8
+}
+
+fn inner_destination(pkt: &[u8]) -> Option<IpAddr> {
+    match pkt.first()? >> 4 {
+        4 => {
+            let b: [u8; 4] = pkt.get(16..20)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        6 => {
+            let b: [u8; 16] = pkt.get(24..40)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
+impl Lane {
+    fn event(&mut self, e: FromWorker) {
+        // A full ring means the control thread is behind; the event is lost and the loss is
+        // visible there (events_lost counts what it could not forward).
+        let _ = self.links.control_out.push(e);
+    }
+
+    fn note_path(&mut self, id: SessionId, new_path: Option<Path>) {
+        if let Some(path) = new_path {
+            if self.reported.get(&id) != Some(&path) {
+                self.reported.insert(id, path);
+                self.event(FromWorker::Event(Event::NewPath { id, path }));
+            }
+        }
+    }
+
+    fn hand_off(&mut self, to: u8, kind: HandoffKind, bytes: &[u8]) {
+        let Some(Some(ring)) = self.links.to_peers.get_mut(usize::from(to)) else {
+            self.worker.count_drop(DropReason::UnknownSession);
+            return;
+        };
+        if bytes.len() > HANDOFF_BUF {
+            self.worker.count_drop(DropReason::TooLarge);
+            return;
+        }
+        // Fill the ring slot in place: no 2 KiB value built on the stack and copied.
+        let Ok(mut chunk) = ring.write_chunk(1) else {
+            self.worker.count_drop(DropReason::HandoffFull);
+            return;
+        };
+        let (first, _) = chunk.as_mut_slices();
+        let slot = &mut first[0];
+        slot.kind = kind;
+        slot.len = bytes.len() as u16;
+        slot.data[..bytes.len()].copy_from_slice(bytes);
+        chunk.commit_all();
+        self.local.handed_off += 1;
+    }
+
+    /// A datagram this worker processes (its own, or handed over): open, deliver, echo.
+    fn process(&mut self, now: Instant, from: Path, buf: &mut [u8]) -> Option<(Path, usize)> {
+        let id = session_of(buf);
+        match self.worker.handle_rx(now, from, buf) {
+            Rx::Deliver {
+                id,
+                packet,
+                new_path,
+            } => {
+                if self.tun.write_packet(packet).is_err() {
+                    self.worker.count_drop(DropReason::InsideFailed);
+                }
+                self.note_path(id, new_path);
+                None
+            }
+            Rx::Reply { dst, len, new_path } => {
+                if let Some(id) = id {
+                    self.note_path(id, new_path);
+                }
+                Some((dst, len))
+            }
+            Rx::Consumed { new_path } => {
+                if let Some(id) = id {
+                    self.note_path(id, new_path);
+                }
+                None
+            }
+            Rx::Dropped(reason) => {
+                if matches!(reason, DropReason::Replay | DropReason::AuthFailed) {
+                    if let Some(id) = id {
+                        *self.pending_drops.entry((id, reason)).or_insert(0) += 1;
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// A datagram off this worker's receive ring.
+    fn on_datagram(&mut self, now: Instant, from: Path, buf: &mut [u8]) -> Option<(Path, usize)> {
+        self.local.rx_datagrams += 1;
+        self.local.rx_bytes += buf.len() as u64;
+        if let Ok(ty) = wire::peek_type(buf) {
+            if !ty.is_data_plane() {
+                if self.backend == Backend::IoUring {
+                    self.event(FromWorker::ControlDatagram {
+                        from: from.addr,
+                        datagram: buf.to_vec(),
+                    });
+                } else {
+                    self.worker.count_drop(DropReason::NotDataPlane);
+                }
+                return None;
+            }
+        }
+        if let Some(id) = session_of(buf) {
+            let owner = owner_of(id);
+            if owner != self.index
+                && usize::from(owner) < self.links.to_peers.len()
+                && self.worker.session(id).is_none()
+            {
+                self.hand_off(owner, HandoffKind::Inbound(from), buf);
+                return None;
+            }
+        }
+        self.process(now, from, buf)
+    }
+
+    fn flush_drop_reports(&mut self) {
+        if self.pending_drops.is_empty() {
+            return;
+        }
+        let pending: Vec<_> = self.pending_drops.drain().collect();
+        for ((id, reason), count) in pending {
+            self.event(FromWorker::Event(Event::Drops { id, reason, count }));
+        }
+    }
+
+    fn apply_control(&mut self, io: &mut WorkerIo) -> usize {
+        let mut n = 0;
+        while let Ok(msg) = self.links.control_in.pop() {
+            n += 1;
+            match msg {
+                ToWorker::Route { inner, id } => {
+                    self.routes.insert(inner, id);
+                }
+                ToWorker::Unroute { inner } => {
+                    self.routes.remove(&inner);
+                }
+                ToWorker::List => self.list_sessions(),
+                ToWorker::Transmit { to, datagram } => {
+                    if io.send_payload(Path::udp(to), &datagram) {
+                        self.local.sent += 1;
+                        self.local.sent_bytes += datagram.len() as u64;
+                    } else {
+                        self.worker.count_drop(DropReason::TxFailed);
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    fn list_sessions(&mut self) {
+        let index = self.index;
+        let all: Vec<SessionSummary> = self
+            .worker
+            .sessions()
+            .map(|(id, s)| SessionSummary {
+                id,
+                owner: index,
+                inner: s.inner().unwrap_or(IpAddr::from([0u8; 4])),
+                active: s.active(),
+                epoch: s.epoch(),
+                send_counter: s.send_counter(),
+                rx_packets: s.rx_packets,
+                rx_bytes: s.rx_bytes,
+                tx_packets: s.tx_packets,
+                tx_bytes: s.tx_bytes,
+            })
+            .collect();
+        let mut chunks = all.chunks(SESSIONS_PER_MESSAGE).peekable();
+        if chunks.peek().is_none() {
+            self.event(FromWorker::Sessions {
+                sessions: Vec::new(),
+                last: true,
+            });
+        }
+        while let Some(c) = chunks.next() {
+            let last = chunks.peek().is_none();
+            self.event(FromWorker::Sessions {
+                sessions: c.to_vec(),
+                last,
+            });
+        }
+    }
+
+    fn publish(&mut self) {
+        let c = self.worker.counters();
+        self.local.delivered = c.delivered;
+        self.local.drops = c.drops;
+        self.local.epochs_promoted = c.epochs_promoted;
+        self.local.sessions = self.worker.session_count() as u64;
+        self.stats.publish(&self.local);
+    }
+}
+
+/// Monotonic clock of this process as a protocol [`Instant`].
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(std::time::Instant);
+
+impl Clock {
+    /// A clock whose origin is now.
+    #[must_use]
+    pub fn start() -> Self {
+        Clock(std::time::Instant::now())
+    }
+
+    /// Now.
+    #[must_use]
+    pub fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+impl WorkerLoop {
+    /// A worker loop: worker `index` of the data plane, with its I/O, TUN queue and rings.
+    #[must_use]
+    pub fn new(
+        index: u8,
+        worker: Worker,
+        io: WorkerIo,
+        tun: Tun,
+        links: Links,
+        stats: Arc<SharedStats>,
+        cpu: u32,
+    ) -> Self {
+        let backend = io.backend();
+        WorkerLoop {
+            io,
+            lane: Lane {
+                index,
+                worker,
+                tun,
+                routes: HashMap::new(),
+                links,
+                stats,
+                local: WorkerStats {
+                    cpu,
+                    ..WorkerStats::default()
+                },
+                backend,
+                reported: HashMap::new(),
+                pending_drops: HashMap::new(),
+                deferred: Vec::with_capacity(64),
+            },
+        }
+    }
+
+    /// Run until `stop` is set.
+    ///
+    /// # Errors
+    /// The receive I/O failed in a way that cannot be retried.
+    pub fn run(&mut self, clock: Clock, stop: &AtomicBool) -> std::io::Result<()> {
+        let mut idle = 0u32;
+        let mut last_flush = clock.now();
+        let mut last_publish = last_flush;
+        let mut inner = vec![0u8; HANDOFF_BUF].into_boxed_slice();
+        while !stop.load(Ordering::Relaxed) {
+            let now = clock.now();
+            let mut work = self.lane.worker.apply_commands(256).installed;
+            work += self.lane.apply_control(&mut self.io);
+            work += self.receive(now)?;
+            work += self.drain_peers(now);
+            work += self.read_inside(&mut inner);
+            if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
+                self.lane.publish();
+                last_publish = now;
+            }
+            if now.saturating_duration_since(last_flush) >= core::time::Duration::from_secs(1) {
+                self.lane.flush_drop_reports();
+                last_flush = now;
+            }
+            if work == 0 {
+                idle += 1;
+                if idle >= IDLE_SPINS {
+                    self.lane.publish();
+                    let fds = [
+                        self.io.fd(),
+                        std::os::fd::AsRawFd::as_raw_fd(&self.lane.tun),
+                    ];
+                    crate::sys::wait_readable(&fds, 1)?;
+                    idle = 0;
+                }
+            } else {
+                idle = 0;
+            }
+        }
+        self.lane.flush_drop_reports();
+        self.lane.publish();
+        Ok(())
+    }
+
+    fn receive(&mut self, now: Instant) -> std::io::Result<usize> {
+        let Self { io, lane } = self;
+        let n = match io {
+            WorkerIo::Xsk {
+                xsk,
+                l2,
+                next_hop_configured,
+            } => {
+                let n = xsk.poll(&mut |from, buf| match lane.on_datagram(now, from, buf) {
+                    Some((dst, len)) if dst == from => Some(len),
+                    Some((dst, len)) if len <= REPLY_MAX => {
+                        let mut copy = [0u8; REPLY_MAX];
+                        copy[..len].copy_from_slice(&buf[..len]);
+                        lane.deferred.push((dst, len as u8, copy));
+                        None
+                    }
+                    _ => None,
+                });
+                if !*next_hop_configured {
+                    if let Some(mac) = xsk.learnt_next_hop() {
+                        l2.dst_mac = mac;
+                    }
+                }
+                n
+            }
+            WorkerIo::Uring(u) => {
+                u.poll(false, &mut |from, buf| lane.on_datagram(now, from, buf))?
+            }
+        };
+        let deferred = std::mem::take(&mut lane.deferred);
+        for (dst, len, bytes) in &deferred {
+            let payload = &bytes[..usize::from(*len)];
+            if io.send_payload(*dst, payload) {
+                lane.local.sent += 1;
+            } else {
+                lane.worker.count_drop(DropReason::TxFailed);
+            }
+        }
+        lane.deferred = deferred;
+        lane.deferred.clear();
+        Ok(n)
+    }
+
+    fn drain_peers(&mut self, now: Instant) -> usize {
+        let Self { io, lane } = self;
+        let mut n = 0;
+        for peer in 0..lane.links.from_peers.len() {
+            for _ in 0..64 {
+                let Ok(mut h) = lane.links.from_peers[peer].pop() else {
+                    break;
+                };
+                n += 1;
+                lane.local.taken_over += 1;
+                let len = usize::from(h.len);
+                match h.kind {
+                    HandoffKind::Inbound(from) => {
+                        if let Some((dst, rlen)) = lane.process(now, from, &mut h.data[..len]) {
+                            if io.send_payload(dst, &h.data[..rlen]) {
+                                lane.local.sent += 1;
+                            } else {
+                                lane.worker.count_drop(DropReason::TxFailed);
+                            }
+                        }
+                    }
+                    HandoffKind::Outbound(id) => {
+                        if io.send_inner(&mut lane.worker, id, &h.data[..len]).is_ok() {
+                            lane.local.sent += 1;
+                            lane.local.sent_bytes += len as u64;
+                        }
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    fn read_inside(&mut self, buf: &mut [u8]) -> usize {
+        let Self { io, lane } = self;
+        let mut n = 0;
+        // Leave room in front for the tunnel header when handing the packet on.
+        let room = buf.len() - DATA_HEADER_LEN - TAG_LEN;
+        while n < 64 {
+            let len = match lane.tun.read_packet(&mut buf[..room]) {
+                Ok(Some(len)) => len,
+                Ok(None) | Err(_) => break,
+            };
+            n += 1;
+            lane.local.inside_packets += 1;
+            let pkt = &buf[..len];
+            let Some(id) = inner_destination(pkt).and_then(|d| lane.routes.get(&d).copied()) else {
+                lane.worker.count_drop(DropReason::NoRoute);
+                continue;
+            };
+            if lane.worker.session(id).is_some() {
+                if io.send_inner(&mut lane.worker, id, pkt).is_ok() {
+                    lane.local.sent += 1;
+                    lane.local.sent_bytes += len as u64;
+                }
+            } else {
+                lane.hand_off(owner_of(id), HandoffKind::Outbound(id), pkt);
+            }
+        }
+        n
+    }
+}
