@@ -70,6 +70,8 @@ impl<T, U> CommandSender<T, U> {
 /// What one [`CommandReceiver::apply`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Applied {
+    /// Commands taken off the ring (every one below, plus retirements of absent sessions).
+    pub commands: usize,
     /// New sessions installed.
     pub installed: usize,
     /// Updates applied.
@@ -87,6 +89,7 @@ impl<T, U: Update<T>> CommandReceiver<T, U> {
         let mut done = Applied::default();
         for _ in 0..max {
             let Ok(cmd) = self.0.pop() else { break };
+            done.commands += 1;
             match cmd {
                 Command::Install { id, state } => {
                     if table.get(id).is_some() {

@@ -7,12 +7,15 @@
 //! [`commands::Command`]s over a wait-free single-producer single-consumer ring per worker;
 //! the worker applies them between packet batches, so updates never pause it.
 //!
-//! This crate holds, so far, the session table, the command path, the worker's packet
-//! processing without I/O ([`worker::Worker`]) and the io_uring UDP loop that feeds a worker
-//! ([`uring::UringUdp`]), and the first slice of the AF_XDP path ([`xsk::XskRx`]: receive,
-//! heartbeat echoes and `send_inner`, IPv4 only), and the inside interface as a TUN device
-//! ([`tun::Tun`]). Only those three modules
-//! are allowed `unsafe` (see docs/ARCHITECTURE.md).
+//! The process (`jumping-dataplane`, `src/main.rs`) reads its [`config::Config`], chooses
+//! the backend (AF_XDP with the XDP program from `jumping-ebpf`, else io_uring), and runs one
+//! [`runtime::WorkerLoop`] per configured CPU, pinned, plus the [`control::ControlServer`]
+//! thread that speaks the `jumping-dataplane-api` interface with the control process. A
+//! packet's way: [`xsk::XskRx`] or [`uring::UringUdp`] → [`runtime`] (owner check, handoff) →
+//! [`worker::Worker::handle_rx`] (lookup in the [`table::SessionTable`], replay check, open in
+//! place) → [`tun::Tun`]; and back: [`tun::Tun`] → route → [`worker::Worker::encapsulate`] →
+//! the socket. Only the modules that talk to the kernel (`tun`, `uring`, `xsk`, `sys`) are
+//! allowed `unsafe` (see docs/ARCHITECTURE.md).
 #![deny(unsafe_code)]
 
 pub mod commands;
