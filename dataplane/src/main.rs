@@ -284,8 +284,9 @@ fn xdp_ios(config: &Config) -> Result<(Vec<WorkerIo>, XdpAttachment)> {
     };
     let mut ios = Vec::with_capacity(config.cpus.len());
     for q in 0..config.cpus.len() {
-        let xsk = XskRx::bind(iface, q as u32, xcfg)
+        let mut xsk = XskRx::bind(iface, q as u32, xcfg)
             .with_context(|| format!("binding an AF_XDP socket to {iface} queue {q}"))?;
+        xsk.set_batch_tx_kicks(true);
         jumping_ebpf::set_xsk(&mut ebpf, q as u32, xsk.fd())
             .with_context(|| format!("registering the AF_XDP socket of queue {q}"))?;
         ios.push(WorkerIo::Xsk {

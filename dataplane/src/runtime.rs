@@ -602,6 +602,10 @@ impl WorkerLoop {
             work += self.receive(now)?;
             work += self.drain_peers(now);
             work += self.read_inside(&mut inner);
+            if let WorkerIo::Xsk { xsk, .. } = &mut self.io {
+                // One transmit wake-up for everything this iteration queued.
+                xsk.flush_tx();
+            }
             if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
                 self.lane.publish();
                 last_publish = now;

@@ -156,6 +156,8 @@ pub struct XskRx {
     counters: XskRxCounters,
     total_frames: usize,
     learnt_next_hop: Option<[u8; 6]>,
+    /// See [`XskRx::set_batch_tx_kicks`].
+    batch_tx_kicks: bool,
 }
 
 fn queue_size(n: u32) -> Result<QueueSize, XskError> {
@@ -180,7 +182,8 @@ impl XskRx {
             .comp_queue_size(queue_size(config.ring_size)?)
             .build()
             .map_err(|e| XskError::Config(e.to_string()))?;
-        let mut bind_flags = BindFlags::empty();
+        // The kernel tells us when the rings need a system call to make progress.
+        let mut bind_flags = BindFlags::XDP_USE_NEED_WAKEUP;
         if config.force_copy {
             bind_flags |= BindFlags::XDP_COPY;
         }
@@ -218,6 +221,7 @@ impl XskRx {
             counters: XskRxCounters::default(),
             total_frames,
             learnt_next_hop: None,
+            batch_tx_kicks: false,
         };
         me.refill();
         Ok(me)
@@ -382,6 +386,11 @@ impl XskRx {
         }
         self.kick();
         self.refill();
+        if n == 0 && self.fill.needs_wakeup() {
+            // Zero-copy drivers stop receiving when the fill ring ran dry until woken
+            // (`XDP_USE_NEED_WAKEUP`); only when idle, so a busy loop makes no system call.
+            let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+        }
         n
     }
 
@@ -558,7 +567,21 @@ impl XskRx {
     /// Kick the kernel to transmit while frames are outstanding. Errors that only mean "try
     /// again" are swallowed by xsk-rs; others leave the frames on the ring for the next kick.
     fn kick(&self) {
-        if self.tx_outstanding > 0 {
+        if self.tx_outstanding > 0 && !self.batch_tx_kicks && self.tx.needs_wakeup() {
+            let _ = self.tx.wakeup();
+        }
+    }
+
+    /// Batch transmit wake-ups: [`XskRx::send_inner`] and [`XskRx::send_payload`] then only
+    /// put frames on the TX ring, and the caller calls [`XskRx::flush_tx`] once per batch (one
+    /// system call for the batch, and none when the kernel does not need one).
+    pub fn set_batch_tx_kicks(&mut self, on: bool) {
+        self.batch_tx_kicks = on;
+    }
+
+    /// Wake the kernel to transmit what is on the TX ring, if it needs it.
+    pub fn flush_tx(&mut self) {
+        if self.tx_outstanding > 0 && self.tx.needs_wakeup() {
             let _ = self.tx.wakeup();
         }
     }

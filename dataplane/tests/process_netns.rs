@@ -142,7 +142,11 @@ impl Topology {
 
     /// Start the data plane in the gateway namespace.
     fn start(&mut self, backend: &str) {
-        let bpffs = BpffsMount::new().expect("mount a bpffs");
+        // One bpffs for the topology's life, so a restart finds the pinned maps.
+        let bpffs = match self.bpffs.take() {
+            Some(b) => b,
+            None => BpffsMount::new().expect("mount a bpffs"),
+        };
         let config = format!(
             "backend = \"{backend}\"\ninterface = \"{GW_DEV}\"\nlisten = \"{GW_ADDR}:{TUNNEL_PORT}\"\n\
              cpus = [0, 1]\nsession_capacity = 1024\ncontrol_socket = \"{}\"\n\
@@ -671,6 +675,50 @@ fn run(backend: &str, tag: &str) {
     let link = String::from_utf8_lossy(&link.stdout);
     assert!(!link.contains("xdp"), "XDP still attached: {link}");
     assert!(!topo.socket().exists(), "control socket file left behind");
+
+    // A crash (SIGKILL: no clean-up at all) leaves nothing that blocks a restart: the XDP
+    // link dies with the process, the stale socket file is replaced, pinned maps are reused.
+    topo.start(backend);
+    let mut ctl = Control::connect(&topo.socket());
+    assert!(matches!(
+        ctl.one(&ToDataplane::Hello),
+        FromDataplane::HelloAck { .. }
+    ));
+    let mut crashed = topo.process.take().expect("running");
+    crashed.kill().expect("SIGKILL");
+    crashed.wait().expect("reaped");
+    drop(ctl);
+    assert!(
+        topo.socket().exists(),
+        "a crash leaves the socket file (the restart must cope)"
+    );
+    topo.start(backend);
+    let mut ctl = Control::connect(&topo.socket());
+    match ctl.one(&ToDataplane::Hello) {
+        FromDataplane::HelloAck { sessions, .. } => assert_eq!(sessions, 0),
+        other => panic!("{other:?}"),
+    }
+    ip(&[
+        "-n",
+        &topo.gw,
+        "addr",
+        "add",
+        "10.88.0.1/24",
+        "dev",
+        TUN_DEV,
+    ]);
+    ip(&["-n", &topo.gw, "link", "set", "dev", TUN_DEV, "up"]);
+    let mut sim = Sim::new(32, Policy::default());
+    let sid = sim.connect();
+    assert_eq!(ctl.one(&install(&sim, sid)), FromDataplane::Done);
+    for i in 0..10 {
+        client
+            .send_to(&sealed(&mut sim, &payload("again", i)), gw)
+            .expect("send");
+    }
+    expect_payloads(&server, "again", 10, |b| b.to_vec());
+    drop(ctl);
+    assert!(topo.stop().success(), "{}", topo.log());
 }
 
 #[test]
