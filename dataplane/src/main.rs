@@ -200,9 +200,10 @@ fn uring_ios(config: &Config) -> Result<Vec<WorkerIo>> {
     sockets
         .into_iter()
         .map(|s| {
-            Ok(WorkerIo::Uring(Box::new(
-                UringUdp::new(s).context("setting up io_uring")?,
-            )))
+            let mut u = UringUdp::new(s).context("setting up io_uring")?;
+            // Sends go to the kernel with the worker's next receive submission.
+            u.set_batch_submit(true);
+            Ok(WorkerIo::Uring(Box::new(u)))
         })
         .collect()
 }

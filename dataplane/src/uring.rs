@@ -7,9 +7,12 @@
 //! submits and waits for at least one completion, drains the completion queue through
 //! [`Worker::handle_rx`], then re-arms every consumed buffer with one submission.
 //!
-//! In this first slice, heartbeat echoes ([`Rx::Reply`]) and [`UringUdp::send_inner`] are
-//! sent with a plain `send_to` on the socket rather than an `IORING_OP_SENDMSG`. Nothing is
-//! logged per packet.
+//! Transmissions ([`UringUdp::send_inner`], [`UringUdp::send_datagram`]) use a second pool of
+//! [`TX_BUFFERS`] slots of the same shape with `IORING_OP_SENDMSG`; with
+//! [`UringUdp::set_batch_submit`] they reach the kernel together with the next receive
+//! submission, so a busy worker makes one system call per batch, not per packet. Heartbeat
+//! echoes (rare: one per heartbeat) are still sent with a plain `send_to` from the receive
+//! buffer. Nothing is logged per packet.
 
 use std::cell::UnsafeCell;
 use std::io;
@@ -30,6 +33,9 @@ pub const RX_BUFFERS: usize = 64;
 /// Size of each receive buffer and of the transmit buffer (room for a full 1500-byte inner
 /// packet plus header and tag).
 pub const BUF_LEN: usize = 2048;
+
+/// Number of transmit buffers (slots `RX_BUFFERS..RX_BUFFERS + TX_BUFFERS`).
+pub const TX_BUFFERS: usize = 128;
 
 /// User data of the cancellation issued on drop (never a buffer index).
 const CANCEL_TAG: u64 = u64::MAX;
@@ -56,6 +62,10 @@ pub struct UringCounters {
     pub replies_sent: u64,
     /// Heartbeat echoes that failed to send (or whose destination is not UDP).
     pub reply_errors: u64,
+    /// Transmissions (`SendMsg`) completed.
+    pub sent: u64,
+    /// Transmissions that completed with an error.
+    pub send_errors: u64,
     /// Packets that came from an address other than the session's active path (to be
     /// reported to the control process; not yet forwarded in this slice).
     pub new_path_events: u64,
@@ -72,7 +82,10 @@ pub struct UringUdp {
     in_flight_count: usize,
     /// Buffer indexes to re-arm at the next submission.
     rearm: Vec<u32>,
-    tx_buf: Box<[u8; BUF_LEN]>,
+    /// Transmit slots not in flight.
+    tx_free: Vec<u32>,
+    /// See [`UringUdp::set_batch_submit`].
+    batch_submit: bool,
     counters: UringCounters,
 }
 
@@ -114,8 +127,8 @@ impl UringUdp {
     pub fn new(socket: UdpSocket) -> io::Result<Self> {
         // Room for every receive plus the cancellation on drop; the completion queue is twice
         // the submission queue by default, so every in-flight receive has a completion slot.
-        let ring = IoUring::new((RX_BUFFERS * 2) as u32)?;
-        let slots: Box<[UnsafeCell<Slot>]> = (0..RX_BUFFERS)
+        let ring = IoUring::new((2 * (RX_BUFFERS + TX_BUFFERS)) as u32)?;
+        let slots: Box<[UnsafeCell<Slot>]> = (0..RX_BUFFERS + TX_BUFFERS)
             .map(|_| {
                 UnsafeCell::new(Slot {
                     buf: [0; BUF_LEN],
@@ -149,10 +162,11 @@ impl UringUdp {
             ring,
             socket,
             slots,
-            in_flight: vec![false; RX_BUFFERS].into_boxed_slice(),
+            in_flight: vec![false; RX_BUFFERS + TX_BUFFERS].into_boxed_slice(),
             in_flight_count: 0,
             rearm: (0..RX_BUFFERS as u32).collect(),
-            tx_buf: Box::new([0; BUF_LEN]),
+            tx_free: (RX_BUFFERS as u32..(RX_BUFFERS + TX_BUFFERS) as u32).collect(),
+            batch_submit: false,
             counters: UringCounters::default(),
         };
         me.push_rearms()?;
@@ -290,16 +304,27 @@ impl UringUdp {
             in_flight,
             in_flight_count,
             rearm,
+            tx_free,
             counters,
             ..
         } = self;
         for cqe in ring.completion() {
             let idx = cqe.user_data();
             let Some(i) = usize::try_from(idx).ok().filter(|&i| i < slots.len()) else {
-                continue; // not a receive (e.g. a cancellation)
+                continue; // not a buffer (e.g. a cancellation)
             };
             in_flight[i] = false;
             *in_flight_count -= 1;
+            if i >= RX_BUFFERS {
+                // A transmission finished: its slot is free again.
+                tx_free.push(idx as u32);
+                if cqe.result() < 0 {
+                    counters.send_errors += 1;
+                } else {
+                    counters.sent += 1;
+                }
+                continue;
+            }
             rearm.push(idx as u32);
             let Ok(len) = usize::try_from(cqe.result()) else {
                 counters.recv_errors += 1;
@@ -342,14 +367,6 @@ impl UringUdp {
         self.ring.as_raw_fd()
     }
 
-    /// Send one datagram from the socket (control messages, sealed packets built elsewhere).
-    ///
-    /// # Errors
-    /// The send failed.
-    pub fn send_datagram(&self, dst: SocketAddr, datagram: &[u8]) -> io::Result<()> {
-        self.socket.send_to(datagram, dst).map(|_| ())
-    }
-
     /// Cancel every in-flight receive and reap the completions, so that no buffer is in the
     /// kernel's hands afterwards ([`UringUdp::in_flight`] is then 0). Datagrams that
     /// completed in the meantime are discarded unprocessed. A later [`UringUdp::run_once`]
@@ -389,39 +406,123 @@ impl UringUdp {
                 if i < self.in_flight.len() && self.in_flight[i] {
                     self.in_flight[i] = false;
                     self.in_flight_count -= 1;
-                    self.rearm.push(i as u32);
+                    if i >= RX_BUFFERS {
+                        self.tx_free.push(i as u32);
+                    } else {
+                        self.rearm.push(i as u32);
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// Encapsulate `inner` for session `id` and send it to the session's active path.
+    /// Encapsulate `inner` for session `id` and send it to the session's active path, from a
+    /// transmit slot with an `IORING_OP_SENDMSG` (submitted at once, or with the next
+    /// [`UringUdp::poll`] / [`UringUdp::flush`] when batching is on).
     ///
     /// # Errors
     /// The worker refused it ([`crate::worker::WorkerDrop`], counted by the worker; kind
-    /// `InvalidInput`), the active path is not UDP (`Unsupported`), or the send failed.
+    /// `InvalidInput`), the active path is not UDP (`Unsupported`), every transmit slot is in
+    /// flight (`WouldBlock`), or the submission failed.
     pub fn send_inner(
         &mut self,
         worker: &mut Worker,
         id: SessionId,
         inner: &[u8],
     ) -> io::Result<()> {
-        let buf = &mut self.tx_buf[..];
-        let header = jumping_protocol::wire::DATA_HEADER_LEN;
-        if let Some(room) = buf.get_mut(header..header + inner.len()) {
-            room.copy_from_slice(inner);
-        }
-        let (dst, len) = worker
-            .encapsulate(id, buf, inner.len())
-            .map_err(|d| io::Error::new(io::ErrorKind::InvalidInput, format!("{d:?}")))?;
-        if dst.transport != Transport::Udp {
+        self.queue_send(|buf| {
+            let header = jumping_protocol::wire::DATA_HEADER_LEN;
+            if let Some(room) = buf.get_mut(header..header + inner.len()) {
+                room.copy_from_slice(inner);
+            }
+            let (dst, len) = worker
+                .encapsulate(id, buf, inner.len())
+                .map_err(|d| io::Error::new(io::ErrorKind::InvalidInput, format!("{d:?}")))?;
+            if dst.transport != Transport::Udp {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "active path is not UDP",
+                ));
+            }
+            Ok((dst.addr, len))
+        })
+    }
+
+    /// Send one ready datagram (a control message, a sealed packet built elsewhere) from a
+    /// transmit slot, like [`UringUdp::send_inner`].
+    ///
+    /// # Errors
+    /// As [`UringUdp::send_inner`], or `InvalidInput` if it does not fit a buffer.
+    pub fn send_datagram(&mut self, dst: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+        self.queue_send(|buf| {
+            let room = buf
+                .get_mut(..datagram.len())
+                .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+            room.copy_from_slice(datagram);
+            Ok((dst, datagram.len()))
+        })
+    }
+
+    /// Batch submissions: sends are only queued, and go to the kernel with the next
+    /// [`UringUdp::poll`] or [`UringUdp::flush`] — one system call for a whole batch.
+    pub fn set_batch_submit(&mut self, on: bool) {
+        self.batch_submit = on;
+    }
+
+    /// Submit every queued operation.
+    ///
+    /// # Errors
+    /// The submission failed.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.ring.submit().map(|_| ())
+    }
+
+    /// Fill a free transmit slot with `fill` (which returns the destination and length) and
+    /// queue its `SendMsg`.
+    fn queue_send(
+        &mut self,
+        fill: impl FnOnce(&mut [u8]) -> io::Result<(SocketAddr, usize)>,
+    ) -> io::Result<()> {
+        let Some(&idx) = self.tx_free.last() else {
             return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "active path is not UDP",
+                io::ErrorKind::WouldBlock,
+                "every transmit buffer is in flight",
             ));
+        };
+        let i = idx as usize;
+        debug_assert!(i >= RX_BUFFERS && !self.in_flight[i]);
+        let p = self.slots[i].get();
+        // SAFETY: slot `i` is a transmit slot on the free list: no operation that uses it is
+        // in flight (its completion was reaped, or it was never submitted), so nothing else
+        // reads or writes it while this borrow lives.
+        let slot = unsafe { &mut *p };
+        let (dst, len) = fill(&mut slot.buf)?;
+        let (name, namelen) = sockaddr_from(dst);
+        slot.name = name;
+        slot.hdr.msg_namelen = namelen;
+        slot.hdr.msg_flags = 0;
+        slot.iov.iov_len = len;
+        let hdr = ptr::addr_of!(slot.hdr);
+        let entry = opcode::SendMsg::new(types::Fd(self.socket.as_raw_fd()), hdr)
+            .build()
+            .user_data(u64::from(idx));
+        // SAFETY: the msghdr, its iovec, name and buffer live in slot `i` of the boxed slice
+        // `self.slots`, which is never resized or moved and is freed only after `Drop` has
+        // cancelled and reaped every in-flight operation; the slot is marked in flight below
+        // and not touched again until its completion is reaped.
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.ring.submit()?;
+            // SAFETY: as above.
+            unsafe { self.ring.submission().push(&entry) }
+                .map_err(|_| io::Error::other("submission queue full"))?;
         }
-        self.socket.send_to(&buf[..len], dst.addr)?;
+        self.tx_free.pop();
+        self.in_flight[i] = true;
+        self.in_flight_count += 1;
+        if !self.batch_submit {
+            self.ring.submit()?;
+        }
         Ok(())
     }
 }
