@@ -25,7 +25,8 @@ enum Cmd {
     /// The demo: a session surviving a NAT rebind, a path switch and a rekey (deterministic
     /// simulation of the protocol core, for now).
     Demo,
-    /// Run criterion benchmarks and write their numbers to target/bench/.
+    /// Run criterion benchmarks and write their numbers to target/bench/<run-id>/; `dataplane`
+    /// (and `all`) also measures receive throughput on a namespace topology (needs root).
     Bench {
         /// Which: `aead`, `protocol`, `dataplane`, or `all`.
         #[arg(default_value = "all")]
@@ -134,17 +135,78 @@ fn bench(which: &str) -> Result<()> {
         "all" => &["aead", "protocol", "dataplane"],
         other => bail!("unknown benchmark set `{other}`: use aead, protocol, dataplane or all"),
     };
+    // One run id for every report file of this run (bench-report and netns-throughput).
+    let run_id = run_id();
+    let mut netns_result = Ok(());
     for b in benches {
         exec(cargo().args(["bench", "-p", "jumping-benches", "--bench", b]))?;
+        if *b == "dataplane" {
+            netns_result = netns_throughput(&run_id);
+        }
     }
-    exec(cargo().args([
-        "run",
-        "--quiet",
-        "-p",
-        "jumping-benches",
-        "--bin",
-        "bench-report",
-    ]))
+    // The criterion results are reported even if the namespace measurement failed.
+    exec(
+        cargo()
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "jumping-benches",
+                "--bin",
+                "bench-report",
+            ])
+            .env("JUMPING_BENCH_RUN_ID", &run_id),
+    )?;
+    netns_result
+}
+
+/// `<UTC date and time>-<git revision>`, the name of the run's directory under target/bench/.
+fn run_id() -> String {
+    let out = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .current_dir(root())
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let rev = out("git", &["rev-parse", "--short", "HEAD"]);
+    let date = out("date", &["-u", "+%Y-%m-%dT%H%M%SZ"]);
+    format!("{date}-{}", if rev.is_empty() { "norev" } else { &rev })
+}
+
+/// Whether this process runs as root (effective uid 0, from /proc/self/status).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The data-plane receive throughput on a namespace topology (AF_XDP with and without
+/// decryption, io_uring, AEAD alone), written next to the criterion report. Needs root.
+fn netns_throughput(run_id: &str) -> Result<()> {
+    if !is_root() {
+        println!("xtask: dataplane namespace throughput skipped: needs root");
+        return Ok(());
+    }
+    exec(
+        cargo()
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "jumping-benches",
+                "--bin",
+                "netns-throughput",
+            ])
+            .env("JUMPING_BENCH_RUN_ID", run_id),
+    )
 }
 
 fn main() -> Result<()> {

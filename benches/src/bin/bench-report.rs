@@ -1,7 +1,9 @@
 //! Collect the latest criterion results into one report: `target/bench/<run-id>/results.json`
 //! (raw numbers with the environment: git revision, CPU, kernel, date) and `summary.md` (a table
 //! per group, ready to paste into docs/BENCHMARKS.md). Run by `cargo xtask bench` after the
-//! benches.
+//! benches. The run id is `JUMPING_BENCH_RUN_ID` when set (xtask sets it for every report of a
+//! run); the namespace throughput report `dataplane-netns.{json,md}` that `netns-throughput`
+//! wrote into the same directory, if any, is included in both files.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -84,11 +86,13 @@ fn main() -> Result<()> {
     }
     let rev = sh("git", &["rev-parse", "--short", "HEAD"]);
     let date = sh("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]);
-    let run_id = format!(
-        "{}-{}",
-        date.replace(':', ""),
-        if rev.is_empty() { "norev" } else { &rev }
-    );
+    let run_id = std::env::var("JUMPING_BENCH_RUN_ID").unwrap_or_else(|_| {
+        format!(
+            "{}-{}",
+            date.replace(':', ""),
+            if rev.is_empty() { "norev" } else { &rev }
+        )
+    });
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -100,9 +104,14 @@ fn main() -> Result<()> {
     let env = json!({ "git_rev": rev, "date": date, "cpu": cpu, "nproc": sh("nproc", &[]), "kernel": sh("uname", &["-r"]) });
     let out_dir = root.join("target/bench").join(&run_id);
     fs::create_dir_all(&out_dir)?;
+    let netns: Option<Value> = fs::read_to_string(out_dir.join("dataplane-netns.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
     fs::write(
         out_dir.join("results.json"),
-        serde_json::to_string_pretty(&json!({ "environment": env, "results": rows }))?,
+        serde_json::to_string_pretty(
+            &json!({ "environment": env, "results": rows, "dataplane_netns": netns }),
+        )?,
     )?;
     let mut md = format!(
         "# Benchmark run {run_id}\n\nCPU: {cpu}, {} cores, kernel {}, git {rev}\n",
@@ -138,6 +147,9 @@ fn main() -> Result<()> {
             format!("{mean:.1} ns")
         };
         let _ = writeln!(md, "| {id} | {mean_h} | {rate} |");
+    }
+    if let Ok(netns_md) = fs::read_to_string(out_dir.join("dataplane-netns.md")) {
+        let _ = write!(md, "\n{netns_md}");
     }
     fs::write(out_dir.join("summary.md"), &md)?;
     println!("{md}");
