@@ -86,5 +86,28 @@ fn lookup(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, lookup);
+/// What a key-cache miss costs the worker: expanding one epoch's two AES-256-GCM keys from
+/// their raw secrets (docs/ARCHITECTURE.md, compact session keys).
+fn key_expansion(c: &mut Criterion) {
+    use jumping_protocol::crypto::{AeadKey, CipherSuite, SecretKey};
+    let mut g = c.benchmark_group("key cache");
+    g.measurement_time(MEASUREMENT_TIME)
+        .warm_up_time(WARM_UP_TIME)
+        .sample_size(SAMPLE_SIZE);
+    let (a, b) = (
+        SecretKey::from_bytes([7; 32]),
+        SecretKey::from_bytes([9; 32]),
+    );
+    g.bench_function("miss: expand an epoch's two AES-256-GCM keys", |bch| {
+        bch.iter(|| {
+            black_box((
+                AeadKey::new(CipherSuite::Aes256Gcm, black_box(&a)),
+                AeadKey::new(CipherSuite::Aes256Gcm, black_box(&b)),
+            ))
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, lookup, key_expansion);
 criterion_main!(benches);

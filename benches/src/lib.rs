@@ -103,6 +103,31 @@ impl NonceCounter {
     }
 }
 
+/// The standard output of a command, trimmed (empty if it cannot run).
+#[must_use]
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The directory of this benchmark run's reports: `target/bench/<run-id>/`, where the run id
+/// is `JUMPING_BENCH_RUN_ID` (set by `cargo xtask bench` so every report of one run lands
+/// together) or `<UTC date and time>-<git revision>`.
+#[must_use]
+pub fn run_dir() -> std::path::PathBuf {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let id = std::env::var("JUMPING_BENCH_RUN_ID").unwrap_or_else(|_| {
+        let rev = sh("git", &["rev-parse", "--short", "HEAD"]);
+        let date = sh("date", &["-u", "+%Y-%m-%dT%H%M%SZ"]);
+        format!("{date}-{}", if rev.is_empty() { "norev" } else { &rev })
+    });
+    root.join("target/bench").join(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -262,6 +262,8 @@ pub struct WorkerStats {
     pub epochs_promoted: u64,
     /// Sessions held.
     pub sessions: u64,
+    /// Packets that had to expand their session's keys (key cache misses).
+    pub key_cache_misses: u64,
     /// Drops by [`DropReason::index`].
     pub drops: [u64; DropReason::COUNT],
 }
@@ -832,6 +834,7 @@ impl FromDataplane {
                         ws.taken_over,
                         ws.epochs_promoted,
                         ws.sessions,
+                        ws.key_cache_misses,
                     ] {
                         w.u64(x);
                     }
@@ -934,6 +937,7 @@ impl FromDataplane {
                         taken_over: r.u64()?,
                         epochs_promoted: r.u64()?,
                         sessions: r.u64()?,
+                        key_cache_misses: r.u64()?,
                         drops: [0; DropReason::COUNT],
                     };
                     for d in &mut ws.drops {

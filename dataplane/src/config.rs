@@ -22,6 +22,9 @@ listen = "0.0.0.0:51820"
 cpus = [0]
 # Sessions each worker can hold (allocated at start).
 session_capacity = 65536
+# Expanded AEAD keys each worker caches (about 1.1 KiB each): sessions beyond this many
+# sending at once on one worker pay a key expansion per packet.
+key_cache_entries = 8192
 # The control process connects here (mode 0600).
 control_socket = "/run/jumping/dataplane.sock"
 # Where the XDP program's maps are pinned (a bpffs).
@@ -110,6 +113,8 @@ pub struct Config {
     pub cpus: Vec<usize>,
     /// Sessions per worker.
     pub session_capacity: usize,
+    /// Expanded-key cache entries per worker.
+    pub key_cache_entries: usize,
     /// Control socket path.
     pub control_socket: PathBuf,
     /// bpffs pin directory.
@@ -196,6 +201,9 @@ impl Config {
         }
         if !(1..=16_000_000).contains(&self.session_capacity) {
             return Err(invalid("session_capacity", "between 1 and 16000000"));
+        }
+        if !(64..=1 << 22).contains(&self.key_cache_entries) {
+            return Err(invalid("key_cache_entries", "between 64 and 4194304"));
         }
         if self.interface.is_empty() || self.interface.len() >= 16 {
             return Err(invalid("interface", "an interface name of 1 to 15 bytes"));

@@ -21,6 +21,7 @@
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod keys;
 pub mod runtime;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -136,6 +136,7 @@ fn run() -> Result<()> {
         });
         let cpu = config.cpus[i];
         let capacity = config.session_capacity;
+        let key_cache = config.key_cache_entries;
         let stop = Arc::clone(&stop);
         let links = Links {
             from_peers,
@@ -150,7 +151,8 @@ fn run() -> Result<()> {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
                     tracing::warn!(worker = i, cpu, "could not pin the worker to its CPU");
                 }
-                let worker = Worker::new(index, capacity, cmd_rx, grace);
+                let mut worker = Worker::new(index, capacity, cmd_rx, grace);
+                worker.set_key_cache(key_cache);
                 let mut lp = WorkerLoop::new(index, worker, io, tun, links, stats, cpu as u32);
                 tracing::info!(worker = i, cpu, "worker running");
                 lp.run(clock, &stop)

@@ -35,7 +35,7 @@ use rtrb::{Consumer, Producer};
 use crate::tun::Tun;
 use crate::uring::UringUdp;
 use crate::worker::{Rx, Worker};
-use crate::xsk::{L2Template, XskRx};
+use crate::xsk::{L2Template, RxItem, XskRx};
 
 /// Bytes a handoff slot holds (a full-size datagram or inner packet).
 pub const HANDOFF_BUF: usize = 2048;
@@ -129,7 +129,7 @@ pub enum FromWorker {
     },
 }
 
-const STAT_FIELDS: usize = 11 + DropReason::COUNT;
+const STAT_FIELDS: usize = 12 + DropReason::COUNT;
 
 /// One worker's counters, written by the worker (relaxed stores of its own plain counters:
 /// no read-modify-write, no contention) and read by the control thread at any time.
@@ -148,7 +148,7 @@ impl Default for SharedStats {
 
 fn stats_fields(s: &WorkerStats) -> [u64; STAT_FIELDS] {
     let mut v = [0u64; STAT_FIELDS];
-    v[..11].copy_from_slice(&[
+    v[..12].copy_from_slice(&[
         u64::from(s.cpu),
         s.rx_datagrams,
         s.rx_bytes,
@@ -160,8 +160,9 @@ fn stats_fields(s: &WorkerStats) -> [u64; STAT_FIELDS] {
         s.taken_over,
         s.epochs_promoted,
         s.sessions,
+        s.key_cache_misses,
     ]);
-    v[11..].copy_from_slice(&s.drops);
+    v[12..].copy_from_slice(&s.drops);
     v
 }
 
@@ -177,7 +178,7 @@ impl SharedStats {
     pub fn read(&self) -> WorkerStats {
         let v: [u64; STAT_FIELDS] = std::array::from_fn(|i| self.v[i].load(Ordering::Relaxed));
         let mut drops = [0u64; DropReason::COUNT];
-        drops.copy_from_slice(&v[11..]);
+        drops.copy_from_slice(&v[12..]);
         WorkerStats {
             cpu: u32::try_from(v[0]).unwrap_or(u32::MAX),
             rx_datagrams: v[1],
@@ -190,6 +191,7 @@ impl SharedStats {
             taken_over: v[8],
             epochs_promoted: v[9],
             sessions: v[10],
+            key_cache_misses: v[11],
             drops,
         }
     }
@@ -530,6 +532,7 @@ impl Lane {
         self.local.drops = c.drops;
         self.local.epochs_promoted = c.epochs_promoted;
         self.local.sessions = self.worker.session_count() as u64;
+        self.local.key_cache_misses = self.worker.key_cache().misses;
         self.stats.publish(&self.local);
     }
 }
@@ -642,15 +645,24 @@ impl WorkerLoop {
                 l2,
                 next_hop_configured,
             } => {
-                let n = xsk.poll(&mut |from, buf| match lane.on_datagram(now, from, buf) {
-                    Some((dst, len)) if dst == from => Some(len),
-                    Some((dst, len)) if len <= REPLY_MAX => {
-                        let mut copy = [0u8; REPLY_MAX];
-                        copy[..len].copy_from_slice(&buf[..len]);
-                        lane.deferred.push((dst, len as u8, copy));
-                        None
+                let n = xsk.poll_batched(&mut |item| {
+                    let (from, buf) = match item {
+                        RxItem::Batch(ids) => {
+                            lane.worker.prefetch(ids);
+                            return None;
+                        }
+                        RxItem::Datagram(from, buf) => (from, buf),
+                    };
+                    match lane.on_datagram(now, from, buf) {
+                        Some((dst, len)) if dst == from => Some(len),
+                        Some((dst, len)) if len <= REPLY_MAX => {
+                            let mut copy = [0u8; REPLY_MAX];
+                            copy[..len].copy_from_slice(&buf[..len]);
+                            lane.deferred.push((dst, len as u8, copy));
+                            None
+                        }
+                        _ => None,
                     }
-                    _ => None,
                 });
                 if !*next_hop_configured {
                     if let Some(mac) = xsk.learnt_next_hop() {

@@ -53,3 +53,43 @@ pub fn fs_type(path: &std::path::Path) -> io::Result<i64> {
     }
     Ok(st.f_type)
 }
+
+/// Ask for transparent huge pages over the allocation of `v` (its whole capacity), before it
+/// is first written: a million-session table spans hundreds of megabytes, and with 4 KiB
+/// pages nearly every lookup also misses the TLB (doubly costly under virtualisation). Best
+/// effort: errors (THP disabled, too small a range) are ignored.
+pub fn advise_huge_pages<T>(v: &Vec<T>) {
+    const PAGE: usize = 4096;
+    let start = v.as_ptr() as usize;
+    let end = start + v.capacity() * size_of::<T>();
+    let aligned = start.next_multiple_of(PAGE);
+    if end <= aligned + (2 << 20) {
+        return; // smaller than one huge page: nothing to gain
+    }
+    // SAFETY: the range lies inside the vector's own allocation (start rounded up to a page,
+    // end at the allocation's end); MADV_HUGEPAGE only changes how the kernel backs those
+    // pages, never their contents or validity.
+    unsafe {
+        libc::madvise(
+            aligned as *mut libc::c_void,
+            end - aligned,
+            libc::MADV_HUGEPAGE,
+        );
+    }
+}
+
+/// Hint the CPU to bring the cache line holding `r` into all cache levels. A hint only: it
+/// never faults and changes nothing observable.
+#[inline(always)]
+pub fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` is part of SSE, which every x86_64 CPU has; it takes any address
+    // (here a valid reference) and has no effect besides cache state.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+            core::ptr::from_ref(r).cast::<i8>(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}

@@ -49,10 +49,15 @@ impl<T> SessionTable<T> {
     #[must_use]
     pub fn with_capacity(capacity: usize) -> Self {
         let buckets = (capacity.max(1) * 2).next_power_of_two();
+        // Huge pages before the first write (see `sys::advise_huge_pages`).
+        let mut index = Vec::with_capacity(buckets);
+        crate::sys::advise_huge_pages(&index);
+        index.resize(buckets, Entry::default());
         let mut slots = Vec::with_capacity(capacity);
+        crate::sys::advise_huge_pages(&slots);
         slots.resize_with(capacity, || None);
         SessionTable {
-            index: vec![Entry::default(); buckets].into_boxed_slice(),
+            index: index.into_boxed_slice(),
             mask: buckets - 1,
             slots,
             free: (0..u32::try_from(capacity).expect("capacity fits u32"))
@@ -79,6 +84,15 @@ impl<T> SessionTable<T> {
     #[must_use]
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Bytes a table of `capacity` sessions occupies (index, slab and free list), computed
+    /// without allocating it: the same figure as [`SessionTable::memory_bytes`].
+    #[must_use]
+    pub fn memory_for(capacity: usize) -> usize {
+        (capacity.max(1) * 2).next_power_of_two() * size_of::<Entry>()
+            + capacity * size_of::<Option<T>>()
+            + capacity * size_of::<u32>()
     }
 
     /// Bytes the table occupies (index, slab and free list), for the memory-per-session figure.
@@ -120,6 +134,24 @@ impl<T> SessionTable<T> {
     #[must_use]
     pub fn slot_of(&self, id: SessionId) -> Option<u32> {
         self.find(id.0).map(|i| self.index[i].slot)
+    }
+
+    /// Start loading what looking up `ids` will touch, so the lookups that follow overlap
+    /// their cache misses instead of paying them one after another: every home bucket is
+    /// prefetched, then (as those lines arrive) the slot of every id found in its home bucket.
+    /// The worker calls this on a receive batch before processing it.
+    pub fn prefetch(&self, ids: &[SessionId]) {
+        for id in ids {
+            crate::sys::prefetch(&self.index[self.bucket(id.0)]);
+        }
+        for id in ids {
+            let e = &self.index[self.bucket(id.0)];
+            if e.id == id.0 && id.0 != 0 {
+                if let Some(slot) = self.slots.get(e.slot as usize) {
+                    crate::sys::prefetch(slot);
+                }
+            }
+        }
     }
 
     /// Look up a whole receive batch: `slots[i]` becomes the slot number of `ids[i]`, or

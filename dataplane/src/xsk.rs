@@ -61,6 +61,15 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use crate::worker::{Rx, Worker, WorkerDrop};
 
+/// What [`XskRx::poll_batched`] hands its handler.
+#[derive(Debug)]
+pub enum RxItem<'a> {
+    /// The SessionIds of the batch about to be handed over, before any of its datagrams.
+    Batch(&'a [SessionId]),
+    /// One datagram: its source and its UDP payload, in place in the UMEM frame.
+    Datagram(Path, &'a mut [u8]),
+}
+
 /// Sizes of the UMEM and rings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct XskConfig {
@@ -155,6 +164,8 @@ pub struct XskRx {
     tx_outstanding: usize,
     counters: XskRxCounters,
     total_frames: usize,
+    /// SessionIds of the current receive batch (for prefetching).
+    batch_ids: Box<[SessionId]>,
     learnt_next_hop: Option<[u8; 6]>,
     /// See [`XskRx::set_batch_tx_kicks`].
     batch_tx_kicks: bool,
@@ -220,6 +231,7 @@ impl XskRx {
             tx_outstanding: 0,
             counters: XskRxCounters::default(),
             total_frames,
+            batch_ids: vec![SessionId(0); batch_len].into_boxed_slice(),
             learnt_next_hop: None,
             batch_tx_kicks: false,
         };
@@ -289,8 +301,15 @@ impl XskRx {
         let mut delivered = 0;
         let mut new_paths = 0;
         let mut unsent = 0;
-        let n = self.poll(
-            &mut |from, payload| match worker.handle_rx(now, from, payload) {
+        let n = self.poll_batched(&mut |item| {
+            let (from, payload) = match item {
+                RxItem::Batch(ids) => {
+                    worker.prefetch(ids);
+                    return None;
+                }
+                RxItem::Datagram(from, payload) => (from, payload),
+            };
+            match worker.handle_rx(now, from, payload) {
                 Rx::Deliver {
                     id,
                     packet,
@@ -315,8 +334,8 @@ impl XskRx {
                     None
                 }
                 Rx::Dropped(_) => None,
-            },
-        );
+            }
+        });
         self.counters.delivered += delivered;
         self.counters.new_path_events += new_paths;
         self.counters.replies_unsent += unsent;
@@ -330,10 +349,40 @@ impl XskRx {
     /// fill ring. The source MAC of the last frame is kept as the learnt next hop
     /// ([`XskRx::learnt_next_hop`]). Does not block. Returns the number of frames taken.
     pub fn poll(&mut self, handle: &mut impl FnMut(Path, &mut [u8]) -> Option<usize>) -> usize {
+        self.poll_batched(&mut |item| match item {
+            RxItem::Batch(_) => None,
+            RxItem::Datagram(from, payload) => handle(from, payload),
+        })
+    }
+
+    /// [`XskRx::poll`] with a first pass: `handle` first gets [`RxItem::Batch`] with the
+    /// SessionIds of the whole batch (bytes 4..12 of each UDP payload), before any datagram —
+    /// time to prefetch the sessions so their cache misses overlap — then one
+    /// [`RxItem::Datagram`] per frame (its answer as for [`XskRx::poll`]).
+    pub fn poll_batched(&mut self, handle: &mut impl FnMut(RxItem<'_>) -> Option<usize>) -> usize {
         self.reap_completions();
         // SAFETY: `batch` descriptors are overwritten with frames of this socket's UMEM, which
         // the kernel has finished writing and hands to userspace.
         let n = unsafe { self.rx.consume(&mut self.batch) };
+        let mut k = 0;
+        for desc in &self.batch[..n] {
+            // SAFETY: `desc` came off this socket's RX ring: it names a frame of `self.umem`
+            // that only userspace references now; this shared borrow ends before the main
+            // pass below writes the frame.
+            let data = unsafe { self.umem.data(desc) };
+            let frame = data.contents();
+            let id = locate_udp(frame)
+                .and_then(|at| frame.get(at.payload.start + 4..at.payload.start + 12))
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            if let (Some(id), Some(slot)) = (id, self.batch_ids.get_mut(k)) {
+                *slot = SessionId(id);
+                k += 1;
+            }
+        }
+        if k > 0 {
+            handle(RxItem::Batch(&self.batch_ids[..k]));
+        }
         let Self {
             umem,
             batch,
@@ -361,7 +410,7 @@ impl XskRx {
             mac.copy_from_slice(&frame[6..12]);
             *learnt_next_hop = Some(mac);
             let from = Path::udp(at.from);
-            let reply_len = handle(from, &mut frame[at.payload.clone()]);
+            let reply_len = handle(RxItem::Datagram(from, &mut frame[at.payload.clone()]));
             match reply_len.and_then(|len| turn_into_reply(frame, &at, len)) {
                 Some(frame_len) => {
                     data.cursor().set_pos(frame_len);

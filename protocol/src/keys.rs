@@ -109,13 +109,14 @@ impl EpochKeys {
         buf: &mut [u8],
     ) {
         self.sent += 1;
-        put_transport_header(buf, ty, self.wire_epoch(), sid, counter);
-        let tag_at = buf.len() - TAG_LEN;
-        let (header, rest) = buf.split_at_mut(DATA_HEADER_LEN);
-        let tag = self
-            .send
-            .seal_in_place(counter, header, &mut rest[..tag_at - DATA_HEADER_LEN]);
-        buf[tag_at..].copy_from_slice(&tag);
+        seal_transport_with(&self.send, self.wire_epoch(), sid, counter, ty, buf);
+    }
+
+    /// The raw packet secrets (send, receive) and the cipher suite, for holders that keep
+    /// keys compact and expand them on demand (the data-plane workers).
+    #[must_use]
+    pub fn packet_secrets(&self) -> (&SecretKey, &SecretKey, CipherSuite) {
+        (&self.send_secret, &self.recv_secret, self.suite)
     }
 
     /// The wire form of the epoch.
@@ -304,6 +305,12 @@ impl KeySet {
         &mut self.current
     }
 
+    /// The previous epoch and the end of its grace, if one is held.
+    #[must_use]
+    pub fn previous(&self) -> Option<(&EpochKeys, Instant)> {
+        self.previous.as_ref().map(|(k, until)| (k, *until))
+    }
+
     /// The next epoch, if a rekey is waiting for promotion.
     #[must_use]
     pub fn next(&self) -> Option<&EpochKeys> {
@@ -363,6 +370,44 @@ impl KeySet {
     }
 }
 
+/// Seal a transport message in place with `key` (see [`EpochKeys::seal_transport`]): header
+/// written, payload encrypted, tag appended; `buf` is header space, plaintext, tag space.
+pub fn seal_transport_with(
+    key: &AeadKey,
+    wire_epoch: u16,
+    sid: SessionId,
+    counter: u64,
+    ty: MessageType,
+    buf: &mut [u8],
+) {
+    put_transport_header(buf, ty, wire_epoch, sid, counter);
+    let tag_at = buf.len() - TAG_LEN;
+    let (header, rest) = buf.split_at_mut(DATA_HEADER_LEN);
+    let tag = key.seal_in_place(counter, header, &mut rest[..tag_at - DATA_HEADER_LEN]);
+    buf[tag_at..].copy_from_slice(&tag);
+}
+
+/// Open a transport message in place with `key` (the receive key of the epoch it names):
+/// replay check, AEAD open, and only then the replay-window update — the same order as
+/// [`open_transport`], for holders that look the key up themselves.
+///
+/// # Errors
+/// [`OpenFailure::Replay`] or [`OpenFailure::AuthFailed`]; the window changes only on success.
+pub fn open_transport_with<'b>(
+    key: &AeadKey,
+    window: &mut ReplayWindow,
+    counter: u64,
+    buf: &'b mut [u8],
+) -> Result<&'b mut [u8], OpenFailure> {
+    window.check(counter).map_err(|_| OpenFailure::Replay)?;
+    let (header, body) = buf.split_at_mut(DATA_HEADER_LEN);
+    let plain = key
+        .open_in_place(counter, header, body)
+        .map_err(|_| OpenFailure::AuthFailed)?;
+    window.accept(counter).map_err(|_| OpenFailure::Replay)?;
+    Ok(plain)
+}
+
 /// Why a transport message did not open. Each is dropped and counted; none changes the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenFailure {
@@ -391,13 +436,7 @@ pub fn open_transport<'b>(
     let (slot, k) = keys
         .for_receive(now, epoch)
         .ok_or(OpenFailure::UnknownEpoch)?;
-    window.check(counter).map_err(|_| OpenFailure::Replay)?;
-    let (header, body) = buf.split_at_mut(DATA_HEADER_LEN);
-    let plain = k
-        .recv
-        .open_in_place(counter, header, body)
-        .map_err(|_| OpenFailure::AuthFailed)?;
-    window.accept(counter).map_err(|_| OpenFailure::Replay)?;
+    let plain = open_transport_with(&k.recv, window, counter, buf)?;
     Ok((slot, plain))
 }
 

@@ -141,6 +141,18 @@ fn bench(which: &str) -> Result<()> {
     for b in benches {
         exec(cargo().args(["bench", "-p", "jumping-benches", "--bench", b]))?;
         if *b == "dataplane" {
+            exec(
+                cargo()
+                    .args([
+                        "run",
+                        "--release",
+                        "-p",
+                        "jumping-benches",
+                        "--bin",
+                        "table-latency",
+                    ])
+                    .env("JUMPING_BENCH_RUN_ID", &run_id),
+            )?;
             netns_result = netns_throughput(&run_id);
         }
     }

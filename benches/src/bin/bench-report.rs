@@ -5,10 +5,10 @@
 //! run); the namespace throughput report `dataplane-netns.{json,md}` that `netns-throughput`
 //! wrote into the same directory, if any, is included in both files.
 
+use jumping_benches::sh;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -27,15 +27,6 @@ fn find_results(dir: &Path, out: &mut Vec<PathBuf>) {
             }
         }
     }
-}
-
-fn sh(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }
 
 fn human_rate(per_sec: f64, unit: &str) -> String {

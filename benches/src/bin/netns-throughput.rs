@@ -43,7 +43,6 @@ use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd as _;
-use std::path::PathBuf;
 use std::process::Command as Proc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -52,6 +51,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use aya::programs::XdpFlags;
+use jumping_benches::{run_dir, sh};
 use jumping_dataplane::commands::{channel, Command, CommandSender};
 use jumping_dataplane::uring::{bind_steered, UringUdp};
 use jumping_dataplane::worker::{DataSession, Rx, SessionUpdate, Worker};
@@ -913,27 +913,6 @@ fn aead_case(inner: usize, count: usize, seed: u64) -> Result<Row> {
 
 // ---------------------------------------------------------------------------------------------
 // Report
-
-fn sh(cmd: &str, args: &[&str]) -> String {
-    Proc::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-/// `target/bench/<run-id>`: the id from `JUMPING_BENCH_RUN_ID`, else made the way
-/// `bench-report` makes it (UTC date and time, git revision).
-fn run_dir() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let id = std::env::var("JUMPING_BENCH_RUN_ID").unwrap_or_else(|_| {
-        let rev = sh("git", &["rev-parse", "--short", "HEAD"]);
-        let date = sh("date", &["-u", "+%Y-%m-%dT%H%M%SZ"]);
-        format!("{date}-{}", if rev.is_empty() { "norev" } else { &rev })
-    });
-    root.join("target/bench").join(id)
-}
 
 fn find<'a>(rows: &[&'a Row], case: Case, inner: usize) -> Option<&'a Row> {
     rows.iter()
