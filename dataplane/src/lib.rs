@@ -13,8 +13,8 @@
 //! thread that speaks the `jumping-dataplane-api` interface with the control process. A
 //! packet's way: [`xsk::XskRx`] or [`uring::UringUdp`] → [`runtime`] (owner check, handoff) →
 //! [`worker::Worker::handle_rx`] (lookup in the [`table::SessionTable`], replay check, open in
-//! place) → [`tun::Tun`]; and back: [`tun::Tun`] → route → [`worker::Worker::encapsulate`] →
-//! the socket. Only the modules that talk to the kernel (`tun`, `uring`, `xsk`, `sys`) are
+//! place) → [`tun::TunRing`] (the TUN queue, through io_uring); and back: [`tun::TunRing`] →
+//! route → [`worker::Worker::encapsulate`] → the socket. Only the modules that talk to the kernel (`tun`, `uring`, `xsk`, `sys`) are
 //! allowed `unsafe` (see docs/ARCHITECTURE.md).
 #![deny(unsafe_code)]
 

@@ -18,7 +18,7 @@ use jumping_dataplane::commands;
 use jumping_dataplane::config::{BackendChoice, Config, XdpMode};
 use jumping_dataplane::control::{ControlServer, WorkerHandle};
 use jumping_dataplane::runtime::{handoff_mesh, Clock, Links, SharedStats, WorkerIo, WorkerLoop};
-use jumping_dataplane::tun::Tun;
+use jumping_dataplane::tun::{Tun, TunRing};
 use jumping_dataplane::uring::{bind_steered, UringUdp};
 use jumping_dataplane::worker::Worker;
 use jumping_dataplane::xsk::{L2Template, XskConfig, XskRx};
@@ -153,7 +153,15 @@ fn run() -> Result<()> {
                 }
                 let mut worker = Worker::new(index, capacity, cmd_rx, grace);
                 worker.set_key_cache(key_cache);
-                let mut lp = WorkerLoop::new(index, worker, io, tun, links, stats, cpu as u32);
+                let mut inside = match TunRing::new(tun) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!(worker = i, error = %e, "setting up the TUN queue's io_uring");
+                        return Err(e);
+                    }
+                };
+                inside.set_batch_submit(true);
+                let mut lp = WorkerLoop::new(index, worker, io, inside, links, stats, cpu as u32);
                 tracing::info!(worker = i, cpu, "worker running");
                 lp.run(clock, &stop)
             })

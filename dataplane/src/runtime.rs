@@ -12,8 +12,9 @@
 //!    and the inner packet written to the TUN queue, a heartbeat echoed;
 //! 3. drain the rings from the other workers (their foreign packets, and inner packets they
 //!    read for sessions owned here);
-//! 4. read a batch of inner packets from the TUN queue: destination address → session →
-//!    sealed and sent here, or handed to the owner;
+//! 4. take the inner packets the TUN queue's io_uring read ([`TunRing`], which also submits
+//!    the TUN writes queued in step 2): destination address → session → sealed and sent
+//!    here, or handed to the owner;
 //! 5. publish the counters (relaxed stores into [`SharedStats`], readable at any time).
 //!
 //! When an iteration finds nothing to do a hundred times in a row, the worker sleeps in
@@ -32,7 +33,7 @@ use jumping_protocol::wire::{self, DATA_HEADER_LEN, TAG_LEN};
 use jumping_protocol::{Instant, Path, SessionId};
 use rtrb::{Consumer, Producer};
 
-use crate::tun::Tun;
+use crate::tun::TunRing;
 use crate::uring::UringUdp;
 use crate::worker::{Rx, Worker};
 use crate::xsk::{L2Template, RxItem, XskRx};
@@ -264,6 +265,7 @@ impl WorkerIo {
 #[derive(Debug)]
 pub struct WorkerLoop {
     io: WorkerIo,
+    inside: TunRing,
     lane: Lane,
 }
 
@@ -311,7 +313,6 @@ pub fn handoff_mesh(n: usize) -> Vec<PeerRings> {
 struct Lane {
     index: u8,
     worker: Worker,
-    tun: Tun,
     routes: HashMap<IpAddr, SessionId>,
     links: Links,
     stats: Arc<SharedStats>,
@@ -390,7 +391,13 @@ impl Lane {
     }
 
     /// A datagram this worker processes (its own, or handed over): open, deliver, echo.
-    fn process(&mut self, now: Instant, from: Path, buf: &mut [u8]) -> Option<(Path, usize)> {
+    fn process(
+        &mut self,
+        now: Instant,
+        from: Path,
+        buf: &mut [u8],
+        inside: &mut TunRing,
+    ) -> Option<(Path, usize)> {
         let id = session_of(buf);
         match self.worker.handle_rx(now, from, buf) {
             Rx::Deliver {
@@ -398,7 +405,7 @@ impl Lane {
                 packet,
                 new_path,
             } => {
-                if self.tun.write_packet(packet).is_err() {
+                if inside.queue_write(packet).is_err() {
                     self.worker.count_drop(DropReason::InsideFailed);
                 }
                 self.note_path(id, new_path);
@@ -428,7 +435,13 @@ impl Lane {
     }
 
     /// A datagram off this worker's receive ring.
-    fn on_datagram(&mut self, now: Instant, from: Path, buf: &mut [u8]) -> Option<(Path, usize)> {
+    fn on_datagram(
+        &mut self,
+        now: Instant,
+        from: Path,
+        buf: &mut [u8],
+        inside: &mut TunRing,
+    ) -> Option<(Path, usize)> {
         self.local.rx_datagrams += 1;
         self.local.rx_bytes += buf.len() as u64;
         if let Ok(ty) = wire::peek_type(buf) {
@@ -454,7 +467,7 @@ impl Lane {
                 return None;
             }
         }
-        self.process(now, from, buf)
+        self.process(now, from, buf, inside)
     }
 
     fn flush_drop_reports(&mut self) {
@@ -562,7 +575,7 @@ impl WorkerLoop {
         index: u8,
         worker: Worker,
         io: WorkerIo,
-        tun: Tun,
+        inside: TunRing,
         links: Links,
         stats: Arc<SharedStats>,
         cpu: u32,
@@ -570,10 +583,10 @@ impl WorkerLoop {
         let backend = io.backend();
         WorkerLoop {
             io,
+            inside,
             lane: Lane {
                 index,
                 worker,
-                tun,
                 routes: HashMap::new(),
                 links,
                 stats,
@@ -597,14 +610,13 @@ impl WorkerLoop {
         let mut idle = 0u32;
         let mut last_flush = clock.now();
         let mut last_publish = last_flush;
-        let mut inner = vec![0u8; HANDOFF_BUF].into_boxed_slice();
         while !stop.load(Ordering::Relaxed) {
             let now = clock.now();
             let mut work = self.lane.worker.apply_commands(256).installed;
             work += self.lane.apply_control(&mut self.io);
             work += self.receive(now)?;
             work += self.drain_peers(now);
-            work += self.read_inside(&mut inner);
+            work += self.read_inside()?;
             if let WorkerIo::Xsk { xsk, .. } = &mut self.io {
                 // One transmit wake-up for everything this iteration queued.
                 xsk.flush_tx();
@@ -621,10 +633,7 @@ impl WorkerLoop {
                 idle += 1;
                 if idle >= IDLE_SPINS {
                     self.lane.publish();
-                    let fds = [
-                        self.io.fd(),
-                        std::os::fd::AsRawFd::as_raw_fd(&self.lane.tun),
-                    ];
+                    let fds = [self.io.fd(), self.inside.ring_fd()];
                     crate::sys::wait_readable(&fds, 1)?;
                     idle = 0;
                 }
@@ -638,7 +647,7 @@ impl WorkerLoop {
     }
 
     fn receive(&mut self, now: Instant) -> std::io::Result<usize> {
-        let Self { io, lane } = self;
+        let Self { io, lane, inside } = self;
         let n = match io {
             WorkerIo::Xsk {
                 xsk,
@@ -653,7 +662,7 @@ impl WorkerLoop {
                         }
                         RxItem::Datagram(from, buf) => (from, buf),
                     };
-                    match lane.on_datagram(now, from, buf) {
+                    match lane.on_datagram(now, from, buf, inside) {
                         Some((dst, len)) if dst == from => Some(len),
                         Some((dst, len)) if len <= REPLY_MAX => {
                             let mut copy = [0u8; REPLY_MAX];
@@ -671,9 +680,9 @@ impl WorkerLoop {
                 }
                 n
             }
-            WorkerIo::Uring(u) => {
-                u.poll(false, &mut |from, buf| lane.on_datagram(now, from, buf))?
-            }
+            WorkerIo::Uring(u) => u.poll(false, &mut |from, buf| {
+                lane.on_datagram(now, from, buf, inside)
+            })?,
         };
         let deferred = std::mem::take(&mut lane.deferred);
         for (dst, len, bytes) in &deferred {
@@ -690,7 +699,7 @@ impl WorkerLoop {
     }
 
     fn drain_peers(&mut self, now: Instant) -> usize {
-        let Self { io, lane } = self;
+        let Self { io, lane, inside } = self;
         let mut n = 0;
         for peer in 0..lane.links.from_peers.len() {
             for _ in 0..64 {
@@ -702,7 +711,9 @@ impl WorkerLoop {
                 let len = usize::from(h.len);
                 match h.kind {
                     HandoffKind::Inbound(from) => {
-                        if let Some((dst, rlen)) = lane.process(now, from, &mut h.data[..len]) {
+                        if let Some((dst, rlen)) =
+                            lane.process(now, from, &mut h.data[..len], inside)
+                        {
                             if io.send_payload(dst, &h.data[..rlen]) {
                                 lane.local.sent += 1;
                             } else {
@@ -722,24 +733,21 @@ impl WorkerLoop {
         n
     }
 
-    fn read_inside(&mut self, buf: &mut [u8]) -> usize {
-        let Self { io, lane } = self;
-        let mut n = 0;
-        // Leave room in front for the tunnel header when handing the packet on.
-        let room = buf.len() - DATA_HEADER_LEN - TAG_LEN;
-        while n < 64 {
-            let len = match lane.tun.read_packet(&mut buf[..room]) {
-                Ok(Some(len)) => len,
-                Ok(None) | Err(_) => break,
-            };
-            n += 1;
+    fn read_inside(&mut self) -> std::io::Result<usize> {
+        let Self { io, lane, inside } = self;
+        // The largest inner packet that still fits a datagram buffer once sealed.
+        let room = HANDOFF_BUF - DATA_HEADER_LEN - TAG_LEN;
+        // Also submits the writes queued by this iteration's receive pass.
+        inside.poll(&mut |pkt| {
             lane.local.inside_packets += 1;
-            let pkt = &buf[..len];
+            let len = pkt.len();
             let Some(id) = inner_destination(pkt).and_then(|d| lane.routes.get(&d).copied()) else {
                 lane.worker.count_drop(DropReason::NoRoute);
-                continue;
+                return;
             };
-            if lane.worker.session(id).is_some() {
+            if len > room {
+                lane.worker.count_drop(DropReason::TooLarge);
+            } else if lane.worker.session(id).is_some() {
                 if io.send_inner(&mut lane.worker, id, pkt).is_ok() {
                     lane.local.sent += 1;
                     lane.local.sent_bytes += len as u64;
@@ -747,7 +755,6 @@ impl WorkerLoop {
             } else {
                 lane.hand_off(owner_of(id), HandoffKind::Outbound(id), pkt);
             }
-        }
-        n
+        })
     }
 }
