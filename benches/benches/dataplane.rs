@@ -11,18 +11,8 @@ use jumping_benches::{MEASUREMENT_TIME, SAMPLE_SIZE, WARM_UP_TIME};
 use jumping_dataplane::table::SessionTable;
 use jumping_protocol::SessionId;
 
-/// A deterministic pseudo-random SessionId sequence (SplitMix64), never 0.
 fn ids(n: usize) -> Vec<SessionId> {
-    let mut x = 0x1234_5678_9ABC_DEF0u64;
-    (0..n)
-        .map(|_| {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            SessionId((z ^ (z >> 31)) | 1)
-        })
-        .collect()
+    jumping_benches::session_ids(n, 0x1234_5678_9ABC_DEF0)
 }
 
 fn lookup(c: &mut Criterion) {

@@ -128,6 +128,22 @@ pub fn run_dir() -> std::path::PathBuf {
     root.join("target/bench").join(id)
 }
 
+/// A deterministic pseudo-random SessionId sequence (SplitMix64 from `seed`), never 0: the
+/// spread the gateway's keyed permutation gives real SessionIds.
+#[must_use]
+pub fn session_ids(n: usize, seed: u64) -> Vec<jumping_protocol::SessionId> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            jumping_protocol::SessionId((z ^ (z >> 31)) | 1)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

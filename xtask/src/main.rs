@@ -141,18 +141,7 @@ fn bench(which: &str) -> Result<()> {
     for b in benches {
         exec(cargo().args(["bench", "-p", "jumping-benches", "--bench", b]))?;
         if *b == "dataplane" {
-            exec(
-                cargo()
-                    .args([
-                        "run",
-                        "--release",
-                        "-p",
-                        "jumping-benches",
-                        "--bin",
-                        "table-latency",
-                    ])
-                    .env("JUMPING_BENCH_RUN_ID", &run_id),
-            )?;
+            bench_bin("table-latency", &run_id)?;
             netns_result = netns_throughput(&run_id);
         }
     }
@@ -170,6 +159,15 @@ fn bench(which: &str) -> Result<()> {
             .env("JUMPING_BENCH_RUN_ID", &run_id),
     )?;
     netns_result
+}
+
+/// Run one of the benches crate's measurement programs (release build) for run `run_id`.
+fn bench_bin(name: &str, run_id: &str) -> Result<()> {
+    exec(
+        cargo()
+            .args(["run", "--release", "-p", "jumping-benches", "--bin", name])
+            .env("JUMPING_BENCH_RUN_ID", run_id),
+    )
 }
 
 /// `<UTC date and time>-<git revision>`, the name of the run's directory under target/bench/.
@@ -207,18 +205,7 @@ fn netns_throughput(run_id: &str) -> Result<()> {
         println!("xtask: dataplane namespace throughput skipped: needs root");
         return Ok(());
     }
-    exec(
-        cargo()
-            .args([
-                "run",
-                "--release",
-                "-p",
-                "jumping-benches",
-                "--bin",
-                "netns-throughput",
-            ])
-            .env("JUMPING_BENCH_RUN_ID", run_id),
-    )
+    bench_bin("netns-throughput", run_id)
 }
 
 fn main() -> Result<()> {

@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use anyhow::Result;
-use jumping_benches::run_dir;
+use jumping_benches::{run_dir, session_ids};
 use jumping_dataplane::keys::KeyCache;
 use jumping_dataplane::table::SessionTable;
 use jumping_dataplane::worker::{DataSession, DEFAULT_KEY_CACHE};
@@ -28,19 +28,6 @@ const BATCH: usize = 64;
 
 /// A stand-in with the size of a real session.
 struct Blob([u8; SESSION_BYTES]);
-
-fn ids(n: usize, seed: u64) -> Vec<SessionId> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            SessionId((z ^ (z >> 31)) | 1)
-        })
-        .collect()
-}
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -65,7 +52,7 @@ fn main() -> Result<()> {
     let cache = KeyCache::with_entries(DEFAULT_KEY_CACHE).memory_bytes();
     let mut rows = Vec::new();
     for n in [10_000usize, 100_000, 1_000_000] {
-        let keys = ids(n, 0x1234_5678);
+        let keys = session_ids(n, 0x1234_5678);
         let mut t: SessionTable<Blob> = SessionTable::with_capacity(n);
         for (i, k) in keys.iter().enumerate() {
             let mut b = Blob([0; SESSION_BYTES]);
@@ -73,7 +60,7 @@ fn main() -> Result<()> {
             let _ = t.insert(*k, b);
         }
         // Scrambled visiting order, independent of insertion order.
-        let order: Vec<SessionId> = ids(SAMPLES, 0xABCD)
+        let order: Vec<SessionId> = session_ids(SAMPLES, 0xABCD)
             .iter()
             .map(|s| keys[(s.0 % n as u64) as usize])
             .collect();
