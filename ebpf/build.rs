@@ -1,7 +1,8 @@
 //! Build the XDP object and dump the C layouts.
 //!
-//! 1. `xdp/jumping_xdp.c` -> `$OUT_DIR/jumping_xdp.o` with clang-19 (`-target bpf`); the crate
-//!    embeds it with `include_bytes_aligned!`.
+//! 1. `xdp/jumping_xdp.c` -> `$OUT_DIR/jumping_xdp.o` and `xdp/jumping_inside.c` ->
+//!    `$OUT_DIR/jumping_inside.o` with clang-19 (`-target bpf`); the crate embeds both with
+//!    `include_bytes_aligned!`.
 //! 2. `xdp/layout_dump.c` -> a host program, run once; its output (`NAME VALUE` lines for every
 //!    constant, enum value and struct layout in `xdp/jumping_maps.h`) goes to
 //!    `$OUT_DIR/c_layout.txt`, which the crate's unit test compares with the Rust mirrors.
@@ -20,7 +21,12 @@ fn main() {
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let xdp_dir = manifest_dir.join("xdp");
-    for f in ["jumping_xdp.c", "jumping_maps.h", "layout_dump.c"] {
+    for f in [
+        "jumping_xdp.c",
+        "jumping_inside.c",
+        "jumping_maps.h",
+        "layout_dump.c",
+    ] {
         println!("cargo:rerun-if-changed={}", xdp_dir.join(f).display());
     }
     println!("cargo:rerun-if-env-changed=JUMPING_BPF_CLANG");
@@ -28,20 +34,22 @@ fn main() {
     let clang = env::var("JUMPING_BPF_CLANG").unwrap_or_else(|_| "clang-19".to_owned());
     check_clang(&clang);
 
-    // The BPF object. -I for <asm/types.h>, which Debian keeps under the multiarch directory.
-    let object = out_dir.join("jumping_xdp.o");
-    run(
-        Command::new(&clang)
-            .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf"])
-            .arg("-I/usr/include/x86_64-linux-gnu")
-            .arg("-I")
-            .arg(&xdp_dir)
-            .arg("-c")
-            .arg(xdp_dir.join("jumping_xdp.c"))
-            .arg("-o")
-            .arg(&object),
-        "compile xdp/jumping_xdp.c",
-    );
+    // The BPF objects. -I for <asm/types.h>, which Debian keeps under the multiarch directory.
+    for name in ["jumping_xdp", "jumping_inside"] {
+        let object = out_dir.join(format!("{name}.o"));
+        run(
+            Command::new(&clang)
+                .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf"])
+                .arg("-I/usr/include/x86_64-linux-gnu")
+                .arg("-I")
+                .arg(&xdp_dir)
+                .arg("-c")
+                .arg(xdp_dir.join(format!("{name}.c")))
+                .arg("-o")
+                .arg(&object),
+            &format!("compile xdp/{name}.c"),
+        );
+    }
 
     // The layout dump, compiled for and run on the build host.
     let dumper = out_dir.join("layout_dump");

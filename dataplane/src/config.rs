@@ -31,9 +31,20 @@ control_socket = "/run/jumping/dataplane.sock"
 bpf_pin_dir = "/sys/fs/bpf/jumping"
 
 [inside]
-# The TUN device carrying inner packets (one queue per worker). Addresses and routes are
-# the operator's.
+# The inside interface: "tun" (a multi-queue TUN device, driven by io_uring) or "af_xdp" (an
+# inside NIC: an XDP program steers packets to client addresses into one AF_XDP socket per
+# queue; worker i serves inside queue i). The [af_xdp] sizes apply to both NICs.
+kind = "tun"
+# The TUN device carrying inner packets (kind = "tun"; one queue per worker). Addresses and
+# routes are the operator's.
 tun = "jump0"
+# The inside NIC (kind = "af_xdp", required): it needs at least one receive queue per
+# worker. Its addresses, and the inside network's route to the client addresses via one of
+# them, are the operator's.
+interface = ""
+# The inside next hop's MAC (kind = "af_xdp"): destination of every frame sent inside;
+# empty = learnt from received inside frames.
+next_hop_mac = ""
 
 [af_xdp]
 # UMEM frames per socket, frame size, ring sizes, receive batch.
@@ -71,12 +82,28 @@ pub enum XdpMode {
     Skb,
 }
 
+/// Which inside interface the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InsideKind {
+    /// A multi-queue TUN device, driven by io_uring.
+    Tun,
+    /// An inside NIC with AF_XDP sockets and its own XDP program.
+    AfXdp,
+}
+
 /// The inside interface.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Inside {
-    /// TUN device name.
+    /// TUN or AF_XDP.
+    pub kind: InsideKind,
+    /// TUN device name (kind `tun`).
     pub tun: String,
+    /// Inside NIC (kind `af_xdp`).
+    pub interface: String,
+    /// Inside next hop MAC, `aa:bb:cc:dd:ee:ff`, or empty (learnt).
+    pub next_hop_mac: String,
 }
 
 /// AF_XDP sizes.
@@ -211,6 +238,32 @@ impl Config {
         if self.inside.tun.is_empty() || self.inside.tun.len() >= 16 {
             return Err(invalid("inside.tun", "a device name of 1 to 15 bytes"));
         }
+        if self.inside.interface.len() >= 16 {
+            return Err(invalid(
+                "inside.interface",
+                "an interface name of 1 to 15 bytes",
+            ));
+        }
+        if !self.inside.next_hop_mac.is_empty() && parse_mac(&self.inside.next_hop_mac).is_none() {
+            return Err(invalid(
+                "inside.next_hop_mac",
+                "six hex bytes like 02:00:00:00:00:01, or empty to learn it",
+            ));
+        }
+        if self.inside.kind == InsideKind::AfXdp {
+            if self.inside.interface.is_empty() {
+                return Err(invalid(
+                    "inside.interface",
+                    "kind = \"af_xdp\" needs the inside NIC's name",
+                ));
+            }
+            if self.backend != BackendChoice::IoUring && self.inside.interface == self.interface {
+                return Err(invalid(
+                    "inside.interface",
+                    "the inside NIC must not be the outside `interface` (one XDP program per NIC)",
+                ));
+            }
+        }
         let x = &self.af_xdp;
         if !x.frames.is_power_of_two() || x.frames < 64 {
             return Err(invalid("af_xdp.frames", "a power of two, at least 64"));
@@ -240,6 +293,12 @@ impl Config {
     #[must_use]
     pub fn next_hop_mac(&self) -> Option<[u8; 6]> {
         parse_mac(&self.af_xdp.next_hop_mac)
+    }
+
+    /// The configured inside next-hop MAC, if any.
+    #[must_use]
+    pub fn inside_next_hop_mac(&self) -> Option<[u8; 6]> {
+        parse_mac(&self.inside.next_hop_mac)
     }
 }
 
@@ -283,6 +342,16 @@ mod tests {
             ("[af_xdp]\nframes = 1000", "af_xdp.frames"),
             ("[af_xdp]\nnext_hop_mac = \"zz\"", "af_xdp.next_hop_mac"),
             ("[inside]\ntun = \"\"", "inside.tun"),
+            ("[inside]\nkind = \"af_xdp\"", "inside.interface"),
+            (
+                "interface = \"eth0\"\n[inside]\nkind = \"af_xdp\"\ninterface = \"eth0\"",
+                "inside.interface",
+            ),
+            (
+                "[inside]\ninterface = \"a-name-far-too-long\"",
+                "inside.interface",
+            ),
+            ("[inside]\nnext_hop_mac = \"02:00\"", "inside.next_hop_mac"),
         ] {
             let e = Config::from_toml(text).expect_err(text).to_string();
             assert!(e.contains(key), "{text}: {e}");
@@ -295,6 +364,24 @@ mod tests {
             .expect_err("bad backend")
             .to_string();
         assert!(e.contains("dpdk") || e.contains("backend"), "{e}");
+        let e = Config::from_toml("[inside]\nkind = \"netmap\"")
+            .expect_err("bad inside kind")
+            .to_string();
+        assert!(e.contains("netmap") || e.contains("kind"), "{e}");
+    }
+
+    #[test]
+    fn inside_defaults_to_tun_and_takes_af_xdp() {
+        let d = Config::defaults();
+        assert_eq!(d.inside.kind, InsideKind::Tun);
+        assert_eq!(d.inside_next_hop_mac(), None);
+        let c = Config::from_toml(
+            "[inside]\nkind = \"af_xdp\"\ninterface = \"eth1\"\nnext_hop_mac = \"02:00:00:00:00:09\"",
+        )
+        .expect("valid");
+        assert_eq!(c.inside.kind, InsideKind::AfXdp);
+        assert_eq!(c.inside.interface, "eth1");
+        assert_eq!(c.inside_next_hop_mac(), Some([2, 0, 0, 0, 0, 9]));
     }
 
     #[test]

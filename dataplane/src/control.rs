@@ -7,6 +7,11 @@
 //! process the workers go on forwarding every installed session; events that find no
 //! connection are counted as lost, and a returning control process resynchronises with
 //! [`ToDataplane::Hello`] (the session count) and [`ToDataplane::ListSessions`].
+//!
+//! With an AF_XDP inside NIC the thread also owns the inside XDP program's `inside_routes` map
+//! ([`ControlServer::set_inside_routes`]): an install adds the session's inner address to it
+//! (before the workers learn the route, so the NIC steers that client's packets into the data
+//! plane), a retirement removes it.
 
 use std::collections::HashMap;
 use std::io::{self, Read as _, Write as _};
@@ -95,6 +100,8 @@ pub struct ControlServer {
     /// A listing in progress: its sequence number and the workers yet to finish.
     listing: Option<(u32, usize)>,
     events_lost: u64,
+    /// The inside XDP program's routes (AF_XDP inside NIC only).
+    inside_routes: Option<jumping_ebpf::InsideRoutes>,
 }
 
 impl std::fmt::Debug for ControlServer {
@@ -150,7 +157,14 @@ impl ControlServer {
             session_of: HashMap::new(),
             listing: None,
             events_lost: 0,
+            inside_routes: None,
         })
+    }
+
+    /// Program `routes` (the inside XDP program's `inside_routes` map) with the inner address
+    /// of every session installed from now on, and remove it when the session is retired.
+    pub fn set_inside_routes(&mut self, routes: jumping_ebpf::InsideRoutes) {
+        self.inside_routes = Some(routes);
     }
 
     /// Serve until `stop` is set; removes the socket file on return.
@@ -326,11 +340,18 @@ impl ControlServer {
         let Ok(state) = DataSession::from_install(i, self.clock.now()) else {
             return FromDataplane::Refused(Refusal::BadKeys);
         };
+        if let Some(routes) = &mut self.inside_routes {
+            if let Err(e) = routes.add(i.inner) {
+                tracing::warn!(inner = %i.inner, error = %e, "programming the inside XDP route failed; install refused");
+                return FromDataplane::Refused(Refusal::Busy);
+            }
+        }
         if self.workers[owner]
             .commands
             .send(Command::Install { id: i.id, state })
             .is_err()
         {
+            self.remove_inside_route(i.inner);
             return FromDataplane::Refused(Refusal::Busy);
         }
         for w in &mut self.workers {
@@ -375,9 +396,18 @@ impl ControlServer {
         for w in &mut self.workers {
             let _ = w.to_worker.push(ToWorker::Unroute { inner });
         }
+        self.remove_inside_route(inner);
         self.inner_of.remove(&id);
         self.session_of.remove(&inner);
         FromDataplane::Done
+    }
+
+    fn remove_inside_route(&mut self, inner: IpAddr) {
+        if let Some(routes) = &mut self.inside_routes {
+            if let Err(e) = routes.remove(inner) {
+                tracing::warn!(%inner, error = %e, "removing the inside XDP route failed");
+            }
+        }
     }
 
     fn forward_from_workers(&mut self) {

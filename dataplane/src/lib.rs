@@ -13,9 +13,11 @@
 //! thread that speaks the `jumping-dataplane-api` interface with the control process. A
 //! packet's way: [`xsk::XskRx`] or [`uring::UringUdp`] → [`runtime`] (owner check, handoff) →
 //! [`worker::Worker::handle_rx`] (lookup in the [`table::SessionTable`], replay check, open in
-//! place) → [`tun::TunRing`] (the TUN queue, through io_uring); and back: [`tun::TunRing`] →
-//! route → [`worker::Worker::encapsulate`] → the socket. Only the modules that talk to the kernel (`tun`, `uring`, `xsk`, `sys`) are
-//! allowed `unsafe` (see docs/ARCHITECTURE.md).
+//! place) → the inside interface ([`runtime::Inside`]: [`tun::TunRing`], the TUN queue through
+//! io_uring, or an [`xsk::XskRx`] on the inside NIC, whose own XDP program steers packets to
+//! client addresses into it); and back: the inside interface → route →
+//! [`worker::Worker::encapsulate`] → the socket. Only the modules that talk to the kernel
+//! (`tun`, `uring`, `xsk`, `sys`) are allowed `unsafe` (see docs/ARCHITECTURE.md).
 #![deny(unsafe_code)]
 
 pub mod commands;

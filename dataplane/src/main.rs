@@ -1,11 +1,12 @@
 //! `jumping-dataplane`: the gateway's packet path as its own process.
 //!
 //! Reads its configuration (embedded defaults, overridden by `--config FILE`), chooses the
-//! backend (AF_XDP, else io_uring, the reason logged), starts one pinned worker per configured
-//! CPU and the control thread, and runs until SIGINT or SIGTERM; then the workers stop, the
-//! AF_XDP sockets and UMEMs are freed, the XDP program is detached (it is attached through a
-//! BPF link, which the kernel also removes if the process dies) and the control socket file is
-//! removed.
+//! backend (AF_XDP, else io_uring, the reason logged) and the inside interface (a TUN device,
+//! or an inside NIC with its own XDP program and one AF_XDP socket per worker queue; logged),
+//! starts one pinned worker per configured CPU and the control thread, and runs until SIGINT
+//! or SIGTERM; then the workers stop, the AF_XDP sockets and UMEMs are freed, the XDP programs
+//! are detached (they are attached through BPF links, which the kernel also removes if the
+//! process dies) and the control socket file is removed.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -15,13 +16,15 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use jumping_dataplane::commands;
-use jumping_dataplane::config::{BackendChoice, Config, XdpMode};
+use jumping_dataplane::config::{BackendChoice, Config, InsideKind, XdpMode};
 use jumping_dataplane::control::{ControlServer, WorkerHandle};
-use jumping_dataplane::runtime::{handoff_mesh, Clock, Links, SharedStats, WorkerIo, WorkerLoop};
+use jumping_dataplane::runtime::{
+    handoff_mesh, Clock, Inside, Links, NextHop, SharedStats, WorkerIo, WorkerLoop,
+};
 use jumping_dataplane::tun::{Tun, TunRing};
 use jumping_dataplane::uring::{bind_steered, UringUdp};
 use jumping_dataplane::worker::Worker;
-use jumping_dataplane::xsk::{L2Template, XskConfig, XskRx};
+use jumping_dataplane::xsk::{EthTemplate, L2Template, XskConfig, XskRx};
 use jumping_dataplane_api::Backend;
 
 #[derive(Parser, Debug)]
@@ -41,6 +44,13 @@ struct Args {
 /// What stays alive while AF_XDP is in use: dropping it detaches the program.
 struct XdpAttachment {
     _ebpf: aya::Ebpf,
+}
+
+/// A worker's inside interface before its thread starts (a TUN queue's io_uring is set up on
+/// the worker's thread).
+enum PendingInside {
+    Tun(Tun),
+    Ready(Inside),
 }
 
 fn main() {
@@ -81,8 +91,38 @@ fn run() -> Result<()> {
             .context("installing signal handlers")?;
     }
     let n = config.cpus.len();
-    let tuns = Tun::create_queues(&config.inside.tun, n)
-        .with_context(|| format!("creating the TUN device {} (inside.tun)", config.inside.tun))?;
+    let (insides, inside_attachment, inside_routes) = match config.inside.kind {
+        InsideKind::Tun => {
+            let tuns = Tun::create_queues(&config.inside.tun, n).with_context(|| {
+                format!("creating the TUN device {} (inside.tun)", config.inside.tun)
+            })?;
+            tracing::info!(inside = "tun", device = %config.inside.tun, "inside interface chosen");
+            (
+                tuns.into_iter().map(PendingInside::Tun).collect::<Vec<_>>(),
+                None,
+                None,
+            )
+        }
+        InsideKind::AfXdp => {
+            let (insides, a, routes) = inside_xdp(&config).with_context(|| {
+                format!(
+                    "setting up AF_XDP on the inside NIC {} (inside.kind = \"af_xdp\")",
+                    config.inside.interface
+                )
+            })?;
+            tracing::info!(
+                inside = "af_xdp",
+                interface = %config.inside.interface,
+                queues = n,
+                "inside interface chosen"
+            );
+            (
+                insides.into_iter().map(PendingInside::Ready).collect(),
+                Some(a),
+                Some(routes),
+            )
+        }
+    };
 
     let (ios, attachment) = match config.backend {
         BackendChoice::IoUring => {
@@ -122,7 +162,8 @@ fn run() -> Result<()> {
     let mut handles = Vec::with_capacity(n);
     let mut threads = Vec::with_capacity(n);
     let mesh = handoff_mesh(n);
-    for (i, ((io, tun), (from_peers, to_peers))) in ios.into_iter().zip(tuns).zip(mesh).enumerate()
+    for (i, ((io, pending), (from_peers, to_peers))) in
+        ios.into_iter().zip(insides).zip(mesh).enumerate()
     {
         let (cmd_tx, cmd_rx) = commands::channel(4096);
         let (to_worker, control_in) = rtrb::RingBuffer::new(4096);
@@ -153,14 +194,19 @@ fn run() -> Result<()> {
                 }
                 let mut worker = Worker::new(index, capacity, cmd_rx, grace);
                 worker.set_key_cache(key_cache);
-                let mut inside = match TunRing::new(tun) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::error!(worker = i, error = %e, "setting up the TUN queue's io_uring");
-                        return Err(e);
-                    }
+                let inside = match pending {
+                    PendingInside::Tun(tun) => match TunRing::new(tun) {
+                        Ok(mut t) => {
+                            t.set_batch_submit(true);
+                            Inside::Tun(Box::new(t))
+                        }
+                        Err(e) => {
+                            tracing::error!(worker = i, error = %e, "setting up the TUN queue's io_uring");
+                            return Err(e);
+                        }
+                    },
+                    PendingInside::Ready(inside) => inside,
                 };
-                inside.set_batch_submit(true);
                 let mut lp = WorkerLoop::new(index, worker, io, inside, links, stats, cpu as u32);
                 tracing::info!(worker = i, cpu, "worker running");
                 lp.run(clock, &stop)
@@ -168,13 +214,16 @@ fn run() -> Result<()> {
             .context("starting a worker thread")?;
         threads.push(t);
     }
-    let server = ControlServer::bind(&config.control_socket, handles, backend, clock)
+    let mut server = ControlServer::bind(&config.control_socket, handles, backend, clock)
         .with_context(|| {
             format!(
                 "listening on {} (control_socket)",
                 config.control_socket.display()
             )
         })?;
+    if let Some(routes) = inside_routes {
+        server.set_inside_routes(routes);
+    }
     tracing::info!(
         socket = %config.control_socket.display(),
         workers = n,
@@ -197,6 +246,7 @@ fn run() -> Result<()> {
         }
     }
     drop(attachment);
+    drop(inside_attachment);
     tracing::info!("data plane stopped; XDP detached, sockets closed");
     if failed {
         bail!("a worker failed");
@@ -230,17 +280,7 @@ fn xdp_ios(config: &Config) -> Result<(Vec<WorkerIo>, XdpAttachment)> {
     let iface = &config.interface;
     let mac = jumping_dataplane::config::parse_mac(&read_sys(iface, "address")?)
         .with_context(|| format!("interface {iface} has no Ethernet address"))?;
-    let queues = std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
-        .with_context(|| format!("reading the queues of {iface}"))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-        .count();
-    if queues < config.cpus.len() {
-        bail!(
-            "{iface} has {queues} receive queue(s) but `cpus` lists {} workers: list at most {queues} CPUs or add queues",
-            config.cpus.len()
-        );
-    }
+    check_queues(iface, config.cpus.len())?;
     let (src_ip, src_ip6) = match config.listen.ip() {
         IpAddr::V4(a) if !a.is_unspecified() => (a, None),
         IpAddr::V6(a) if !a.is_unspecified() => (std::net::Ipv4Addr::UNSPECIFIED, Some(a)),
@@ -249,6 +289,63 @@ fn xdp_ios(config: &Config) -> Result<(Vec<WorkerIo>, XdpAttachment)> {
             config.listen
         ),
     };
+    prepare_pin_dir(config)?;
+    let mut ebpf = jumping_ebpf::load(&config.bpf_pin_dir).context("loading the XDP program")?;
+    jumping_ebpf::add_tunnel_port(&mut ebpf, config.listen.port())
+        .context("programming the tunnel port")?;
+    let flags = match config.af_xdp.xdp_mode {
+        XdpMode::Driver => aya::programs::XdpFlags::DRV_MODE,
+        XdpMode::Skb => aya::programs::XdpFlags::SKB_MODE,
+    };
+    jumping_ebpf::xdp_program(&mut ebpf)
+        .context("finding the XDP program")?
+        .attach(iface, flags)
+        .with_context(|| format!("attaching XDP to {iface}"))?;
+    let xcfg = xsk_config(config);
+    let next_hop = config.next_hop_mac();
+    let shared_next_hop = if next_hop.is_some() {
+        NextHop::configured()
+    } else {
+        NextHop::learnt()
+    };
+    let l2 = L2Template {
+        src_mac: mac,
+        dst_mac: next_hop.unwrap_or([0xFF; 6]),
+        src_ip,
+        src_ip6,
+        src_port: config.listen.port(),
+    };
+    let mut ios = Vec::with_capacity(config.cpus.len());
+    for q in 0..config.cpus.len() {
+        let mut xsk = XskRx::bind(iface, q as u32, xcfg)
+            .with_context(|| format!("binding an AF_XDP socket to {iface} queue {q}"))?;
+        xsk.set_batch_tx_kicks(true);
+        jumping_ebpf::set_xsk(&mut ebpf, q as u32, xsk.fd())
+            .with_context(|| format!("registering the AF_XDP socket of queue {q}"))?;
+        ios.push(WorkerIo::Xsk {
+            xsk: Box::new(xsk),
+            l2,
+            next_hop: shared_next_hop.clone(),
+        });
+    }
+    Ok((ios, XdpAttachment { _ebpf: ebpf }))
+}
+
+fn check_queues(iface: &str, workers: usize) -> Result<()> {
+    let queues = std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
+        .with_context(|| format!("reading the queues of {iface}"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count();
+    if queues < workers {
+        bail!(
+            "{iface} has {queues} receive queue(s) but `cpus` lists {workers} workers: list at most {queues} CPUs or add queues"
+        );
+    }
+    Ok(())
+}
+
+fn prepare_pin_dir(config: &Config) -> Result<()> {
     let on_bpffs = config
         .bpf_pin_dir
         .ancestors()
@@ -267,44 +364,68 @@ fn xdp_ios(config: &Config) -> Result<(Vec<WorkerIo>, XdpAttachment)> {
             config.bpf_pin_dir.display()
         )
     })?;
-    let mut ebpf = jumping_ebpf::load(&config.bpf_pin_dir).context("loading the XDP program")?;
-    jumping_ebpf::add_tunnel_port(&mut ebpf, config.listen.port())
-        .context("programming the tunnel port")?;
-    let flags = match config.af_xdp.xdp_mode {
-        XdpMode::Driver => aya::programs::XdpFlags::DRV_MODE,
-        XdpMode::Skb => aya::programs::XdpFlags::SKB_MODE,
-    };
-    jumping_ebpf::xdp_program(&mut ebpf)
-        .context("finding the XDP program")?
-        .attach(iface, flags)
-        .with_context(|| format!("attaching XDP to {iface}"))?;
-    let xcfg = XskConfig {
+    Ok(())
+}
+
+fn xsk_config(config: &Config) -> XskConfig {
+    XskConfig {
         frames: config.af_xdp.frames,
         frame_size: config.af_xdp.frame_size,
         ring_size: config.af_xdp.ring_size,
         batch: config.af_xdp.batch,
         force_copy: config.af_xdp.copy,
+    }
+}
+
+/// Attach the inside XDP program to `inside.interface` and bind one AF_XDP socket per worker
+/// on its queues; the program's routes map is returned for the control thread.
+fn inside_xdp(config: &Config) -> Result<(Vec<Inside>, XdpAttachment, jumping_ebpf::InsideRoutes)> {
+    let iface = &config.inside.interface;
+    let mac = jumping_dataplane::config::parse_mac(&read_sys(iface, "address")?)
+        .with_context(|| format!("interface {iface} has no Ethernet address"))?;
+    check_queues(iface, config.cpus.len())?;
+    prepare_pin_dir(config)?;
+    let mut ebpf =
+        jumping_ebpf::load_inside(&config.bpf_pin_dir).context("loading the inside XDP program")?;
+    let mut routes =
+        jumping_ebpf::InsideRoutes::take(&mut ebpf).context("opening the inside routes map")?;
+    let stale = routes
+        .clear()
+        .context("clearing the inside routes of a previous run")?;
+    if stale > 0 {
+        tracing::info!(stale, "removed inside routes left by a previous run");
+    }
+    let flags = match config.af_xdp.xdp_mode {
+        XdpMode::Driver => aya::programs::XdpFlags::DRV_MODE,
+        XdpMode::Skb => aya::programs::XdpFlags::SKB_MODE,
     };
-    let next_hop = config.next_hop_mac();
-    let l2 = L2Template {
+    jumping_ebpf::inside_program(&mut ebpf)
+        .context("finding the inside XDP program")?
+        .attach(iface, flags)
+        .with_context(|| format!("attaching the inside XDP program to {iface}"))?;
+    let xcfg = xsk_config(config);
+    let next_hop = config.inside_next_hop_mac();
+    let shared_next_hop = if next_hop.is_some() {
+        NextHop::configured()
+    } else {
+        NextHop::learnt()
+    };
+    let l2 = EthTemplate {
         src_mac: mac,
         dst_mac: next_hop.unwrap_or([0xFF; 6]),
-        src_ip,
-        src_ip6,
-        src_port: config.listen.port(),
     };
-    let mut ios = Vec::with_capacity(config.cpus.len());
+    let mut insides = Vec::with_capacity(config.cpus.len());
     for q in 0..config.cpus.len() {
         let mut xsk = XskRx::bind(iface, q as u32, xcfg)
             .with_context(|| format!("binding an AF_XDP socket to {iface} queue {q}"))?;
         xsk.set_batch_tx_kicks(true);
-        jumping_ebpf::set_xsk(&mut ebpf, q as u32, xsk.fd())
-            .with_context(|| format!("registering the AF_XDP socket of queue {q}"))?;
-        ios.push(WorkerIo::Xsk {
+        jumping_ebpf::set_inside_xsk(&mut ebpf, q as u32, xsk.fd())
+            .with_context(|| format!("registering the inside AF_XDP socket of queue {q}"))?;
+        insides.push(Inside::Xsk {
             xsk: Box::new(xsk),
             l2,
-            next_hop_configured: next_hop.is_some(),
+            next_hop: shared_next_hop.clone(),
         });
     }
-    Ok((ios, XdpAttachment { _ebpf: ebpf }))
+    Ok((insides, XdpAttachment { _ebpf: ebpf }, routes))
 }

@@ -1,7 +1,8 @@
 //! The worker run loop: one thread per configured CPU, pinned, each turning its own receive
 //! I/O ([`WorkerIo`]: an AF_XDP socket on its queue, or an io_uring UDP socket in a steered
-//! `SO_REUSEPORT` group), its own TUN queue, the rings from the other workers and the rings
-//! from the control thread.
+//! `SO_REUSEPORT` group), its own inside queue ([`Inside`]: a TUN queue driven by io_uring, or
+//! an AF_XDP socket on the inside NIC's queue of the same index), the rings from the other
+//! workers and the rings from the control thread.
 //!
 //! One iteration, with no lock and no allocation on the packet path:
 //! 1. apply queued session commands (installs, path and key updates, retirements) and route
@@ -9,16 +10,18 @@
 //! 2. receive a batch: each datagram is parsed, and if its session belongs to another worker
 //!    (it arrived on a queue that is not its owner's) it is copied into the ring to that
 //!    worker ("cross-queue handoff", docs/ARCHITECTURE.md); otherwise it is opened in place
-//!    and the inner packet written to the TUN queue, a heartbeat echoed;
+//!    and the inner packet written to the inside queue (TUN: queued for io_uring; inside NIC:
+//!    put behind an Ethernet header on the inside socket's TX ring), a heartbeat echoed;
 //! 3. drain the rings from the other workers (their foreign packets, and inner packets they
 //!    read for sessions owned here);
-//! 4. take the inner packets the TUN queue's io_uring read ([`TunRing`], which also submits
-//!    the TUN writes queued in step 2): destination address → session → sealed and sent
-//!    here, or handed to the owner;
+//! 4. take the inner packets read inside ([`TunRing`], which also submits the TUN writes
+//!    queued in step 2; or the inside AF_XDP socket's frames, Ethernet header and padding
+//!    stripped): destination address → session → sealed and sent here, or handed to the
+//!    owner;
 //! 5. publish the counters (relaxed stores into [`SharedStats`], readable at any time).
 //!
 //! When an iteration finds nothing to do a hundred times in a row, the worker sleeps in
-//! `poll(2)` on its receive and TUN descriptors for at most a millisecond (the bound on how
+//! `poll(2)` on its receive and inside descriptors for at most a millisecond (the bound on how
 //! late a command is applied on an idle worker).
 
 use std::collections::HashMap;
@@ -36,7 +39,7 @@ use rtrb::{Consumer, Producer};
 use crate::tun::TunRing;
 use crate::uring::UringUdp;
 use crate::worker::{Rx, Worker};
-use crate::xsk::{L2Template, RxItem, XskRx};
+use crate::xsk::{EthTemplate, L2Template, RxItem, XskRx, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
 
 /// Bytes a handoff slot holds (a full-size datagram or inner packet).
 pub const HANDOFF_BUF: usize = 2048;
@@ -198,6 +201,43 @@ impl SharedStats {
     }
 }
 
+/// The next hop's MAC on one interface, shared by every worker on it: either configured
+/// (fixed in each worker's template), or learnt from the source of the frames any worker
+/// receives — a worker that transmits for its sessions may never receive a frame itself
+/// (its clients' packets can all arrive on another queue).
+#[derive(Debug, Clone)]
+pub struct NextHop(Option<Arc<AtomicU64>>);
+
+impl NextHop {
+    /// Configured: the templates already hold it.
+    #[must_use]
+    pub fn configured() -> Self {
+        NextHop(None)
+    }
+
+    /// Learnt; clone the result into every worker on the interface.
+    #[must_use]
+    pub fn learnt() -> Self {
+        NextHop(Some(Arc::new(AtomicU64::new(0))))
+    }
+
+    /// Record `seen` (a source MAC this worker received) and put the interface's learnt MAC,
+    /// if any, into `dst`.
+    fn update(&self, dst: &mut [u8; 6], seen: Option<[u8; 6]>) {
+        let Some(cell) = &self.0 else { return };
+        if let Some(mac) = seen {
+            let mut b = [0u8; 8];
+            b[2..].copy_from_slice(&mac);
+            // Bit 63 marks "learnt" (a MAC is 48 bits).
+            cell.store(u64::from_be_bytes(b) | 1 << 63, Ordering::Relaxed);
+        }
+        let v = cell.load(Ordering::Relaxed);
+        if v != 0 {
+            dst.copy_from_slice(&v.to_be_bytes()[2..]);
+        }
+    }
+}
+
 /// A worker's receive and transmit I/O.
 #[derive(Debug)]
 pub enum WorkerIo {
@@ -207,8 +247,8 @@ pub enum WorkerIo {
         xsk: Box<XskRx>,
         /// Headers of transmitted frames.
         l2: L2Template,
-        /// Whether `l2.dst_mac` was configured (else it is learnt from received frames).
-        next_hop_configured: bool,
+        /// Where `l2.dst_mac` comes from: configured, or learnt by any worker.
+        next_hop: NextHop,
     },
     /// io_uring over a UDP socket.
     Uring(Box<UringUdp>),
@@ -261,11 +301,96 @@ impl WorkerIo {
     }
 }
 
+/// A worker's inside interface.
+#[derive(Debug)]
+pub enum Inside {
+    /// The worker's queue of the TUN device, driven by io_uring.
+    Tun(Box<TunRing>),
+    /// An AF_XDP socket on the inside NIC's queue of the worker's index (the inside XDP
+    /// program redirects packets to client addresses into it).
+    Xsk {
+        /// The socket.
+        xsk: Box<XskRx>,
+        /// Ethernet header of frames sent inside.
+        l2: EthTemplate,
+        /// Where `l2.dst_mac` comes from: configured, or learnt by any worker.
+        next_hop: NextHop,
+    },
+}
+
+impl Inside {
+    fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd as _;
+        match self {
+            Inside::Tun(t) => t.ring_fd(),
+            Inside::Xsk { xsk, .. } => xsk.fd().as_raw_fd(),
+        }
+    }
+
+    /// Queue a decrypted inner packet for the inside network.
+    fn queue_write(&mut self, pkt: &[u8]) -> Result<(), ()> {
+        match self {
+            Inside::Tun(t) => t.queue_write(pkt).map_err(|_| ()),
+            Inside::Xsk { xsk, l2, .. } => {
+                let ethertype = match pkt.first().map(|b| b >> 4) {
+                    Some(4) => ETH_P_IP,
+                    Some(6) => ETH_P_IPV6,
+                    _ => return Err(()),
+                };
+                xsk.send_frame(l2, ethertype, pkt)
+                    .map(|_| ())
+                    .map_err(|_| ())
+            }
+        }
+    }
+
+    /// Hand every inner packet read inside to `handle`. TUN: also submits the queued writes.
+    fn poll(&mut self, handle: &mut impl FnMut(&[u8])) -> std::io::Result<usize> {
+        match self {
+            Inside::Tun(t) => t.poll(handle),
+            Inside::Xsk { xsk, l2, next_hop } => {
+                let n = xsk.poll_frames(&mut |frame| {
+                    if let Some(pkt) = ip_packet_of_frame(frame) {
+                        handle(pkt);
+                    }
+                });
+                next_hop.update(&mut l2.dst_mac, xsk.learnt_next_hop());
+                Ok(n)
+            }
+        }
+    }
+
+    /// Wake the kernel for what this iteration put on the inside TX ring (AF_XDP).
+    fn flush(&mut self) {
+        if let Inside::Xsk { xsk, .. } = self {
+            xsk.flush_tx();
+        }
+    }
+}
+
+/// The IP packet in an Ethernet frame (IPv4 or IPv6 by its ethertype), without the Ethernet
+/// padding: its length is the one its IP header states. `None` for anything else, or a
+/// header that claims more than the frame holds.
+fn ip_packet_of_frame(frame: &[u8]) -> Option<&[u8]> {
+    let ethertype = u16::from_be_bytes(frame.get(12..ETH_HLEN)?.try_into().ok()?);
+    let ip = frame.get(ETH_HLEN..)?;
+    let len = match ethertype {
+        ETH_P_IP if ip.first()? >> 4 == 4 => {
+            usize::from(u16::from_be_bytes(ip.get(2..4)?.try_into().ok()?))
+        }
+        ETH_P_IPV6 if ip.first()? >> 4 == 6 => {
+            40 + usize::from(u16::from_be_bytes(ip.get(4..6)?.try_into().ok()?))
+        }
+        _ => return None,
+    };
+    ip.get(..len)
+}
+
 /// Everything a worker thread owns.
 #[derive(Debug)]
 pub struct WorkerLoop {
     io: WorkerIo,
-    inside: TunRing,
+    inside: Inside,
     lane: Lane,
 }
 
@@ -396,7 +521,7 @@ impl Lane {
         now: Instant,
         from: Path,
         buf: &mut [u8],
-        inside: &mut TunRing,
+        inside: &mut Inside,
     ) -> Option<(Path, usize)> {
         let id = session_of(buf);
         match self.worker.handle_rx(now, from, buf) {
@@ -440,7 +565,7 @@ impl Lane {
         now: Instant,
         from: Path,
         buf: &mut [u8],
-        inside: &mut TunRing,
+        inside: &mut Inside,
     ) -> Option<(Path, usize)> {
         self.local.rx_datagrams += 1;
         self.local.rx_bytes += buf.len() as u64;
@@ -569,13 +694,13 @@ impl Clock {
 }
 
 impl WorkerLoop {
-    /// A worker loop: worker `index` of the data plane, with its I/O, TUN queue and rings.
+    /// A worker loop: worker `index` of the data plane, with its I/O, inside queue and rings.
     #[must_use]
     pub fn new(
         index: u8,
         worker: Worker,
         io: WorkerIo,
-        inside: TunRing,
+        inside: Inside,
         links: Links,
         stats: Arc<SharedStats>,
         cpu: u32,
@@ -621,6 +746,7 @@ impl WorkerLoop {
                 // One transmit wake-up for everything this iteration queued.
                 xsk.flush_tx();
             }
+            self.inside.flush();
             if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
                 self.lane.publish();
                 last_publish = now;
@@ -633,7 +759,7 @@ impl WorkerLoop {
                 idle += 1;
                 if idle >= IDLE_SPINS {
                     self.lane.publish();
-                    let fds = [self.io.fd(), self.inside.ring_fd()];
+                    let fds = [self.io.fd(), self.inside.fd()];
                     crate::sys::wait_readable(&fds, 1)?;
                     idle = 0;
                 }
@@ -649,11 +775,7 @@ impl WorkerLoop {
     fn receive(&mut self, now: Instant) -> std::io::Result<usize> {
         let Self { io, lane, inside } = self;
         let n = match io {
-            WorkerIo::Xsk {
-                xsk,
-                l2,
-                next_hop_configured,
-            } => {
+            WorkerIo::Xsk { xsk, l2, next_hop } => {
                 let n = xsk.poll_batched(&mut |item| {
                     let (from, buf) = match item {
                         RxItem::Batch(ids) => {
@@ -673,11 +795,7 @@ impl WorkerLoop {
                         _ => None,
                     }
                 });
-                if !*next_hop_configured {
-                    if let Some(mac) = xsk.learnt_next_hop() {
-                        l2.dst_mac = mac;
-                    }
-                }
+                next_hop.update(&mut l2.dst_mac, xsk.learnt_next_hop());
                 n
             }
             WorkerIo::Uring(u) => u.poll(false, &mut |from, buf| {
@@ -756,5 +874,44 @@ impl WorkerLoop {
                 lane.hand_off(owner_of(id), HandoffKind::Outbound(id), pkt);
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(ethertype: u16, ip: &[u8], pad_to: usize) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(ip);
+        f.resize(f.len().max(pad_to), 0xEE);
+        f
+    }
+
+    #[test]
+    fn inside_frames_lose_their_ethernet_header_and_padding() {
+        // IPv4, 28 bytes (total length 28), padded to the 60-byte Ethernet minimum.
+        let mut v4 = vec![0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 17, 0, 0];
+        v4.extend_from_slice(&[10, 89, 0, 2, 10, 88, 0, 2]);
+        v4.extend_from_slice(&[0x23, 0x28, 0x15, 0xb3, 0, 8, 0, 0]);
+        assert_eq!(ip_packet_of_frame(&frame(ETH_P_IP, &v4, 60)), Some(&v4[..]));
+        // IPv6, payload length 8.
+        let mut v6 = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
+        v6.extend_from_slice(&[0u8; 32]);
+        v6.extend_from_slice(&[0x23, 0x28, 0x15, 0xb3, 0, 8, 0, 0]);
+        assert_eq!(
+            ip_packet_of_frame(&frame(ETH_P_IPV6, &v6, 60)),
+            Some(&v6[..])
+        );
+        assert_eq!(inner_destination(&v4), Some(IpAddr::from([10, 88, 0, 2])));
+        // Not IP, a version that disagrees with the ethertype, a length beyond the frame,
+        // no IP header at all.
+        assert_eq!(ip_packet_of_frame(&frame(0x0806, &v4, 60)), None);
+        assert_eq!(ip_packet_of_frame(&frame(ETH_P_IPV6, &v4, 60)), None);
+        let mut long = v4.clone();
+        long[2..4].copy_from_slice(&100u16.to_be_bytes());
+        assert_eq!(ip_packet_of_frame(&frame(ETH_P_IP, &long, 60)), None);
+        assert_eq!(ip_packet_of_frame(&frame(ETH_P_IP, &[], 0)), None);
     }
 }

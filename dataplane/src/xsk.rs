@@ -23,6 +23,11 @@
 //! behind IPv4-sized headers and, for an IPv6 path, the sealed datagram is moved 20 bytes
 //! further back in the frame before the headers are written.
 //!
+//! The same socket serves an inside NIC (`[inside] kind = "af_xdp"`), where frames carry bare
+//! inner IP packets rather than tunnel datagrams: [`XskRx::poll_frames`] hands each received
+//! frame whole to the caller and recycles it, and [`XskRx::send_frame`] writes an Ethernet
+//! header from an [`EthTemplate`] and copies an inner packet behind it into a free frame.
+//!
 //! Over IPv4 the UDP checksum of transmitted datagrams is 0 ("no checksum", allowed by
 //! RFC 768; the payload is authenticated by the tunnel's AEAD anyway). Over IPv6 the checksum
 //! is mandatory (RFC 8200 section 8.1) and is computed over the pseudo-header and the whole
@@ -443,6 +448,89 @@ impl XskRx {
         n
     }
 
+    /// Take up to one batch of received frames off the RX ring, hand each whole frame
+    /// (Ethernet header included) to `handle`, and return every frame to the fill ring (the
+    /// inside NIC's receive path: the frames are inner IP packets, not tunnel datagrams). The
+    /// source MAC of the last frame is kept as the learnt next hop
+    /// ([`XskRx::learnt_next_hop`]). Does not block. Returns the number of frames taken.
+    pub fn poll_frames(&mut self, handle: &mut impl FnMut(&[u8])) -> usize {
+        self.reap_completions();
+        // SAFETY: `batch` descriptors are overwritten with frames of this socket's UMEM, which
+        // the kernel has finished writing and hands to userspace.
+        let n = unsafe { self.rx.consume(&mut self.batch) };
+        for desc in &self.batch[..n] {
+            self.counters.frames += 1;
+            // SAFETY: `desc` came off this socket's RX ring: it names a frame of `self.umem`
+            // that the kernel no longer writes and that only userspace references until it
+            // goes back on the fill ring below; this shared borrow ends within the iteration.
+            let data = unsafe { self.umem.data(desc) };
+            let frame = data.contents();
+            if let Some(mac) = frame.get(6..12).and_then(|m| <[u8; 6]>::try_from(m).ok()) {
+                self.learnt_next_hop = Some(mac);
+            }
+            self.counters.to_worker += 1;
+            handle(frame);
+            self.free.push(*desc);
+        }
+        self.kick();
+        self.refill();
+        if n == 0 && self.fill.needs_wakeup() {
+            // As in `poll_batched`: wake a zero-copy driver whose fill ring ran dry, only when
+            // idle.
+            let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+        }
+        n
+    }
+
+    /// Send `packet` (an inner IP packet) behind an Ethernet header from `eth` with
+    /// `ethertype`, in a free frame put on the TX ring. Returns the frame length.
+    ///
+    /// # Errors
+    /// [`XskTxError`]: no free frame, TX ring full, or the frame is too small for the packet
+    /// ([`WorkerDrop::TooLarge`]).
+    pub fn send_frame(
+        &mut self,
+        eth: &EthTemplate,
+        ethertype: u16,
+        packet: &[u8],
+    ) -> Result<usize, XskTxError> {
+        self.reap_completions();
+        if self.tx.nb_free(1) == 0 {
+            self.kick();
+            return Err(XskTxError::TxRingFull);
+        }
+        let Some(mut desc) = self.free.pop() else {
+            return Err(XskTxError::NoFreeFrame);
+        };
+        // SAFETY: `desc` is a free frame of `self.umem`, owned by userspace and referenced
+        // nowhere else (just taken off the free list).
+        let mut data = unsafe { self.umem.data_mut(&mut desc) };
+        let mut cursor = data.cursor();
+        let room = cursor.buf_len();
+        cursor.set_pos(room);
+        let frame = data.contents_mut();
+        let len = ETH_HLEN + packet.len();
+        if frame.len() < len {
+            self.free.push(desc);
+            return Err(XskTxError::Worker(WorkerDrop::TooLarge));
+        }
+        frame[0..6].copy_from_slice(&eth.dst_mac);
+        frame[6..12].copy_from_slice(&eth.src_mac);
+        frame[12..ETH_HLEN].copy_from_slice(&ethertype.to_be_bytes());
+        frame[ETH_HLEN..len].copy_from_slice(packet);
+        data.cursor().set_pos(len);
+        // SAFETY: `desc` is a frame of `self.umem` owned by userspace and just written.
+        let done = unsafe { self.tx.produce_one(&desc) };
+        if done == 0 {
+            self.free.push(desc);
+            return Err(XskTxError::TxRingFull);
+        }
+        self.tx_outstanding += 1;
+        self.counters.inner_sent += 1;
+        self.kick();
+        Ok(len)
+    }
+
     /// The source MAC of the last received tunnel frame: the next hop toward clients when
     /// none is configured.
     #[must_use]
@@ -652,6 +740,15 @@ pub struct L2Template {
     pub src_port: u16,
 }
 
+/// The Ethernet header of frames sent on an inside NIC ([`XskRx::send_frame`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EthTemplate {
+    /// The inside NIC's MAC (Ethernet source).
+    pub src_mac: [u8; 6],
+    /// The inside next hop's MAC (Ethernet destination).
+    pub dst_mac: [u8; 6],
+}
+
 /// Why [`XskRx::send_inner`] did not transmit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum XskTxError {
@@ -672,9 +769,12 @@ pub enum XskTxError {
     NoIpv6Source,
 }
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
+/// Ethernet header length.
+pub const ETH_HLEN: usize = 14;
+/// Ethertype of IPv4.
+pub const ETH_P_IP: u16 = 0x0800;
+/// Ethertype of IPv6.
+pub const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_UDP: u8 = 17;
 const UDP_HLEN: usize = 8;
 /// Hop limit / TTL of transmitted datagrams and replies.

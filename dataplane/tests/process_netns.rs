@@ -115,6 +115,18 @@ impl Topology {
             ip(&["-n", ns, "link", "set", "dev", dev, "up"]);
             ip(&["-n", ns, "link", "set", "dev", "lo", "up"]);
         }
+        // Unicast IP in a broadcast frame is dropped by the client, so a gateway that sends to
+        // ff:ff:ff:ff:ff:ff because it never learnt its next hop fails the test.
+        let out = Proc::new("ip")
+            .args(["netns", "exec", &me.client, "sysctl", "-qw"])
+            .arg("net.ipv4.conf.all.drop_unicast_in_l2_multicast=1")
+            .output()
+            .expect("sysctl");
+        assert!(
+            out.status.success(),
+            "sysctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         for (ns, addr, mac, dev) in [
             (&me.client, GW_ADDR, GW_MAC, CLIENT_DEV),
             (&me.gw, CLIENT_ADDR, CLIENT_MAC, GW_DEV),

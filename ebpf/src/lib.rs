@@ -5,6 +5,12 @@
 //! session (see the C file's header comment for every outcome). `build.rs` compiles it with
 //! clang-19 and this crate embeds the object as [`XDP_OBJECT`].
 //!
+//! `xdp/jumping_inside.c` is the inside NIC's program (when the inside interface is AF_XDP):
+//! Ethernet → IPv4/IPv6 → a destination address in `inside_routes` (the clients' virtual
+//! addresses) → the AF_XDP socket of the receiving queue (`inside_xsks`); everything else to
+//! the kernel. Embedded as [`INSIDE_OBJECT`], loaded with [`load_inside`], its routes kept by
+//! [`InsideRoutes`].
+//!
 //! `xdp/jumping_maps.h` is the one definition of the layouts shared with the program: the map
 //! value struct ([`SessionOwner`]), the counter enum ([`Counter`]) and the wire constants. The
 //! Rust items here mirror it; the unit test `layout_matches_c_header` compares them against
@@ -14,9 +20,10 @@
 //! All `unsafe` code lives in [`test_run`] (raw `bpf(BPF_PROG_TEST_RUN)`, bpffs mounts).
 #![deny(unsafe_code)]
 
+use std::net::IpAddr;
 use std::path::Path;
 
-use aya::maps::{HashMap, PerCpuArray, XskMap};
+use aya::maps::{HashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 use jumping_protocol::wire::{self, MessageType};
@@ -31,6 +38,13 @@ pub static XDP_OBJECT: &[u8] =
 /// Name of the XDP program (its C function) in [`XDP_OBJECT`].
 pub const PROGRAM_NAME: &str = "jumping_xdp";
 
+/// The compiled inside-NIC XDP object (`xdp/jumping_inside.c`).
+pub static INSIDE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jumping_inside.o"));
+
+/// Name of the XDP program in [`INSIDE_OBJECT`].
+pub const INSIDE_PROGRAM_NAME: &str = "jumping_inside";
+
 /// Map names in [`XDP_OBJECT`]; every map is pinned by name (`LIBBPF_PIN_BY_NAME`) under the
 /// pin directory given to [`load`], so a restarted gateway finds the same maps.
 pub mod map_names {
@@ -44,6 +58,11 @@ pub mod map_names {
     pub const COUNTERS: &str = "counters";
     /// `PERCPU_ARRAY [0] → u32`: queue chosen for the last steered packet on each CPU.
     pub const LAST_QUEUE: &str = "last_queue";
+    /// Inside program: `HASH [u8; 16] address → u32`: client virtual addresses (IPv4 as
+    /// `::ffff:a.b.c.d`).
+    pub const INSIDE_ROUTES: &str = "inside_routes";
+    /// Inside program: `XSKMAP u32 queue → AF_XDP socket` on the inside NIC.
+    pub const INSIDE_XSKS: &str = "inside_xsks";
 }
 
 // ---- Wire constants (mirror of the header's JUMPING_* defines) ------------------------------
@@ -108,6 +127,8 @@ pub const MAX_TUNNEL_PORTS: u32 = 16;
 pub const MAX_SESSIONS: u32 = 65_536;
 /// `JUMPING_MAX_QUEUES`: slots in `xsks` (every value of the SessionId's owner byte).
 pub const MAX_QUEUES: u32 = 256;
+/// `JUMPING_MAX_INSIDE_ROUTES`: capacity of `inside_routes`.
+pub const MAX_INSIDE_ROUTES: u32 = 65_536;
 
 // ---- Map values ------------------------------------------------------------------------------
 
@@ -401,6 +422,132 @@ pub fn read_last_queue(ebpf: &Ebpf) -> Result<Vec<u32>, Error> {
     Ok(slots.get(&0, 0)?.to_vec())
 }
 
+// ---- The inside program ----------------------------------------------------------------------
+
+/// Load [`INSIDE_OBJECT`] (maps created or reused under `pin_dir`, which must be on a bpffs)
+/// and load (verify) its program without attaching it.
+///
+/// # Errors
+/// [`Error`] if the object, its maps or the program cannot be loaded.
+pub fn load_inside(pin_dir: &Path) -> Result<Ebpf, Error> {
+    let mut ebpf = EbpfLoader::new()
+        .map_pin_path(pin_dir)
+        .load(INSIDE_OBJECT)?;
+    inside_program(&mut ebpf)?.load()?;
+    Ok(ebpf)
+}
+
+/// The XDP program of a loaded inside object.
+///
+/// # Errors
+/// [`Error::Missing`] if the object has no such program, [`Error::Program`] if it is not XDP.
+pub fn inside_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {
+    let prog = ebpf
+        .program_mut(INSIDE_PROGRAM_NAME)
+        .ok_or(Error::Missing("program jumping_inside"))?;
+    Ok(prog.try_into()?)
+}
+
+/// Put the AF_XDP socket `socket_fd` (bound to the inside NIC's queue `queue`) into slot
+/// `queue` of `inside_xsks`.
+///
+/// # Errors
+/// [`Error`] if the map is missing, `queue` is out of range or `socket_fd` is not an AF_XDP
+/// socket.
+pub fn set_inside_xsk(
+    ebpf: &mut Ebpf,
+    queue: u32,
+    socket_fd: impl std::os::fd::AsRawFd,
+) -> Result<(), Error> {
+    let map = ebpf
+        .map_mut(map_names::INSIDE_XSKS)
+        .ok_or(Error::Missing("map inside_xsks"))?;
+    let mut xsks = XskMap::try_from(map)?;
+    xsks.set(queue, socket_fd, 0)?;
+    Ok(())
+}
+
+/// The key of `inside_routes` for `addr`: IPv6 as is, IPv4 as `::ffff:a.b.c.d`.
+#[must_use]
+pub fn inside_route_key(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The inside program's `inside_routes` map, taken out of its [`Ebpf`] so that another thread
+/// (the data plane's control thread) can own it: the addresses whose packets the inside NIC
+/// redirects into the data plane.
+#[derive(Debug)]
+pub struct InsideRoutes {
+    map: HashMap<MapData, [u8; 16], u32>,
+}
+
+impl InsideRoutes {
+    /// Take `inside_routes` out of a loaded inside object (the program keeps using it).
+    ///
+    /// # Errors
+    /// [`Error`] if the map is missing (or already taken).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
+        let map = ebpf
+            .take_map(map_names::INSIDE_ROUTES)
+            .ok_or(Error::Missing("map inside_routes"))?;
+        Ok(Self {
+            map: HashMap::try_from(map)?,
+        })
+    }
+
+    /// Steer packets to `addr` into the data plane.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the map is full.
+    pub fn add(&mut self, addr: IpAddr) -> Result<(), Error> {
+        self.map.insert(inside_route_key(addr), 1, 0)?;
+        Ok(())
+    }
+
+    /// Stop steering packets to `addr` (absent is not an error).
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the kernel refuses the deletion.
+    pub fn remove(&mut self, addr: IpAddr) -> Result<(), Error> {
+        match self.map.remove(&inside_route_key(addr)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Remove every route (a restarted data plane starts with no session, but the pinned map
+    /// keeps the previous run's routes). Returns how many were removed.
+    ///
+    /// # Errors
+    /// [`Error::Map`] if the kernel refuses a deletion.
+    pub fn clear(&mut self) -> Result<usize, Error> {
+        let keys: Vec<[u8; 16]> = self.map.keys().filter_map(Result::ok).collect();
+        for k in &keys {
+            match self.map.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(keys.len())
+    }
+
+    /// Whether `addr` is steered.
+    #[must_use]
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.map.get(&inside_route_key(addr), 0).is_ok()
+    }
+}
+
 /// Whether `ty` is steered by the XDP program (mirror of the program's type check).
 #[must_use]
 pub const fn is_steered(ty: MessageType) -> bool {
@@ -479,6 +626,7 @@ mod tests {
             ("JUMPING_MAX_TUNNEL_PORTS", u64::from(MAX_TUNNEL_PORTS)),
             ("JUMPING_MAX_SESSIONS", u64::from(MAX_SESSIONS)),
             ("JUMPING_MAX_QUEUES", u64::from(MAX_QUEUES)),
+            ("JUMPING_MAX_INSIDE_ROUTES", u64::from(MAX_INSIDE_ROUTES)),
             ("SIZEOF_SESSION_OWNER", usize_u64(size_of::<SessionOwner>())),
             (
                 "ALIGNOF_SESSION_OWNER",
@@ -635,8 +783,18 @@ mod tests {
 
     #[test]
     fn embedded_object_is_bpf_elf() {
-        assert_eq!(&XDP_OBJECT[..4], b"\x7fELF");
-        // e_machine EM_BPF = 247 (little endian on x86_64 builds).
-        assert_eq!(u16::from_le_bytes([XDP_OBJECT[18], XDP_OBJECT[19]]), 247);
+        for object in [XDP_OBJECT, INSIDE_OBJECT] {
+            assert_eq!(&object[..4], b"\x7fELF");
+            // e_machine EM_BPF = 247 (little endian on x86_64 builds).
+            assert_eq!(u16::from_le_bytes([object[18], object[19]]), 247);
+        }
+    }
+
+    #[test]
+    fn inside_route_keys_map_ipv4() {
+        let k = inside_route_key("10.88.0.2".parse().expect("addr"));
+        assert_eq!(k, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 88, 0, 2]);
+        let v6: std::net::Ipv6Addr = "fd00::2".parse().expect("addr");
+        assert_eq!(inside_route_key(v6.into()), v6.octets());
     }
 }

@@ -58,6 +58,8 @@
 #define JUMPING_MAX_SESSIONS 65536
 /* xsks: one AF_XDP socket per queue; a SessionId can name any of 256 owners. */
 #define JUMPING_MAX_QUEUES 256
+/* inside_routes (inside program): client virtual addresses, IPv4 as ::ffff:a.b.c.d. */
+#define JUMPING_MAX_INSIDE_ROUTES 65536
 
 /* ---- Map values ----------------------------------------------------------------------- */
 

@@ -40,6 +40,7 @@ int main(void)
 	P(JUMPING_MAX_TUNNEL_PORTS);
 	P(JUMPING_MAX_SESSIONS);
 	P(JUMPING_MAX_QUEUES);
+	P(JUMPING_MAX_INSIDE_ROUTES);
 
 	N("SIZEOF_SESSION_OWNER", sizeof(struct jumping_session_owner));
 	N("ALIGNOF_SESSION_OWNER", _Alignof(struct jumping_session_owner));
