@@ -99,5 +99,87 @@ fn key_expansion(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, lookup, key_expansion);
+/// The cross-queue handoff (docs/ARCHITECTURE.md, "Cross-queue handoff"): what a foreign
+/// packet costs — a copy into the ring slot to its owner and the owner's pop (another copy out
+/// of the slot) — on one core, and as a pipeline between two cores (producer here, consumer
+/// pinned to the other CPU; time per packet over a burst, including the cache-line transfers).
+fn handoff(c: &mut Criterion) {
+    use jumping_dataplane::runtime::{handoff_mesh, push_handoff, HandoffKind};
+    use jumping_protocol::Path;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let mut g = c.benchmark_group("handoff");
+    g.measurement_time(MEASUREMENT_TIME)
+        .warm_up_time(WARM_UP_TIME)
+        .sample_size(SAMPLE_SIZE);
+    let from = Path::udp("192.0.2.1:4500".parse().expect("address"));
+    for size in [64usize, 1400] {
+        let datagram = vec![0xA5u8; size + 36];
+        g.throughput(Throughput::Elements(1));
+        // One core: push then pop.
+        let mut mesh = handoff_mesh(2);
+        let (mut rx0, _) = std::mem::take(&mut mesh[0]);
+        let (_, mut tx1) = std::mem::take(&mut mesh[1]);
+        let (mut to0, mut from1) = (tx1[0].take().expect("ring 1→0"), rx0.remove(0));
+        g.bench_with_input(
+            BenchmarkId::new("push + pop, one core", size),
+            &size,
+            |b, _| {
+                b.iter(|| {
+                    push_handoff(&mut to0, HandoffKind::Inbound(from), black_box(&datagram))
+                        .expect("room");
+                    let mut h = from1.pop().expect("queued");
+                    black_box(h.bytes_mut()[0])
+                });
+            },
+        );
+        // Two cores: a consumer pinned to CPU 1 drains while this thread pushes.
+        let popped = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumer = {
+            let (popped, stop) = (Arc::clone(&popped), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                if let Some(core) = core_affinity::get_core_ids().and_then(|c| c.get(1).copied()) {
+                    core_affinity::set_for_current(core);
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    match from1.pop() {
+                        Ok(mut h) => {
+                            black_box(h.bytes_mut()[0]);
+                            popped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => std::hint::spin_loop(),
+                    }
+                }
+            })
+        };
+        g.bench_with_input(
+            BenchmarkId::new("pipeline, two cores", size),
+            &size,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    let target = popped.load(Ordering::Relaxed) + iters;
+                    let t0 = Instant::now();
+                    for _ in 0..iters {
+                        while push_handoff(&mut to0, HandoffKind::Inbound(from), &datagram).is_err()
+                        {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    while popped.load(Ordering::Relaxed) < target {
+                        std::hint::spin_loop();
+                    }
+                    t0.elapsed().max(Duration::from_nanos(1))
+                });
+            },
+        );
+        stop.store(true, Ordering::Relaxed);
+        consumer.join().expect("consumer");
+    }
+    g.finish();
+}
+
+criterion_group!(benches, lookup, key_expansion, handoff);
 criterion_main!(benches);

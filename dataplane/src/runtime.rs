@@ -78,12 +78,51 @@ impl Default for Handoff {
     }
 }
 
+/// What a [`Handoff`] carries.
 #[derive(Debug, Clone, Copy)]
-enum HandoffKind {
+pub enum HandoffKind {
     /// A tunnel datagram received from `Path` on a queue that is not the owner's.
     Inbound(Path),
     /// An inner packet for session `SessionId`, read from another worker's TUN queue.
     Outbound(SessionId),
+}
+
+/// Put a copy of `bytes` into the handoff ring `ring` (filling the ring slot in place: no
+/// 2 KiB value built on the stack and copied).
+///
+/// # Errors
+/// [`DropReason::TooLarge`] or [`DropReason::HandoffFull`]; nothing is queued.
+pub fn push_handoff(
+    ring: &mut Producer<Handoff>,
+    kind: HandoffKind,
+    bytes: &[u8],
+) -> Result<(), DropReason> {
+    if bytes.len() > HANDOFF_BUF {
+        return Err(DropReason::TooLarge);
+    }
+    let Ok(mut chunk) = ring.write_chunk(1) else {
+        return Err(DropReason::HandoffFull);
+    };
+    let (first, _) = chunk.as_mut_slices();
+    let slot = &mut first[0];
+    slot.kind = kind;
+    slot.len = bytes.len() as u16;
+    slot.data[..bytes.len()].copy_from_slice(bytes);
+    chunk.commit_all();
+    Ok(())
+}
+
+impl Handoff {
+    /// What the packet is.
+    #[must_use]
+    pub fn kind(&self) -> HandoffKind {
+        self.kind
+    }
+
+    /// The packet (a tunnel datagram or an inner packet).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data[..usize::from(self.len).min(HANDOFF_BUF)]
+    }
 }
 
 /// Control thread → worker, besides session commands.
@@ -497,21 +536,13 @@ impl Lane {
             self.worker.count_drop(DropReason::UnknownSession);
             return;
         };
-        if bytes.len() > HANDOFF_BUF {
-            self.worker.count_drop(DropReason::TooLarge);
-            return;
+        match push_handoff(ring, kind, bytes) {
+            Ok(()) => {}
+            Err(reason) => {
+                self.worker.count_drop(reason);
+                return;
+            }
         }
-        // Fill the ring slot in place: no 2 KiB value built on the stack and copied.
-        let Ok(mut chunk) = ring.write_chunk(1) else {
-            self.worker.count_drop(DropReason::HandoffFull);
-            return;
-        };
-        let (first, _) = chunk.as_mut_slices();
-        let slot = &mut first[0];
-        slot.kind = kind;
-        slot.len = bytes.len() as u16;
-        slot.data[..bytes.len()].copy_from_slice(bytes);
-        chunk.commit_all();
         self.local.handed_off += 1;
     }
 
@@ -821,18 +852,23 @@ impl WorkerLoop {
         let mut n = 0;
         for peer in 0..lane.links.from_peers.len() {
             for _ in 0..64 {
+                // `pop` (not a one-slot read chunk): it caches the producer's index, so a
+                // busy ring does not bounce that cache line between the cores per packet
+                // (measured: 3x slower across cores with `read_chunk(1)`).
                 let Ok(mut h) = lane.links.from_peers[peer].pop() else {
                     break;
                 };
                 n += 1;
                 lane.local.taken_over += 1;
-                let len = usize::from(h.len);
-                match h.kind {
+                let kind = h.kind();
+                let scratch = h.bytes_mut();
+                let len = scratch.len();
+                match kind {
                     HandoffKind::Inbound(from) => {
                         if let Some((dst, rlen)) =
-                            lane.process(now, from, &mut h.data[..len], inside)
+                            lane.process(now, from, &mut scratch[..len], inside)
                         {
-                            if io.send_payload(dst, &h.data[..rlen]) {
+                            if io.send_payload(dst, &scratch[..rlen]) {
                                 lane.local.sent += 1;
                             } else {
                                 lane.worker.count_drop(DropReason::TxFailed);
@@ -840,7 +876,7 @@ impl WorkerLoop {
                         }
                     }
                     HandoffKind::Outbound(id) => {
-                        if io.send_inner(&mut lane.worker, id, &h.data[..len]).is_ok() {
+                        if io.send_inner(&mut lane.worker, id, &scratch[..len]).is_ok() {
                             lane.local.sent += 1;
                             lane.local.sent_bytes += len as u64;
                         }
