@@ -2,6 +2,8 @@
 //! gateway to a worker, client datagrams, and the root / network-namespace plumbing.
 #![allow(dead_code, reason = "each test binary uses a subset of the helpers")]
 
+pub mod process;
+
 use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::AsRawFd as _;
