@@ -494,6 +494,27 @@ impl XskRx {
         ethertype: u16,
         packet: &[u8],
     ) -> Result<usize, XskTxError> {
+        self.transmit(|frame| {
+            let len = ETH_HLEN + packet.len();
+            if frame.len() < len {
+                return Err(XskTxError::Worker(WorkerDrop::TooLarge));
+            }
+            frame[0..6].copy_from_slice(&eth.dst_mac);
+            frame[6..12].copy_from_slice(&eth.src_mac);
+            frame[12..ETH_HLEN].copy_from_slice(&ethertype.to_be_bytes());
+            frame[ETH_HLEN..len].copy_from_slice(packet);
+            Ok(len)
+        })
+    }
+
+    /// Take a free frame, let `build` write a frame into it (returning its length), and put
+    /// it on the TX ring; the frame goes back to the free list if `build` fails or the ring is
+    /// full. The one place frames are transmitted from (wake-ups batched or not, see
+    /// [`XskRx::set_batch_tx_kicks`]).
+    fn transmit(
+        &mut self,
+        build: impl FnOnce(&mut [u8]) -> Result<usize, XskTxError>,
+    ) -> Result<usize, XskTxError> {
         self.reap_completions();
         if self.tx.nb_free(1) == 0 {
             self.kick();
@@ -502,23 +523,26 @@ impl XskRx {
         let Some(mut desc) = self.free.pop() else {
             return Err(XskTxError::NoFreeFrame);
         };
-        // SAFETY: `desc` is a free frame of `self.umem`, owned by userspace and referenced
-        // nowhere else (just taken off the free list).
-        let mut data = unsafe { self.umem.data_mut(&mut desc) };
-        let mut cursor = data.cursor();
-        let room = cursor.buf_len();
-        cursor.set_pos(room);
-        let frame = data.contents_mut();
-        let len = ETH_HLEN + packet.len();
-        if frame.len() < len {
-            self.free.push(desc);
-            return Err(XskTxError::Worker(WorkerDrop::TooLarge));
-        }
-        frame[0..6].copy_from_slice(&eth.dst_mac);
-        frame[6..12].copy_from_slice(&eth.src_mac);
-        frame[12..ETH_HLEN].copy_from_slice(&ethertype.to_be_bytes());
-        frame[ETH_HLEN..len].copy_from_slice(packet);
-        data.cursor().set_pos(len);
+        let built = {
+            // SAFETY: `desc` is a free frame of `self.umem`, owned by userspace and referenced
+            // nowhere else (just taken off the free list).
+            let mut data = unsafe { self.umem.data_mut(&mut desc) };
+            let mut cursor = data.cursor();
+            let room = cursor.buf_len();
+            cursor.set_pos(room);
+            let built = build(data.contents_mut());
+            if let Ok(len) = built {
+                data.cursor().set_pos(len);
+            }
+            built
+        };
+        let len = match built {
+            Ok(len) => len,
+            Err(e) => {
+                self.free.push(desc);
+                return Err(e);
+            }
+        };
         // SAFETY: `desc` is a frame of `self.umem` owned by userspace and just written.
         let done = unsafe { self.tx.produce_one(&desc) };
         if done == 0 {
@@ -550,46 +574,14 @@ impl XskRx {
         payload: &[u8],
         l2: &L2Template,
     ) -> Result<usize, XskTxError> {
-        self.reap_completions();
-        if self.tx.nb_free(1) == 0 {
-            self.kick();
-            return Err(XskTxError::TxRingFull);
-        }
-        let Some(mut desc) = self.free.pop() else {
-            return Err(XskTxError::NoFreeFrame);
-        };
-        // SAFETY: `desc` is a free frame of `self.umem`, owned by userspace and referenced
-        // nowhere else (just taken off the free list).
-        let mut data = unsafe { self.umem.data_mut(&mut desc) };
-        let mut cursor = data.cursor();
-        let room = cursor.buf_len();
-        cursor.set_pos(room);
-        let frame = data.contents_mut();
-        let at = headers_len(&dst);
-        let built = if frame.len() < at + payload.len() {
-            Err(XskTxError::Worker(WorkerDrop::TooLarge))
-        } else {
+        self.transmit(|frame| {
+            let at = headers_len(&dst);
+            if frame.len() < at + payload.len() {
+                return Err(XskTxError::Worker(WorkerDrop::TooLarge));
+            }
             frame[at..at + payload.len()].copy_from_slice(payload);
             write_headers(frame, l2, dst, payload.len())
-        };
-        let len = match built {
-            Ok(len) => len,
-            Err(e) => {
-                self.free.push(desc);
-                return Err(e);
-            }
-        };
-        data.cursor().set_pos(len);
-        // SAFETY: `desc` is a frame of `self.umem` owned by userspace and just written.
-        let done = unsafe { self.tx.produce_one(&desc) };
-        if done == 0 {
-            self.free.push(desc);
-            return Err(XskTxError::TxRingFull);
-        }
-        self.tx_outstanding += 1;
-        self.counters.inner_sent += 1;
-        self.kick();
-        Ok(len)
+        })
     }
 
     /// Take a free frame, build an Ethernet/IPv4/UDP or Ethernet/IPv6/UDP datagram to the
@@ -611,79 +603,34 @@ impl XskRx {
         inner: &[u8],
         l2: &L2Template,
     ) -> Result<usize, XskTxError> {
-        self.reap_completions();
-        if self.tx.nb_free(1) == 0 {
-            self.kick();
-            return Err(XskTxError::TxRingFull);
-        }
-        let Some(mut desc) = self.free.pop() else {
-            return Err(XskTxError::NoFreeFrame);
-        };
-        let result = self.build_inner(&mut desc, worker, id, inner, l2);
-        match result {
-            Ok(len) => {
-                // SAFETY: `desc` is a frame of `self.umem` taken off the free list (owned by
-                // userspace, referenced nowhere else) and was just written.
-                let done = unsafe { self.tx.produce_one(&desc) };
-                if done == 0 {
-                    self.free.push(desc);
-                    return Err(XskTxError::TxRingFull);
-                }
-                self.tx_outstanding += 1;
-                self.counters.inner_sent += 1;
-                self.kick();
-                Ok(len)
-            }
-            Err(e) => {
-                self.free.push(desc);
-                Err(e)
-            }
-        }
-    }
-
-    fn build_inner(
-        &self,
-        desc: &mut FrameDesc,
-        worker: &mut Worker,
-        id: SessionId,
-        inner: &[u8],
-        l2: &L2Template,
-    ) -> Result<usize, XskTxError> {
-        // SAFETY: `desc` is a free frame of `self.umem`, owned by userspace and referenced
-        // nowhere else (the caller took it off the free list).
-        let mut data = unsafe { self.umem.data_mut(desc) };
-        let mut cursor = data.cursor();
-        let room = cursor.buf_len();
-        cursor.set_pos(room);
-        let frame = data.contents_mut();
-        // The family is known only once the worker has sealed: seal behind IPv4 headers and
-        // move the datagram back for IPv6 (see the module documentation).
-        let at = IPV4_HEADERS_LEN + DATA_HEADER_LEN;
-        if frame.len() < at + inner.len() {
-            return Err(XskTxError::Worker(WorkerDrop::TooLarge));
-        }
-        frame[at..at + inner.len()].copy_from_slice(inner);
-        let (dst, udp_payload) = worker
-            .encapsulate(id, &mut frame[IPV4_HEADERS_LEN..], inner.len())
-            .map_err(XskTxError::Worker)?;
-        if dst.transport != Transport::Udp {
-            return Err(XskTxError::NotUdp);
-        }
-        if let SocketAddr::V6(_) = dst.addr {
-            if l2.src_ip6.is_none() {
-                return Err(XskTxError::NoIpv6Source);
-            }
-            if frame.len() < headers_len(&dst.addr) + udp_payload {
+        self.transmit(|frame| {
+            // The family is known only once the worker has sealed: seal behind IPv4 headers
+            // and move the datagram back for IPv6 (see the module documentation).
+            let at = IPV4_HEADERS_LEN + DATA_HEADER_LEN;
+            if frame.len() < at + inner.len() {
                 return Err(XskTxError::Worker(WorkerDrop::TooLarge));
             }
-            frame.copy_within(
-                IPV4_HEADERS_LEN..IPV4_HEADERS_LEN + udp_payload,
-                IPV6_HEADERS_LEN,
-            );
-        }
-        let len = write_headers(frame, l2, dst.addr, udp_payload)?;
-        data.cursor().set_pos(len);
-        Ok(len)
+            frame[at..at + inner.len()].copy_from_slice(inner);
+            let (dst, udp_payload) = worker
+                .encapsulate(id, &mut frame[IPV4_HEADERS_LEN..], inner.len())
+                .map_err(XskTxError::Worker)?;
+            if dst.transport != Transport::Udp {
+                return Err(XskTxError::NotUdp);
+            }
+            if let SocketAddr::V6(_) = dst.addr {
+                if l2.src_ip6.is_none() {
+                    return Err(XskTxError::NoIpv6Source);
+                }
+                if frame.len() < headers_len(&dst.addr) + udp_payload {
+                    return Err(XskTxError::Worker(WorkerDrop::TooLarge));
+                }
+                frame.copy_within(
+                    IPV4_HEADERS_LEN..IPV4_HEADERS_LEN + udp_payload,
+                    IPV6_HEADERS_LEN,
+                );
+            }
+            write_headers(frame, l2, dst.addr, udp_payload)
+        })
     }
 
     /// Return every frame on the completion ring to the free list.
