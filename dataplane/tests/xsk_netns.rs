@@ -142,6 +142,90 @@ impl Drop for Netns {
     }
 }
 
+/// In the gateway namespace (the calling thread has entered it): the XDP program attached to
+/// the gateway veth in native mode, its maps in a private bpffs, and an AF_XDP socket on
+/// queue 0 registered in its `xsks` map.
+struct Attached {
+    ebpf: aya::Ebpf,
+    link: aya::programs::xdp::XdpLinkId,
+    _mount: BpffsMount,
+}
+
+impl Attached {
+    fn new(sid: jumping_protocol::SessionId) -> (XskRx, Self) {
+        let mount = BpffsMount::new().expect("mount a private bpffs");
+        let mut ebpf = jumping_ebpf::load(mount.path()).expect("load XDP object");
+        jumping_ebpf::add_tunnel_port(&mut ebpf, TUNNEL_PORT).expect("tunnel port");
+        jumping_ebpf::set_session_owner(&mut ebpf, sid, SessionOwner::new(0))
+            .expect("session owner");
+        let link = jumping_ebpf::xdp_program(&mut ebpf)
+            .expect("program")
+            .attach(GW_DEV, XdpFlags::DRV_MODE)
+            .expect("attach XDP in native mode");
+        let xsk = XskRx::bind(
+            GW_DEV,
+            0,
+            XskConfig {
+                force_copy: true,
+                ..XskConfig::default()
+            },
+        )
+        .expect("bind AF_XDP socket");
+        jumping_ebpf::set_xsk(&mut ebpf, 0, xsk.fd()).expect("xsks[0] = socket");
+        (
+            xsk,
+            Attached {
+                ebpf,
+                link,
+                _mount: mount,
+            },
+        )
+    }
+
+    /// Close the socket, then detach the program; the maps and the bpffs go last.
+    fn detach(mut self, xsk: XskRx) {
+        drop(xsk);
+        jumping_ebpf::xdp_program(&mut self.ebpf)
+            .expect("program")
+            .detach(self.link)
+            .expect("detach XDP");
+    }
+}
+
+/// Send `INNER_BACK` inner packets with `send_inner` (receiving meanwhile, so the rings keep
+/// moving), then wait until the kernel has completed `HEARTBEATS + INNER_BACK` transmissions.
+/// `check` sees every frame length put on the wire.
+fn send_inner_packets(
+    xsk: &mut XskRx,
+    worker: &mut jumping_dataplane::worker::Worker,
+    sid: jumping_protocol::SessionId,
+    l2: &L2Template,
+    now: jumping_protocol::Instant,
+    deliver: &mut impl FnMut(jumping_protocol::SessionId, &[u8]),
+    check: impl Fn(u32, usize),
+) {
+    let deadline = WallInstant::now() + LIMIT;
+    let mut sent = 0;
+    while sent < INNER_BACK && WallInstant::now() < deadline {
+        match xsk.send_inner(worker, sid, &inner_packet(sent), l2) {
+            Ok(len) => {
+                check(sent, len);
+                sent += 1;
+            }
+            Err(XskTxError::TxRingFull | XskTxError::NoFreeFrame) => {
+                xsk.poll_rx(worker, now, deliver);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("send_inner: {e}"),
+        }
+    }
+    let want = u64::from(HEARTBEATS + INNER_BACK);
+    while xsk.counters().tx_completed < want && WallInstant::now() < deadline {
+        xsk.poll_rx(worker, now, deliver);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn inner_packet(i: u32) -> Vec<u8> {
     let mut p = i.to_be_bytes().to_vec();
     p.extend_from_slice(b" an inner packet through AF_XDP");
@@ -179,26 +263,7 @@ fn encrypted_datagrams_reach_the_worker_through_af_xdp() {
     let gateway = std::thread::spawn(move || {
         let _tx = tx; // keep the command channel open
         enter_netns(&gw_ns);
-        // Drop order (reverse of declaration): socket, then program and maps, then bpffs.
-        let mount = BpffsMount::new().expect("mount a private bpffs");
-        let mut ebpf = jumping_ebpf::load(mount.path()).expect("load XDP object");
-        jumping_ebpf::add_tunnel_port(&mut ebpf, TUNNEL_PORT).expect("tunnel port");
-        jumping_ebpf::set_session_owner(&mut ebpf, sid, SessionOwner::new(0))
-            .expect("session owner");
-        let prog = jumping_ebpf::xdp_program(&mut ebpf).expect("program");
-        let link = prog
-            .attach(GW_DEV, XdpFlags::DRV_MODE)
-            .expect("attach XDP in native mode");
-        let mut xsk = XskRx::bind(
-            GW_DEV,
-            0,
-            XskConfig {
-                force_copy: true,
-                ..XskConfig::default()
-            },
-        )
-        .expect("bind AF_XDP socket");
-        jumping_ebpf::set_xsk(&mut ebpf, 0, xsk.fd()).expect("xsks[0] = socket");
+        let (mut xsk, xdp) = Attached::new(sid);
         assert_eq!(xsk.frames_in_kernel(), 2048, "fill ring full");
         ready_tx.send(()).expect("main waits");
 
@@ -219,20 +284,14 @@ fn encrypted_datagrams_reach_the_worker_through_af_xdp() {
             let i = u32::from_be_bytes(packet[..4].try_into().expect("4 bytes"));
             seen[i as usize] += 1;
         });
-        let xdp = jumping_ebpf::read_counters(&ebpf).expect("counters");
+        let xdp_counters = jumping_ebpf::read_counters(&xdp.ebpf).expect("counters");
         let result = GatewayResult {
             seen,
-            xdp,
+            xdp: xdp_counters,
             xsk: xsk.counters().clone(),
             worker_delivered: worker.counters().delivered,
         };
-        drop(xsk);
-        jumping_ebpf::xdp_program(&mut ebpf)
-            .expect("program")
-            .detach(link)
-            .expect("detach XDP");
-        drop(ebpf);
-        drop(mount);
+        xdp.detach(xsk);
         result
     });
 
@@ -331,25 +390,7 @@ fn echoes_and_inner_packets_leave_through_af_xdp() {
     let gateway = std::thread::spawn(move || {
         let _tx = tx;
         enter_netns(&gw_ns);
-        let mount = BpffsMount::new().expect("mount a private bpffs");
-        let mut ebpf = jumping_ebpf::load(mount.path()).expect("load XDP object");
-        jumping_ebpf::add_tunnel_port(&mut ebpf, TUNNEL_PORT).expect("tunnel port");
-        jumping_ebpf::set_session_owner(&mut ebpf, sid, SessionOwner::new(0))
-            .expect("session owner");
-        let prog = jumping_ebpf::xdp_program(&mut ebpf).expect("program");
-        let link = prog
-            .attach(GW_DEV, XdpFlags::DRV_MODE)
-            .expect("attach XDP in native mode");
-        let mut xsk = XskRx::bind(
-            GW_DEV,
-            0,
-            XskConfig {
-                force_copy: true,
-                ..XskConfig::default()
-            },
-        )
-        .expect("bind AF_XDP socket");
-        jumping_ebpf::set_xsk(&mut ebpf, 0, xsk.fd()).expect("xsks[0] = socket");
+        let (mut xsk, xdp) = Attached::new(sid);
         ready_tx.send(()).expect("main waits");
 
         let deadline = WallInstant::now() + LIMIT;
@@ -360,35 +401,21 @@ fn echoes_and_inner_packets_leave_through_af_xdp() {
             xsk.wait(20).expect("poll");
             xsk.poll_rx(&mut worker, gw_now, &mut no_delivery);
         }
-        // Send the inner packets, retrying while the rings are busy.
-        let mut sent = 0;
-        while sent < INNER_BACK && WallInstant::now() < deadline {
-            match xsk.send_inner(&mut worker, sid, &inner_packet(sent), &l2) {
-                Ok(_) => sent += 1,
-                Err(XskTxError::TxRingFull | XskTxError::NoFreeFrame) => {
-                    xsk.poll_rx(&mut worker, gw_now, &mut no_delivery);
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) => panic!("send_inner: {e}"),
-            }
-        }
-        let want = u64::from(HEARTBEATS + INNER_BACK);
-        while xsk.counters().tx_completed < want && WallInstant::now() < deadline {
-            xsk.poll_rx(&mut worker, gw_now, &mut no_delivery);
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        send_inner_packets(
+            &mut xsk,
+            &mut worker,
+            sid,
+            &l2,
+            gw_now,
+            &mut no_delivery,
+            |_, _| {},
+        );
         let result = TxResult {
             xsk: xsk.counters().clone(),
             frames_in_kernel: xsk.frames_in_kernel(),
             sealed: worker.counters().sealed,
         };
-        drop(xsk);
-        jumping_ebpf::xdp_program(&mut ebpf)
-            .expect("program")
-            .detach(link)
-            .expect("detach XDP");
-        drop(ebpf);
-        drop(mount);
+        xdp.detach(xsk);
         result
     });
 
@@ -547,25 +574,7 @@ fn data_echoes_and_inner_packets_over_ipv6_through_af_xdp() {
     let gateway = std::thread::spawn(move || {
         let _tx = tx;
         enter_netns(&gw_ns);
-        let mount = BpffsMount::new().expect("mount a private bpffs");
-        let mut ebpf = jumping_ebpf::load(mount.path()).expect("load XDP object");
-        jumping_ebpf::add_tunnel_port(&mut ebpf, TUNNEL_PORT).expect("tunnel port");
-        jumping_ebpf::set_session_owner(&mut ebpf, sid, SessionOwner::new(0))
-            .expect("session owner");
-        let prog = jumping_ebpf::xdp_program(&mut ebpf).expect("program");
-        let link = prog
-            .attach(GW_DEV, XdpFlags::DRV_MODE)
-            .expect("attach XDP in native mode");
-        let mut xsk = XskRx::bind(
-            GW_DEV,
-            0,
-            XskConfig {
-                force_copy: true,
-                ..XskConfig::default()
-            },
-        )
-        .expect("bind AF_XDP socket");
-        jumping_ebpf::set_xsk(&mut ebpf, 0, xsk.fd()).expect("xsks[0] = socket");
+        let (mut xsk, xdp) = Attached::new(sid);
         ready_tx.send(()).expect("main waits");
 
         let mut seen = vec![0u32; PACKETS as usize];
@@ -581,43 +590,21 @@ fn data_echoes_and_inner_packets_over_ipv6_through_af_xdp() {
             xsk.wait(20).expect("poll");
             xsk.poll_rx(&mut worker, gw_now, &mut deliver);
         }
-        // Send the inner packets, retrying while the rings are busy.
-        let mut sent = 0;
-        while sent < INNER_BACK && WallInstant::now() < deadline {
-            match xsk.send_inner(&mut worker, sid, &inner_packet(sent), &l2) {
-                Ok(len) => {
-                    let datagram = wire::DATA_HEADER_LEN + inner_packet(sent).len() + wire::TAG_LEN;
-                    assert_eq!(len, 14 + 40 + 8 + datagram, "Ethernet/IPv6/UDP");
-                    sent += 1;
-                }
-                Err(XskTxError::TxRingFull | XskTxError::NoFreeFrame) => {
-                    xsk.poll_rx(&mut worker, gw_now, &mut deliver);
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) => panic!("send_inner: {e}"),
-            }
-        }
-        let want = u64::from(HEARTBEATS + INNER_BACK);
-        while xsk.counters().tx_completed < want && WallInstant::now() < deadline {
-            xsk.poll_rx(&mut worker, gw_now, &mut deliver);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let xdp = jumping_ebpf::read_counters(&ebpf).expect("counters");
+        let check = |i: u32, len: usize| {
+            let datagram = wire::DATA_HEADER_LEN + inner_packet(i).len() + wire::TAG_LEN;
+            assert_eq!(len, 14 + 40 + 8 + datagram, "Ethernet/IPv6/UDP");
+        };
+        send_inner_packets(&mut xsk, &mut worker, sid, &l2, gw_now, &mut deliver, check);
+        let xdp_counters = jumping_ebpf::read_counters(&xdp.ebpf).expect("counters");
         let result = Gateway6Result {
             seen,
-            xdp,
+            xdp: xdp_counters,
             xsk: xsk.counters().clone(),
             frames_in_kernel: xsk.frames_in_kernel(),
             worker_delivered: worker.counters().delivered,
             sealed: worker.counters().sealed,
         };
-        drop(xsk);
-        jumping_ebpf::xdp_program(&mut ebpf)
-            .expect("program")
-            .detach(link)
-            .expect("detach XDP");
-        drop(ebpf);
-        drop(mount);
+        xdp.detach(xsk);
         result
     });
 
