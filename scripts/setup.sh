@@ -11,12 +11,13 @@ set -euo pipefail
 #  - XDP/AF_XDP: clang-19 and llvm-19 compile the C XDP programs (-target bpf); libelf, zlib,
 #    m4 and make build libxdp for xsk-rs; libbpf-dev and linux-libc-dev give the BPF headers;
 #    bpftool inspects loaded programs and pinned maps.
-#  - network namespaces and NAT for tests and the demo: iproute2, nftables, conntrack.
-#  - measurement: iperf3, ethtool.
+#  - network namespaces and NAT for tests and the demo: iproute2, nftables, conntrack, procps
+#    (sysctl, inside namespaces).
+#  - measurement and NIC settings (tests turn off checksum offload): iperf3, ethtool.
 PACKAGES=(
   build-essential pkg-config cmake
   clang-19 llvm-19 libelf-dev zlib1g-dev m4 make libbpf-dev linux-libc-dev bpftool
-  iproute2 nftables conntrack
+  iproute2 nftables conntrack procps
   iperf3 ethtool
 )
 
