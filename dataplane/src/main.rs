@@ -81,6 +81,18 @@ fn run() -> Result<()> {
         }
         None => Config::defaults(),
     };
+    if let Some(ids) = core_affinity::get_core_ids() {
+        if let Some(cpu) = config
+            .cpus
+            .iter()
+            .find(|c| !ids.iter().any(|i| i.id == **c))
+        {
+            bail!(
+                "configuration key `cpus`: CPU {cpu} is not available to this process (it may run on {:?})",
+                ids.iter().map(|i| i.id).collect::<Vec<_>>()
+            );
+        }
+    }
     if args.check_config {
         println!("configuration ok");
         return Ok(());
