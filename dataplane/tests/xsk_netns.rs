@@ -27,6 +27,7 @@ use jumping_dataplane::xsk::{L2Template, XskConfig, XskRx, XskTxError};
 use jumping_ebpf::test_run::BpffsMount;
 use jumping_ebpf::{Counter, SessionOwner};
 use jumping_protocol::client::{ClientOutput, LocalPath};
+use jumping_protocol::testing::Sim;
 use jumping_protocol::wire::{self, MessageType};
 use jumping_protocol::Path;
 
@@ -224,6 +225,79 @@ fn send_inner_packets(
         xsk.poll_rx(worker, now, deliver);
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The client sends a heartbeat per interval and opens each echo; with `stray`, one more
+/// heartbeat goes first from that socket (not the active path), whose echo must not come.
+/// Returns the echoes the client accepted.
+fn heartbeats(sim: &mut Sim, sock: &UdpSocket, gw: SocketAddr, stray: Option<&UdpSocket>) -> u32 {
+    let mut buf = [0u8; 2048];
+    let mut echoes = 0;
+    for k in 0..HEARTBEATS + u32::from(stray.is_some()) {
+        let at = sim.now + Duration::from_millis(1500) * (k + 1);
+        sim.client.handle_timeout(at);
+        let hb = std::iter::from_fn(|| sim.client.poll_transmit())
+            .find(|t| wire::peek_type(&t.payload) == Ok(MessageType::Heartbeat))
+            .expect("a heartbeat after the interval");
+        if let (0, Some(stray)) = (k, stray) {
+            stray
+                .send_to(&hb.payload, gw)
+                .expect("send stray heartbeat");
+            continue;
+        }
+        sock.send_to(&hb.payload, gw).expect("send heartbeat");
+        let (len, from) = sock.recv_from(&mut buf).expect("the echo");
+        assert_eq!(from, gw);
+        match sim.client.handle_datagram(
+            at + Duration::from_millis(10),
+            LocalPath(0),
+            &mut buf[..len],
+        ) {
+            ClientOutput::Consumed => echoes += 1,
+            other => panic!("client did not accept echo {k}: {other:?}"),
+        }
+    }
+    echoes
+}
+
+/// The client receives the `INNER_BACK` inner packets the gateway sends, opens each (they
+/// must be `inner_packet(i)`), and counts how often each index arrived, duplicates included.
+fn receive_inner_packets(sim: &mut Sim, sock: &UdpSocket, gw: SocketAddr) -> Vec<u32> {
+    let mut buf = [0u8; 2048];
+    let mut seen = vec![0u32; INNER_BACK as usize];
+    let mut got = 0;
+    let deadline = WallInstant::now() + LIMIT;
+    while got < INNER_BACK && WallInstant::now() < deadline {
+        let Ok((len, from)) = sock.recv_from(&mut buf) else {
+            break;
+        };
+        assert_eq!(from, gw);
+        match sim
+            .client
+            .handle_datagram(sim.now, LocalPath(0), &mut buf[..len])
+        {
+            ClientOutput::Deliver(p) => {
+                let i = u32::from_be_bytes(p[..4].try_into().expect("4 bytes"));
+                assert_eq!(&*p, &inner_packet(i)[..]);
+                seen[i as usize] += 1;
+                got += 1;
+            }
+            other => panic!("client did not accept an inner packet: {other:?}"),
+        }
+    }
+    // Duplicates, if any, would follow shortly.
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    while let Ok((len, _)) = sock.recv_from(&mut buf) {
+        if let ClientOutput::Deliver(p) =
+            sim.client
+                .handle_datagram(sim.now, LocalPath(0), &mut buf[..len])
+        {
+            let i = u32::from_be_bytes(p[..4].try_into().expect("4 bytes"));
+            seen[i as usize] += 1;
+        }
+    }
+    seen
 }
 
 fn inner_packet(i: u32) -> Vec<u8> {
@@ -433,70 +507,13 @@ fn echoes_and_inner_packets_leave_through_af_xdp() {
         sock.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         let gw: SocketAddr = format!("{GW_ADDR}:{TUNNEL_PORT}").parse().expect("addr");
-        let mut buf = [0u8; 2048];
-        let mut echoes = 0;
-        for k in 0..=HEARTBEATS {
-            let at = sim.now + Duration::from_millis(1500) * (k + 1);
-            sim.client.handle_timeout(at);
-            let hb = std::iter::from_fn(|| sim.client.poll_transmit())
-                .find(|t| wire::peek_type(&t.payload) == Ok(MessageType::Heartbeat))
-                .expect("a heartbeat after the interval");
-            if k == 0 {
-                // From another port than the active path: the worker answers to the active
-                // path, which is not this datagram's source, so the echo is not sent.
-                let stray = UdpSocket::bind(SocketAddr::new(client_addr.ip(), CLIENT_PORT + 1))
-                    .expect("stray socket");
-                stray
-                    .send_to(&hb.payload, gw)
-                    .expect("send stray heartbeat");
-                continue;
-            }
-            sock.send_to(&hb.payload, gw).expect("send heartbeat");
-            let (len, from) = sock.recv_from(&mut buf).expect("the echo");
-            assert_eq!(from, gw);
-            match sim.client.handle_datagram(
-                at + Duration::from_millis(10),
-                LocalPath(0),
-                &mut buf[..len],
-            ) {
-                ClientOutput::Consumed => echoes += 1,
-                other => panic!("client did not accept echo {k}: {other:?}"),
-            }
-        }
+        // The first heartbeat comes from another port than the active path: the worker
+        // answers to the active path, which is not that datagram's source, so no echo is sent.
+        let stray = UdpSocket::bind(SocketAddr::new(client_addr.ip(), CLIENT_PORT + 1))
+            .expect("stray socket");
+        let echoes = heartbeats(&mut sim, &sock, gw, Some(&stray));
         echoed_tx.send(()).expect("gateway waits");
-        let mut seen = vec![0u32; INNER_BACK as usize];
-        let mut got = 0;
-        let deadline = WallInstant::now() + LIMIT;
-        while got < INNER_BACK && WallInstant::now() < deadline {
-            let Ok((len, from)) = sock.recv_from(&mut buf) else {
-                break;
-            };
-            assert_eq!(from, gw);
-            match sim
-                .client
-                .handle_datagram(sim.now, LocalPath(0), &mut buf[..len])
-            {
-                ClientOutput::Deliver(p) => {
-                    let i = u32::from_be_bytes(p[..4].try_into().expect("4 bytes"));
-                    assert_eq!(&*p, &inner_packet(i)[..]);
-                    seen[i as usize] += 1;
-                    got += 1;
-                }
-                other => panic!("client did not accept an inner packet: {other:?}"),
-            }
-        }
-        // Duplicates, if any, would follow shortly.
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        while let Ok((len, _)) = sock.recv_from(&mut buf) {
-            if let ClientOutput::Deliver(p) =
-                sim.client
-                    .handle_datagram(sim.now, LocalPath(0), &mut buf[..len])
-            {
-                let i = u32::from_be_bytes(p[..4].try_into().expect("4 bytes"));
-                seen[i as usize] += 1;
-            }
-        }
+        let seen = receive_inner_packets(&mut sim, &sock, gw);
         ClientResult { echoes, seen }
     });
     let c = client.join();
@@ -624,60 +641,9 @@ fn data_echoes_and_inner_packets_over_ipv6_through_af_xdp() {
         for d in &datagrams {
             sock.send_to(d, gw).expect("send");
         }
-        let mut buf = [0u8; 2048];
-        let mut echoes = 0;
-        for k in 0..HEARTBEATS {
-            let at = sim.now + Duration::from_millis(1500) * (k + 1);
-            sim.client.handle_timeout(at);
-            let hb = std::iter::from_fn(|| sim.client.poll_transmit())
-                .find(|t| wire::peek_type(&t.payload) == Ok(MessageType::Heartbeat))
-                .expect("a heartbeat after the interval");
-            sock.send_to(&hb.payload, gw).expect("send heartbeat");
-            let (len, from) = sock.recv_from(&mut buf).expect("the echo");
-            assert_eq!(from, gw);
-            match sim.client.handle_datagram(
-                at + Duration::from_millis(10),
-                LocalPath(0),
-                &mut buf[..len],
-            ) {
-                ClientOutput::Consumed => echoes += 1,
-                other => panic!("client did not accept echo {k}: {other:?}"),
-            }
-        }
+        let echoes = heartbeats(&mut sim, &sock, gw, None);
         echoed_tx.send(()).expect("gateway waits");
-        let mut seen = vec![0u32; INNER_BACK as usize];
-        let mut got = 0;
-        let deadline = WallInstant::now() + LIMIT;
-        while got < INNER_BACK && WallInstant::now() < deadline {
-            let Ok((len, from)) = sock.recv_from(&mut buf) else {
-                break;
-            };
-            assert_eq!(from, gw);
-            match sim
-                .client
-                .handle_datagram(sim.now, LocalPath(0), &mut buf[..len])
-            {
-                ClientOutput::Deliver(p) => {
-                    let i = u32::from_be_bytes(p[..4].try_into().expect("4 bytes"));
-                    assert_eq!(&*p, &inner_packet(i)[..]);
-                    seen[i as usize] += 1;
-                    got += 1;
-                }
-                other => panic!("client did not accept an inner packet: {other:?}"),
-            }
-        }
-        // Duplicates, if any, would follow shortly.
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        while let Ok((len, _)) = sock.recv_from(&mut buf) {
-            if let ClientOutput::Deliver(p) =
-                sim.client
-                    .handle_datagram(sim.now, LocalPath(0), &mut buf[..len])
-            {
-                let i = u32::from_be_bytes(p[..4].try_into().expect("4 bytes"));
-                seen[i as usize] += 1;
-            }
-        }
+        let seen = receive_inner_packets(&mut sim, &sock, gw);
         ClientResult { echoes, seen }
     });
     let c = client.join();
