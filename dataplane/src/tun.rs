@@ -154,7 +154,6 @@ pub const TUN_RX_SLOTS: usize = 32;
 pub const TUN_TX_SLOTS: usize = 128;
 /// Size of each buffer (a full 1500-byte packet and more).
 pub const TUN_BUF: usize = 2048;
-const CANCEL_TAG: u64 = u64::MAX;
 
 /// What a [`TunRing`] saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -397,38 +396,12 @@ impl TunRing {
     }
 
     fn cancel_all(&mut self) -> io::Result<()> {
-        if self.in_flight_count == 0 {
-            return Ok(());
-        }
-        let cancel = io_uring::opcode::AsyncCancel2::new(io_uring::types::CancelBuilder::any())
-            .build()
-            .user_data(CANCEL_TAG);
-        // SAFETY: a cancellation carries no buffer or pointer.
-        unsafe { self.ring.submission().push(&cancel) }
-            .map_err(|_| io::Error::other("submission queue full"))?;
-        for _ in 0..1000 {
-            if self.in_flight_count == 0 {
-                return Ok(());
-            }
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            for cqe in self.ring.completion() {
-                if let Some(i) = usize::try_from(cqe.user_data())
-                    .ok()
-                    .filter(|&i| i < self.in_flight.len() && self.in_flight[i])
-                {
-                    self.in_flight[i] = false;
-                    self.in_flight_count -= 1;
-                }
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "TUN operations still in flight after cancellation",
-        ))
+        crate::uring::cancel_and_reap(
+            &mut self.ring,
+            &mut self.in_flight,
+            &mut self.in_flight_count,
+            |_| {},
+        )
     }
 }
 

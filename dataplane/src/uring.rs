@@ -376,45 +376,21 @@ impl UringUdp {
     /// The cancellation could not be queued, or the ring's submit/wait failed; receives may
     /// then still be in flight.
     pub fn cancel_all(&mut self) -> io::Result<()> {
-        if self.in_flight_count == 0 {
-            return Ok(());
-        }
-        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-            .build()
-            .user_data(CANCEL_TAG);
-        // SAFETY: a cancellation carries no buffer or pointer.
-        unsafe { self.ring.submission().push(&cancel) }
-            .map_err(|_| io::Error::other("submission queue full"))?;
-        let mut rounds = 0;
-        while self.in_flight_count > 0 {
-            rounds += 1;
-            if rounds > 1000 {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "receives still in flight after cancellation",
-                ));
+        let Self {
+            ring,
+            in_flight,
+            in_flight_count,
+            tx_free,
+            rearm,
+            ..
+        } = self;
+        cancel_and_reap(ring, in_flight, in_flight_count, |i| {
+            if i >= RX_BUFFERS {
+                tx_free.push(i as u32);
+            } else {
+                rearm.push(i as u32);
             }
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            for cqe in self.ring.completion() {
-                let Ok(i) = usize::try_from(cqe.user_data()) else {
-                    continue;
-                };
-                if i < self.in_flight.len() && self.in_flight[i] {
-                    self.in_flight[i] = false;
-                    self.in_flight_count -= 1;
-                    if i >= RX_BUFFERS {
-                        self.tx_free.push(i as u32);
-                    } else {
-                        self.rearm.push(i as u32);
-                    }
-                }
-            }
-        }
-        Ok(())
+        })
     }
 
     /// Encapsulate `inner` for session `id` and send it to the session's active path, from a
@@ -524,6 +500,60 @@ impl UringUdp {
             self.ring.submit()?;
         }
         Ok(())
+    }
+}
+
+/// Cancel every operation in flight on `ring` and reap completions until none is: the buffers
+/// those operations use may be freed or reused afterwards. `in_flight[i]` marks buffer `i`
+/// (user data `i`) in flight; `reaped(i)` is called as each comes back. Shared by the
+/// socket and TUN rings.
+///
+/// # Errors
+/// The cancellation could not be queued, the ring's submit/wait failed, or operations were
+/// still in flight after 1000 waits; buffers may then still be in the kernel's hands.
+pub(crate) fn cancel_and_reap(
+    ring: &mut IoUring,
+    in_flight: &mut [bool],
+    in_flight_count: &mut usize,
+    mut reaped: impl FnMut(usize),
+) -> io::Result<()> {
+    if *in_flight_count == 0 {
+        return Ok(());
+    }
+    let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+        .build()
+        .user_data(CANCEL_TAG);
+    // SAFETY: a cancellation carries no buffer or pointer.
+    unsafe { ring.submission().push(&cancel) }
+        .map_err(|_| io::Error::other("submission queue full"))?;
+    for _ in 0..1000 {
+        if *in_flight_count == 0 {
+            return Ok(());
+        }
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        for cqe in ring.completion() {
+            let Some(i) = usize::try_from(cqe.user_data())
+                .ok()
+                .filter(|&i| i < in_flight.len() && in_flight[i])
+            else {
+                continue;
+            };
+            in_flight[i] = false;
+            *in_flight_count -= 1;
+            reaped(i);
+        }
+    }
+    if *in_flight_count == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "operations still in flight after cancellation",
+        ))
     }
 }
 
