@@ -264,6 +264,8 @@ pub struct WorkerStats {
     pub sessions: u64,
     /// Packets that had to expand their session's keys (key cache misses).
     pub key_cache_misses: u64,
+    /// Events this worker could not queue to the control thread (its ring was full).
+    pub events_lost: u64,
     /// Drops by [`DropReason::index`].
     pub drops: [u64; DropReason::COUNT],
 }
@@ -275,7 +277,8 @@ pub struct Stats {
     pub backend: Backend,
     /// Per worker.
     pub workers: Vec<WorkerStats>,
-    /// Events lost because no control process was connected or its socket was full.
+    /// Events the control thread could not forward (no control process connected, or its
+    /// socket stopped taking them); a worker's own losses are in its [`WorkerStats`].
     pub events_lost: u64,
 }
 
@@ -309,7 +312,7 @@ pub struct SessionSummary {
 pub enum Event {
     /// An authenticated packet of `id` came from `path`, which is not its active path (NAT
     /// rebind or client move): start path validation at once (SPEC.md section 4). Reported
-    /// at most once per session and address until the path changes.
+    /// again at most once a second per session and address while packets keep coming from it.
     NewPath {
         /// Session.
         id: SessionId,
@@ -835,6 +838,7 @@ impl FromDataplane {
                         ws.epochs_promoted,
                         ws.sessions,
                         ws.key_cache_misses,
+                        ws.events_lost,
                     ] {
                         w.u64(x);
                     }
@@ -938,6 +942,7 @@ impl FromDataplane {
                         epochs_promoted: r.u64()?,
                         sessions: r.u64()?,
                         key_cache_misses: r.u64()?,
+                        events_lost: r.u64()?,
                         drops: [0; DropReason::COUNT],
                     };
                     for d in &mut ws.drops {

@@ -26,11 +26,11 @@ use std::sync::Arc;
 use jumping_dataplane_api::{
     Backend, FromDataplane, Refusal, SessionSummary, Stats, ToDataplane, MAX_MESSAGE,
 };
-use jumping_protocol::keys::EpochKeys;
 use jumping_protocol::SessionId;
 use rtrb::{Consumer, Producer};
 
 use crate::commands::{Command, CommandSender};
+use crate::keys::RawEpoch;
 use crate::runtime::{owner_of, Clock, FromWorker, SharedStats, ToWorker};
 use crate::worker::{DataSession, SessionUpdate};
 
@@ -290,12 +290,10 @@ impl ControlServer {
             }
             ToDataplane::Install(i) => self.install(&i),
             ToDataplane::SetPath { id, path } => self.update(id, SessionUpdate::ActivePath(path)),
-            ToDataplane::NextKeys { id, keys } => {
-                match EpochKeys::import(&keys, self.clock.now()) {
-                    Ok(k) => self.update(id, SessionUpdate::NextKeys(Box::new(k))),
-                    Err(_) => FromDataplane::Refused(Refusal::BadKeys),
-                }
-            }
+            ToDataplane::NextKeys { id, keys } => match RawEpoch::from_material(&keys) {
+                Ok(k) => self.update(id, SessionUpdate::NextKeys(Box::new(k))),
+                Err(_) => FromDataplane::Refused(Refusal::BadKeys),
+            },
             ToDataplane::Retire { id } => self.retire(id),
             ToDataplane::ListSessions => {
                 for w in &mut self.workers {

@@ -18,7 +18,9 @@ use core::time::Duration;
 
 use jumping_protocol::crypto::aead::{AeadKey, CipherSuite};
 use jumping_protocol::crypto::SecretKey;
-use jumping_protocol::keys::{EpochKeys, KeySet, Slot};
+use jumping_protocol::keys::{
+    EpochKeys, EpochMaterial, KeySet, KeySetMaterial, Slot, UnknownSuite,
+};
 use jumping_protocol::Instant;
 
 /// One epoch's raw packet secrets.
@@ -41,6 +43,20 @@ impl RawEpoch {
             send: send.clone(),
             recv: recv.clone(),
         }
+    }
+
+    /// The raw secrets of an epoch received over the data-plane interface (no key is
+    /// expanded: that happens in the cache, on first use).
+    ///
+    /// # Errors
+    /// [`UnknownSuite`] if the suite code is unknown.
+    pub fn from_material(m: &EpochMaterial) -> Result<Self, UnknownSuite> {
+        Ok(RawEpoch {
+            epoch: m.epoch,
+            suite: CipherSuite::from_code(m.suite).ok_or(UnknownSuite(m.suite))?,
+            send: SecretKey::from_bytes(m.send),
+            recv: SecretKey::from_bytes(m.recv),
+        })
     }
 
     /// Full epoch number.
@@ -80,6 +96,30 @@ impl SessionKeys {
                 .map(|(k, until)| Box::new((RawEpoch::of(k), until))),
             tag: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// The raw form of every epoch installed over the data-plane interface, the previous
+    /// epoch's grace placed on this process's clock at `now`.
+    ///
+    /// # Errors
+    /// [`UnknownSuite`] if an epoch names an unknown suite.
+    pub fn from_material(m: &KeySetMaterial, now: Instant) -> Result<Self, UnknownSuite> {
+        Ok(SessionKeys {
+            current: RawEpoch::from_material(&m.current)?,
+            next: m
+                .next
+                .as_ref()
+                .map(|k| RawEpoch::from_material(k).map(Box::new))
+                .transpose()?,
+            previous: match &m.previous {
+                Some((k, left)) => Some(Box::new((
+                    RawEpoch::from_material(k)?,
+                    Instant::from_nanos(now.as_nanos().saturating_add(*left)),
+                ))),
+                None => None,
+            },
+            tag: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
+        })
     }
 
     /// The current epoch (sending).

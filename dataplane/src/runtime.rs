@@ -47,6 +47,9 @@ pub const HANDOFF_BUF: usize = 2048;
 pub const HANDOFF_RING: usize = 512;
 /// Counters are published at least this often while a worker runs (and before it sleeps).
 const PUBLISH_EVERY: core::time::Duration = core::time::Duration::from_millis(1);
+/// How often the same new path of a session is reported again while packets keep coming
+/// from it (the control process may have missed or failed a validation).
+const REPORT_EVERY: core::time::Duration = core::time::Duration::from_secs(1);
 /// Empty iterations before a worker sleeps in `poll(2)`.
 const IDLE_SPINS: u32 = 100;
 /// Heartbeat echo size (the only reply a worker produces).
@@ -172,7 +175,7 @@ pub enum FromWorker {
     },
 }
 
-const STAT_FIELDS: usize = 12 + DropReason::COUNT;
+const STAT_FIELDS: usize = 13 + DropReason::COUNT;
 
 /// One worker's counters, written by the worker (relaxed stores of its own plain counters:
 /// no read-modify-write, no contention) and read by the control thread at any time.
@@ -191,7 +194,7 @@ impl Default for SharedStats {
 
 fn stats_fields(s: &WorkerStats) -> [u64; STAT_FIELDS] {
     let mut v = [0u64; STAT_FIELDS];
-    v[..12].copy_from_slice(&[
+    v[..13].copy_from_slice(&[
         u64::from(s.cpu),
         s.rx_datagrams,
         s.rx_bytes,
@@ -204,8 +207,9 @@ fn stats_fields(s: &WorkerStats) -> [u64; STAT_FIELDS] {
         s.epochs_promoted,
         s.sessions,
         s.key_cache_misses,
+        s.events_lost,
     ]);
-    v[12..].copy_from_slice(&s.drops);
+    v[13..].copy_from_slice(&s.drops);
     v
 }
 
@@ -221,7 +225,7 @@ impl SharedStats {
     pub fn read(&self) -> WorkerStats {
         let v: [u64; STAT_FIELDS] = std::array::from_fn(|i| self.v[i].load(Ordering::Relaxed));
         let mut drops = [0u64; DropReason::COUNT];
-        drops.copy_from_slice(&v[12..]);
+        drops.copy_from_slice(&v[13..]);
         WorkerStats {
             cpu: u32::try_from(v[0]).unwrap_or(u32::MAX),
             rx_datagrams: v[1],
@@ -235,6 +239,7 @@ impl SharedStats {
             epochs_promoted: v[9],
             sessions: v[10],
             key_cache_misses: v[11],
+            events_lost: v[12],
             drops,
         }
     }
@@ -482,8 +487,9 @@ struct Lane {
     stats: Arc<SharedStats>,
     local: WorkerStats,
     backend: Backend,
-    /// Last path reported per session, so a rebind is reported once, not per packet.
-    reported: HashMap<SessionId, Path>,
+    /// Paths reported in the last [`REPORT_EVERY`], so a rebind is reported once a second
+    /// while it lasts, not per packet (pruned at every drop-report flush: bounded).
+    reported: HashMap<SessionId, (Path, Instant)>,
     /// Replay/auth drops per session since the last report.
     pending_drops: HashMap<(SessionId, DropReason), u32>,
     /// Heartbeat echoes to send after the receive batch (destination not the source).
@@ -516,18 +522,22 @@ fn inner_destination(pkt: &[u8]) -> Option<IpAddr> {
 }
 
 impl Lane {
-    fn event(&mut self, e: FromWorker) {
-        // A full ring means the control thread is behind; the event is lost and the loss is
-        // visible there (events_lost counts what it could not forward).
-        let _ = self.links.control_out.push(e);
+    /// Queue `e` for the control thread. A full ring means the control thread is behind: the
+    /// event is dropped (the packet path never waits) and counted in `events_lost`.
+    fn event(&mut self, e: FromWorker) -> bool {
+        let queued = self.links.control_out.push(e).is_ok();
+        self.local.events_lost += u64::from(!queued);
+        queued
     }
 
-    fn note_path(&mut self, id: SessionId, new_path: Option<Path>) {
-        if let Some(path) = new_path {
-            if self.reported.get(&id) != Some(&path) {
-                self.reported.insert(id, path);
-                self.event(FromWorker::Event(Event::NewPath { id, path }));
-            }
+    fn note_path(&mut self, now: Instant, id: SessionId, new_path: Option<Path>) {
+        let Some(path) = new_path else { return };
+        let recent = self
+            .reported
+            .get(&id)
+            .is_some_and(|(p, at)| *p == path && now.saturating_duration_since(*at) < REPORT_EVERY);
+        if !recent && self.event(FromWorker::Event(Event::NewPath { id, path })) {
+            self.reported.insert(id, (path, now));
         }
     }
 
@@ -564,18 +574,18 @@ impl Lane {
                 if inside.queue_write(packet).is_err() {
                     self.worker.count_drop(DropReason::InsideFailed);
                 }
-                self.note_path(id, new_path);
+                self.note_path(now, id, new_path);
                 None
             }
             Rx::Reply { dst, len, new_path } => {
                 if let Some(id) = id {
-                    self.note_path(id, new_path);
+                    self.note_path(now, id, new_path);
                 }
                 Some((dst, len))
             }
             Rx::Consumed { new_path } => {
                 if let Some(id) = id {
-                    self.note_path(id, new_path);
+                    self.note_path(now, id, new_path);
                 }
                 None
             }
@@ -626,14 +636,20 @@ impl Lane {
         self.process(now, from, buf, inside)
     }
 
-    fn flush_drop_reports(&mut self) {
+    /// Report the drops counted since the last call and forget path reports older than
+    /// [`REPORT_EVERY`]; called once a second.
+    fn flush_drop_reports(&mut self, now: Instant) {
+        self.reported
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < REPORT_EVERY);
         if self.pending_drops.is_empty() {
             return;
         }
-        let pending: Vec<_> = self.pending_drops.drain().collect();
-        for ((id, reason), count) in pending {
+        // Taken out and put back, so the map keeps its capacity (no allocation per report).
+        let mut pending = std::mem::take(&mut self.pending_drops);
+        for ((id, reason), count) in pending.drain() {
             self.event(FromWorker::Event(Event::Drops { id, reason, count }));
         }
+        self.pending_drops = pending;
     }
 
     fn apply_control(&mut self, io: &mut WorkerIo) -> usize {
@@ -783,7 +799,7 @@ impl WorkerLoop {
                 last_publish = now;
             }
             if now.saturating_duration_since(last_flush) >= core::time::Duration::from_secs(1) {
-                self.lane.flush_drop_reports();
+                self.lane.flush_drop_reports(now);
                 last_flush = now;
             }
             if work == 0 {
@@ -798,7 +814,7 @@ impl WorkerLoop {
                 idle = 0;
             }
         }
-        self.lane.flush_drop_reports();
+        self.lane.flush_drop_reports(clock.now());
         self.lane.publish();
         Ok(())
     }

@@ -372,12 +372,7 @@ impl TunRing {
             .user_data(u64::from(idx));
         // SAFETY: as in `push_rearms`: the buffer outlives the operation and is not touched
         // again until its completion is reaped.
-        if unsafe { self.ring.submission().push(&entry) }.is_err() {
-            self.ring.submit()?;
-            // SAFETY: as above.
-            unsafe { self.ring.submission().push(&entry) }
-                .map_err(|_| io::Error::other("submission queue full"))?;
-        }
+        unsafe { crate::uring::push_or_submit(&mut self.ring, &entry) }?;
         self.tx_free.pop();
         self.in_flight[i] = true;
         self.in_flight_count += 1;

@@ -487,12 +487,7 @@ impl UringUdp {
         // `self.slots`, which is never resized or moved and is freed only after `Drop` has
         // cancelled and reaped every in-flight operation; the slot is marked in flight below
         // and not touched again until its completion is reaped.
-        if unsafe { self.ring.submission().push(&entry) }.is_err() {
-            self.ring.submit()?;
-            // SAFETY: as above.
-            unsafe { self.ring.submission().push(&entry) }
-                .map_err(|_| io::Error::other("submission queue full"))?;
-        }
+        unsafe { push_or_submit(&mut self.ring, &entry) }?;
         self.tx_free.pop();
         self.in_flight[i] = true;
         self.in_flight_count += 1;
@@ -501,6 +496,25 @@ impl UringUdp {
         }
         Ok(())
     }
+}
+
+/// Queue `entry`, submitting what is queued first if the submission queue is full. Shared by
+/// the socket and TUN rings.
+///
+/// # Safety
+/// As for `io_uring::SubmissionQueue::push`: every buffer and pointer `entry` refers to must
+/// stay valid, and untouched by the caller, until the operation's completion is reaped.
+pub(crate) unsafe fn push_or_submit(
+    ring: &mut IoUring,
+    entry: &io_uring::squeue::Entry,
+) -> io::Result<()> {
+    // SAFETY: forwarded from this function's contract.
+    if unsafe { ring.submission().push(entry) }.is_ok() {
+        return Ok(());
+    }
+    ring.submit()?;
+    // SAFETY: as above.
+    unsafe { ring.submission().push(entry) }.map_err(|_| io::Error::other("submission queue full"))
 }
 
 /// Cancel every operation in flight on `ring` and reap completions until none is: the buffers

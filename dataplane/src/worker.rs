@@ -11,9 +11,7 @@
 //! Control messages (handshake, reattach, terminate) never reach a worker: the XDP program
 //! passes them to the kernel stack for the control process.
 
-use jumping_protocol::keys::{
-    open_transport_with, seal_transport_with, EpochKeys, KeySet, OpenFailure, Slot,
-};
+use jumping_protocol::keys::{open_transport_with, seal_transport_with, OpenFailure, Slot};
 use jumping_protocol::replay::ReplayWindow;
 use jumping_protocol::session::DataPlaneHandoff;
 use jumping_protocol::wire::{
@@ -74,7 +72,7 @@ impl DataSession {
     /// [`UnknownSuite`] if the key material names an unknown cipher suite.
     pub fn from_install(i: &Install, now: Instant) -> Result<Self, UnknownSuite> {
         Ok(DataSession {
-            keys: SessionKeys::of(&KeySet::import(&i.keys, now)?),
+            keys: SessionKeys::from_material(&i.keys, now)?,
             send_counter: i.send_counter,
             recv_window: ReplayWindow::from_parts(i.window_top, i.window),
             active: i.active,
@@ -118,14 +116,14 @@ pub enum SessionUpdate {
     ActivePath(Option<Path>),
     /// A rekey completed at the control process: the worker opens packets under the new epoch
     /// and promotes it, as the protocol does, on the first one that authenticates.
-    NextKeys(Box<EpochKeys>),
+    NextKeys(Box<RawEpoch>),
 }
 
 impl Update<DataSession> for SessionUpdate {
     fn apply(self, s: &mut DataSession) {
         match self {
             SessionUpdate::ActivePath(p) => s.active = p,
-            SessionUpdate::NextKeys(k) => s.keys.install_next(RawEpoch::of(&k)),
+            SessionUpdate::NextKeys(k) => s.keys.install_next(*k),
         }
     }
 }

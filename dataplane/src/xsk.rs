@@ -171,6 +171,8 @@ pub struct XskRx {
     total_frames: usize,
     /// SessionIds of the current receive batch (for prefetching).
     batch_ids: Box<[SessionId]>,
+    /// Where each frame of the current batch has its UDP payload (located once per frame).
+    located: Vec<Option<UdpFrame>>,
     learnt_next_hop: Option<[u8; 6]>,
     /// See [`XskRx::set_batch_tx_kicks`].
     batch_tx_kicks: bool,
@@ -237,6 +239,7 @@ impl XskRx {
             counters: XskRxCounters::default(),
             total_frames,
             batch_ids: vec![SessionId(0); batch_len].into_boxed_slice(),
+            located: Vec::with_capacity(batch_len),
             learnt_next_hop: None,
             batch_tx_kicks: false,
         };
@@ -369,17 +372,23 @@ impl XskRx {
         // SAFETY: `batch` descriptors are overwritten with frames of this socket's UMEM, which
         // the kernel has finished writing and hands to userspace.
         let n = unsafe { self.rx.consume(&mut self.batch) };
+        // First pass: locate every frame's UDP payload once (kept for the main pass) and
+        // collect the SessionIds for the handler to prefetch.
         let mut k = 0;
+        self.located.clear();
         for desc in &self.batch[..n] {
             // SAFETY: `desc` came off this socket's RX ring: it names a frame of `self.umem`
             // that only userspace references now; this shared borrow ends before the main
             // pass below writes the frame.
             let data = unsafe { self.umem.data(desc) };
             let frame = data.contents();
-            let id = locate_udp(frame)
+            let at = locate_udp(frame);
+            let id = at
+                .as_ref()
                 .and_then(|at| frame.get(at.payload.start + 4..at.payload.start + 12))
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes);
+            self.located.push(at);
             if let (Some(id), Some(slot)) = (id, self.batch_ids.get_mut(k)) {
                 *slot = SessionId(id);
                 k += 1;
@@ -395,17 +404,18 @@ impl XskRx {
             free,
             replies,
             learnt_next_hop,
+            located,
             ..
         } = self;
         replies.clear();
-        for desc in &mut batch[..n] {
+        for (desc, at) in batch[..n].iter_mut().zip(located.drain(..)) {
             counters.frames += 1;
             // SAFETY: `desc` came off this socket's RX ring, so it names a frame of `umem`
             // that the kernel no longer writes (it is on neither the fill nor the RX ring) and
             // nothing else in userspace references it until it goes back on the fill ring.
             let mut data = unsafe { umem.data_mut(desc) };
             let frame = data.contents_mut();
-            let Some(at) = locate_udp(frame) else {
+            let Some(at) = at else {
                 counters.not_ip_udp += 1;
                 free.push(*desc);
                 continue;
