@@ -31,6 +31,7 @@ pub mod event;
 pub mod fuzzing;
 pub mod gateway;
 pub mod handshake;
+pub mod keyfmt;
 pub mod keys;
 pub mod path;
 pub mod policy;
