@@ -305,6 +305,9 @@ pub struct SessionSummary {
     pub tx_packets: u64,
     /// Inner bytes sealed outward.
     pub tx_bytes: u64,
+    /// Milliseconds since the last authenticated packet from the active path (saturates at
+    /// `u32::MAX`); the control process's path-dead and quality timers run on it.
+    pub idle_ms: u32,
 }
 
 /// Something the control process must know or act on.
@@ -817,6 +820,7 @@ impl FromDataplane {
                     ] {
                         w.u64(x);
                     }
+                    w.u32(s.idle_ms);
                 }
                 w.u8(u8::from(*more));
             }
@@ -916,6 +920,7 @@ impl FromDataplane {
                         rx_bytes: r.u64()?,
                         tx_packets: r.u64()?,
                         tx_bytes: r.u64()?,
+                        idle_ms: r.u32()?,
                     });
                 }
                 FromDataplane::Sessions {

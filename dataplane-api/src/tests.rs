@@ -71,6 +71,7 @@ fn every_answer() -> Vec<FromDataplane> {
         rx_bytes: 6,
         tx_packets: 7,
         tx_bytes: 8,
+        idle_ms: 9,
     };
     let mut ws = WorkerStats {
         cpu: 1,

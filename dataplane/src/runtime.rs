@@ -652,7 +652,7 @@ impl Lane {
         self.pending_drops = pending;
     }
 
-    fn apply_control(&mut self, io: &mut WorkerIo) -> usize {
+    fn apply_control(&mut self, io: &mut WorkerIo, now: Instant) -> usize {
         let mut n = 0;
         while let Ok(msg) = self.links.control_in.pop() {
             n += 1;
@@ -663,7 +663,7 @@ impl Lane {
                 ToWorker::Unroute { inner } => {
                     self.routes.remove(&inner);
                 }
-                ToWorker::List => self.list_sessions(),
+                ToWorker::List => self.list_sessions(now),
                 ToWorker::Transmit { to, datagram } => {
                     if io.send_payload(Path::udp(to), &datagram) {
                         self.local.sent += 1;
@@ -677,7 +677,7 @@ impl Lane {
         n
     }
 
-    fn list_sessions(&mut self) {
+    fn list_sessions(&mut self, now: Instant) {
         let index = self.index;
         let all: Vec<SessionSummary> = self
             .worker
@@ -693,6 +693,7 @@ impl Lane {
                 rx_bytes: s.rx_bytes,
                 tx_packets: s.tx_packets,
                 tx_bytes: s.tx_bytes,
+                idle_ms: s.idle_ms(now),
             })
             .collect();
         let mut chunks = all.chunks(SESSIONS_PER_MESSAGE).peekable();
@@ -785,7 +786,7 @@ impl WorkerLoop {
         while !stop.load(Ordering::Relaxed) {
             let now = clock.now();
             let mut work = self.lane.worker.apply_commands(256).installed;
-            work += self.lane.apply_control(&mut self.io);
+            work += self.lane.apply_control(&mut self.io, now);
             work += self.receive(now)?;
             work += self.drain_peers(now);
             work += self.read_inside()?;

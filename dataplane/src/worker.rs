@@ -46,6 +46,9 @@ pub struct DataSession {
     pub tx_packets: u64,
     /// Inner bytes sealed outward.
     pub tx_bytes: u64,
+    /// When the last authenticated packet arrived from the active path, in milliseconds of
+    /// this process's clock modulo 2^32 (the control process runs the path-dead timer on it).
+    last_rx_ms: u32,
 }
 
 impl From<DataPlaneHandoff> for DataSession {
@@ -60,6 +63,7 @@ impl From<DataPlaneHandoff> for DataSession {
             rx_bytes: 0,
             tx_packets: 0,
             tx_bytes: 0,
+            last_rx_ms: 0,
         }
     }
 }
@@ -81,6 +85,8 @@ impl DataSession {
             rx_bytes: 0,
             tx_packets: 0,
             tx_bytes: 0,
+            // Installed right after a handshake or a resynchronisation: count from now.
+            last_rx_ms: millis32(now),
         })
     }
 
@@ -88,6 +94,13 @@ impl DataSession {
     #[must_use]
     pub fn active(&self) -> Option<Path> {
         self.active
+    }
+
+    /// Milliseconds since the last authenticated packet from the active path (at most
+    /// `u32::MAX`, about 49 days: a clock wrap can only make an idle session look idler).
+    #[must_use]
+    pub fn idle_ms(&self, now: Instant) -> u32 {
+        millis32(now).wrapping_sub(self.last_rx_ms)
     }
 
     /// The client's virtual address, if installed with one.
@@ -310,6 +323,9 @@ impl Worker {
             self.counters.epochs_promoted += 1;
         }
         let new_path = (s.active != Some(from)).then_some(from);
+        if new_path.is_none() {
+            s.last_rx_ms = millis32(now);
+        }
         if ty == MessageType::Heartbeat {
             // Echo the probe to the active path, sealed in place over the received datagram.
             let mut probe = [0u8; 8];
@@ -391,6 +407,13 @@ impl Worker {
         self.counters.sealed += 1;
         Ok((dst, total))
     }
+}
+
+/// `now` in milliseconds modulo 2^32.
+fn millis32(now: Instant) -> u32 {
+    #[expect(clippy::cast_possible_truncation, reason = "modulo 2^32 by design")]
+    let ms = (now.as_nanos() / 1_000_000) as u32;
+    ms
 }
 
 #[cfg(test)]

@@ -30,19 +30,22 @@ pub enum ReplayError {
 }
 
 /// The window. `WORDS` must be a power of two of at least 2.
+///
+/// The highest accepted counter is held as `top + 1` (0: nothing accepted yet), so the window
+/// carries no flag and no padding: it is part of every data-plane session (memory budget).
+/// The counter `u64::MAX` is therefore never accepted; no sender reaches it (keys are
+/// rotated long before).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ReplayWindow<const WORDS: usize = DEFAULT_WORDS> {
-    /// Highest counter accepted so far (meaningful once `any` is set).
-    top: u64,
-    any: bool,
+    /// Highest counter accepted so far, plus one; 0 before the first.
+    next: u64,
     bitmap: [u64; WORDS],
 }
 
 impl<const WORDS: usize> core::fmt::Debug for ReplayWindow<WORDS> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ReplayWindow")
-            .field("top", &self.top)
-            .field("any", &self.any)
+            .field("top", &self.top())
             .finish()
     }
 }
@@ -63,8 +66,7 @@ impl<const WORDS: usize> ReplayWindow<WORDS> {
     pub const fn new() -> Self {
         let () = Self::ASSERT;
         ReplayWindow {
-            top: 0,
-            any: false,
+            next: 0,
             bitmap: [0; WORDS],
         }
     }
@@ -72,7 +74,7 @@ impl<const WORDS: usize> ReplayWindow<WORDS> {
     /// Highest counter accepted, if any.
     #[must_use]
     pub fn top(&self) -> Option<u64> {
-        self.any.then_some(self.top)
+        self.next.checked_sub(1)
     }
 
     /// The window's state (highest counter accepted, bitmap), to move it to another process.
@@ -81,15 +83,12 @@ impl<const WORDS: usize> ReplayWindow<WORDS> {
         (self.top(), self.bitmap)
     }
 
-    /// A window rebuilt from [`ReplayWindow::to_parts`].
+    /// A window rebuilt from [`ReplayWindow::to_parts`]. A top of `u64::MAX` (never
+    /// accepted) gives an empty window.
     #[must_use]
     pub fn from_parts(top: Option<u64>, bitmap: [u64; WORDS]) -> Self {
-        match top {
-            Some(top) => ReplayWindow {
-                top,
-                any: true,
-                bitmap,
-            },
+        match top.and_then(|t| t.checked_add(1)) {
+            Some(next) => ReplayWindow { next, bitmap },
             None => Self::new(),
         }
     }
@@ -102,12 +101,18 @@ impl<const WORDS: usize> ReplayWindow<WORDS> {
     /// Would `counter` be accepted? Does not change the window.
     ///
     /// # Errors
-    /// [`ReplayError`] if the counter is a duplicate or too old.
+    /// [`ReplayError`] if the counter is a duplicate or too old (or `u64::MAX`).
     pub fn check(&self, counter: u64) -> Result<(), ReplayError> {
-        if !self.any || counter > self.top {
+        if counter == u64::MAX {
+            return Err(ReplayError::TooOld);
+        }
+        let Some(top) = self.top() else {
+            return Ok(());
+        };
+        if counter > top {
             return Ok(());
         }
-        if self.top - counter >= Self::WINDOW {
+        if top - counter >= Self::WINDOW {
             return Err(ReplayError::TooOld);
         }
         let (word, bit) = Self::slot(counter);
@@ -124,19 +129,19 @@ impl<const WORDS: usize> ReplayWindow<WORDS> {
     /// [`ReplayError`] if the counter is a duplicate or too old; the window is unchanged.
     pub fn accept(&mut self, counter: u64) -> Result<(), ReplayError> {
         self.check(counter)?;
-        if !self.any || counter > self.top {
-            let old_index = if self.any { self.top / 64 } else { 0 };
-            let new_index = counter / 64;
-            if !self.any {
+        match self.top() {
+            None => {
                 self.bitmap = [0; WORDS];
-            } else {
-                let steps = (new_index - old_index).min(WORDS as u64);
-                for i in 1..=steps {
-                    self.bitmap[((old_index + i) as usize) & (WORDS - 1)] = 0;
-                }
+                self.next = counter + 1;
             }
-            self.top = counter;
-            self.any = true;
+            Some(top) if counter > top => {
+                let steps = (counter / 64 - top / 64).min(WORDS as u64);
+                for i in 1..=steps {
+                    self.bitmap[((top / 64 + i) as usize) & (WORDS - 1)] = 0;
+                }
+                self.next = counter + 1;
+            }
+            Some(_) => {}
         }
         let (word, bit) = Self::slot(counter);
         self.bitmap[word] |= bit;
@@ -160,6 +165,9 @@ mod tests {
 
     impl Model {
         fn accept(&mut self, c: u64) -> Result<(), ReplayError> {
+            if c == u64::MAX {
+                return Err(ReplayError::TooOld);
+            }
             if let Some(top) = self.top {
                 if c <= top && top - c >= self.window {
                     return Err(ReplayError::TooOld);
@@ -185,8 +193,9 @@ mod tests {
         assert_eq!(w.accept(1000), Ok(()));
         assert_eq!(w.accept(1000 - 192), Err(ReplayError::TooOld));
         assert_eq!(w.accept(1000 - 191), Ok(()));
-        assert_eq!(w.accept(u64::MAX), Ok(()));
-        assert_eq!(w.accept(u64::MAX), Err(ReplayError::Duplicate));
+        assert_eq!(w.accept(u64::MAX), Err(ReplayError::TooOld));
+        assert_eq!(w.accept(u64::MAX - 1), Ok(()));
+        assert_eq!(w.accept(u64::MAX - 1), Err(ReplayError::Duplicate));
         assert_eq!(w.accept(1000), Err(ReplayError::TooOld));
     }
 
@@ -237,6 +246,9 @@ mod tests {
 
     impl Model {
         fn clone_check(&self, c: u64) -> Result<(), ReplayError> {
+            if c == u64::MAX {
+                return Err(ReplayError::TooOld);
+            }
             if let Some(top) = self.top {
                 if c <= top && top - c >= self.window {
                     return Err(ReplayError::TooOld);
