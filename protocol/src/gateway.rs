@@ -23,10 +23,11 @@ use crate::event::{Event, RejectCode, SecurityKind};
 use crate::handshake::{hex_lower, HandshakeError, Purpose, Responder, StaticKeypair};
 use crate::keys::{open_transport, EpochKeys, KeySet, OpenFailure, Role, Slot};
 use crate::path::{Path, Transport};
+use crate::persist::{NodeRecord, RecordError, SessionRecord};
 use crate::policy::Policy;
 use crate::reattach::{proof, verify_control_mac, PendingValidation, SwitchBudget};
 use crate::replay::{ReplayError, ReplayWindow};
-use crate::session::{GatewaySession, Quality};
+use crate::session::{DataPlaneHandoff, GatewaySession, Quality};
 use crate::state::{resolve, Machine, State, Transition, Trigger};
 use crate::time::{millis, Instant};
 use crate::wire::{
@@ -181,6 +182,63 @@ pub struct GatewayConfig {
     pub max_sessions: usize,
     /// How long a terminated session is kept before eviction.
     pub terminated_linger: Duration,
+    /// Where data packets are processed: here, or by separate data-plane workers.
+    pub data_plane: DataPlaneMode,
+}
+
+/// Where a gateway's data packets are processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPlaneMode {
+    /// This object carries data too (simulation, tests, a single-process gateway).
+    #[default]
+    Inline,
+    /// Separate workers own every session's data keys, send counter and receive window (the
+    /// control process). This object then:
+    /// - queues [`DataPlaneUpdate`]s ([`Gateway::poll_data_plane`]) for every change the
+    ///   workers must apply;
+    /// - refuses data and heartbeat messages (they are the workers'), and learns of traffic
+    ///   through [`Gateway::note_activity`] and [`Gateway::observe_new_path`];
+    /// - seals its own transport messages (TERMINATE) from counter
+    ///   [`CONTROL_COUNTER_BASE`] up, a space the workers never reach, so no counter repeats
+    ///   under one key.
+    External,
+}
+
+/// First send counter of control-sealed transport messages in [`DataPlaneMode::External`]
+/// (2^62: a worker rekeys after at most 2^60 packets).
+pub const CONTROL_COUNTER_BASE: u64 = 1 << 62;
+
+/// A change the data-plane workers must apply, in order ([`DataPlaneMode::External`]).
+#[derive(Debug)]
+pub enum DataPlaneUpdate {
+    /// A new session: install it on its owner worker.
+    Install {
+        /// Keys, send counter (0), window and active path.
+        handoff: Box<DataPlaneHandoff>,
+        /// Owner core.
+        owner: u8,
+        /// The client identity (the shell maps it to the client's inner address).
+        client_public: [u8; 32],
+    },
+    /// A rekey completed: the next epoch.
+    NextKeys {
+        /// Session.
+        id: SessionId,
+        /// The epoch's keys.
+        keys: Box<EpochKeys>,
+    },
+    /// The active path changed (a reattach was bound, or the path died).
+    SetPath {
+        /// Session.
+        id: SessionId,
+        /// The new active path.
+        path: Option<Path>,
+    },
+    /// The session ended: remove it.
+    Retire {
+        /// Session.
+        id: SessionId,
+    },
 }
 
 impl Default for GatewayConfig {
@@ -192,6 +250,7 @@ impl Default for GatewayConfig {
             cookie_threshold: 1000,
             max_sessions: 1_000_000,
             terminated_linger: Duration::from_secs(10),
+            data_plane: DataPlaneMode::Inline,
         }
     }
 }
@@ -221,6 +280,27 @@ pub struct Counters {
 struct Outbox {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// Only filled in [`DataPlaneMode::External`].
+    data_plane: VecDeque<DataPlaneUpdate>,
+    external: bool,
+    /// Sessions whose persistent state changed since [`Gateway::take_dirty`].
+    dirty: Vec<SessionId>,
+    /// The node's persistent state (client timestamps, revocations) changed.
+    node_dirty: bool,
+}
+
+impl Outbox {
+    fn data_plane(&mut self, u: DataPlaneUpdate) {
+        if self.external {
+            self.data_plane.push_back(u);
+        }
+    }
+
+    fn dirty(&mut self, id: SessionId) {
+        if self.dirty.last() != Some(&id) {
+            self.dirty.push(id);
+        }
+    }
 }
 
 /// The gateway protocol endpoint.
@@ -272,6 +352,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         let cookies = CookieChecker::new(&mut rng, now, &keypair.public());
         let ids = SessionIdAllocator::new(&mut rng);
         let cores = usize::from(config.cores.max(1));
+        let external = config.data_plane == DataPlaneMode::External;
         Ok(Gateway {
             config,
             policy,
@@ -283,7 +364,10 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             per_core: vec![0; cores],
             ids,
             hs_window: (now, 0),
-            out: Outbox::default(),
+            out: Outbox {
+                external,
+                ..Outbox::default()
+            },
             counters: Counters::default(),
         })
     }
@@ -336,6 +420,174 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.out.events.pop_front()
+    }
+
+    /// Next change for the data-plane workers ([`DataPlaneMode::External`] only).
+    #[must_use]
+    pub fn poll_data_plane(&mut self) -> Option<DataPlaneUpdate> {
+        self.out.data_plane.pop_front()
+    }
+
+    /// Sessions whose persistent state (state, version, keys, active path, reattach replay
+    /// window, switch budget) changed since the last call, and whether the node's state
+    /// (client handshake timestamps, revocations) did. A shell that persists sessions writes
+    /// these before it sends the datagrams queued with the change.
+    pub fn take_dirty(&mut self) -> (Vec<SessionId>, bool) {
+        let mut ids = std::mem::take(&mut self.out.dirty);
+        ids.sort_unstable();
+        ids.dedup();
+        (ids, std::mem::take(&mut self.out.node_dirty))
+    }
+
+    /// The data plane reports traffic of `sid` ([`DataPlaneMode::External`]): the last
+    /// authenticated packet from the active path arrived `idle` ago, and its workers send
+    /// and receive under key epoch `epoch`. Moves the path-dead clock forward (never back),
+    /// and promotes the next key epoch once the workers have (KEY_ROTATED).
+    pub fn note_activity(&mut self, now: Instant, sid: SessionId, idle: Duration, epoch: u32) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.state() == State::Terminated {
+            return;
+        }
+        if s.active.is_some() {
+            let seen = Instant::from_nanos(
+                now.as_nanos()
+                    .saturating_sub(u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX)),
+            );
+            if seen > s.last_rx_active {
+                s.last_rx_active = seen;
+            }
+        }
+        if s.keys.next().is_some_and(|k| k.epoch == epoch) {
+            if let Some(e) = s.keys.promote_next(now, self.policy.key_grace) {
+                self.out.events.push_back(Event::KeyRotated {
+                    session_id: sid,
+                    key_epoch: e,
+                    version: s.version(),
+                });
+                self.out.dirty(sid);
+            }
+        }
+    }
+
+    /// The data plane saw an authenticated packet of `sid` from `from`, which is not its
+    /// active path ([`DataPlaneMode::External`]; SPEC.md section 4, NAT rebinding): start
+    /// validating `from` at once. The send budget toward `from` is the minimum datagram
+    /// received times the amplification factor until the client answers.
+    pub fn observe_new_path(&mut self, now: Instant, sid: SessionId, from: Path) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if matches!(s.state(), State::Birth | State::Terminated) || s.active == Some(from) {
+            return;
+        }
+        let seen = Seen {
+            from,
+            epoch: s.keys.current().wire_epoch(),
+            bytes: DATA_HEADER_LEN + TAG_LEN,
+        };
+        start_unsolicited_validation(s, &mut self.out, &mut self.rng, now, seen, &self.policy);
+    }
+
+    /// `sid`'s persistent state at `now`.
+    #[must_use]
+    pub fn export_session(&self, now: Instant, sid: SessionId) -> Option<SessionRecord> {
+        let s = self.sessions.get(&sid)?;
+        Some(SessionRecord {
+            at: now,
+            id: s.id,
+            state: s.state(),
+            version: s.version(),
+            client_public: s.client_public,
+            transcript: zeroize::Zeroizing::new(s.transcript),
+            keys: s.keys.export(now),
+            send_counter: s.send_counter,
+            reattach_window: s.reattach_window.to_parts(),
+            recv_window: s.recv_window.to_parts(),
+            active: s.active,
+            owner: s.owner,
+            created: s.created,
+            entered_state: s.entered_state,
+            last_rx_active: s.last_rx_active,
+            lost_at: s.lost_at,
+            recent_switches: s.budget.recent().clone(),
+            switches_total: s.budget.total(),
+            reattach_failures: s.reattach_failures,
+        })
+    }
+
+    /// Take back a session from its record (control-process restart). Path validation in
+    /// progress and quality measurements start afresh; everything else is as recorded.
+    ///
+    /// # Errors
+    /// [`RecordError::Exists`] if the session is held already, or an unknown cipher suite.
+    pub fn restore_session(&mut self, rec: &SessionRecord) -> Result<(), RecordError> {
+        if self.sessions.contains_key(&rec.id) {
+            return Err(RecordError::Exists);
+        }
+        let keys = KeySet::import(&rec.keys, rec.at).map_err(|_| RecordError::Invalid("suite"))?;
+        let s = GatewaySession {
+            id: rec.id,
+            machine: Machine::restore(rec.state, rec.version),
+            client_public: rec.client_public,
+            transcript: *rec.transcript,
+            keys,
+            send_counter: rec.send_counter,
+            recv_window: ReplayWindow::from_parts(rec.recv_window.0, rec.recv_window.1),
+            reattach_window: ReplayWindow::from_parts(rec.reattach_window.0, rec.reattach_window.1),
+            active: rec.active,
+            owner: rec.owner,
+            created: rec.created,
+            entered_state: rec.entered_state,
+            last_rx_active: rec.last_rx_active,
+            lost_at: rec.lost_at,
+            pending: None,
+            budget: SwitchBudget::restore(rec.recent_switches.clone(), rec.switches_total),
+            reattach_failures: rec.reattach_failures,
+            quality: Quality {
+                window_start: rec.at,
+                ..Quality::default()
+            },
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+        };
+        let slot = usize::from(s.owner) % self.per_core.len();
+        self.per_core[slot] += 1;
+        self.sessions.insert(rec.id, s);
+        Ok(())
+    }
+
+    /// The node's persistent state.
+    #[must_use]
+    pub fn export_node(&self) -> NodeRecord {
+        let mut clients: Vec<_> = self
+            .clients
+            .iter()
+            .map(|(k, e)| (*k, e.last_timestamp, e.revoked))
+            .collect();
+        clients.sort_unstable();
+        NodeRecord { clients }
+    }
+
+    /// Take back the node's state: handshake timestamps and revocations. Keys revoked here
+    /// stay revoked whatever the allow-list says.
+    pub fn restore_node(&mut self, rec: &NodeRecord) {
+        for (k, ts, revoked) in &rec.clients {
+            let e = self.clients.entry(*k).or_default();
+            e.last_timestamp = e.last_timestamp.max(*ts);
+            e.revoked |= *revoked;
+        }
+    }
+
+    /// Forget `public` as an allowed client (allow-list reload); its sessions carry on until
+    /// they end (revoke to end them). Its handshake timestamp is kept.
+    pub fn disallow_client(&mut self, public: &[u8; 32]) {
+        if let Some(e) = self.clients.get_mut(public) {
+            e.revoked = true;
+        }
     }
 
     fn drop_(&mut self, r: DropReason) -> Output<'static> {
@@ -437,6 +689,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             return self.drop_(DropReason::HandshakeReplay);
         }
         entry.last_timestamp = Some(accepted.payload.timestamp);
+        self.out.node_dirty = true;
         match accepted.payload.purpose {
             Purpose::NewSession => {
                 if self.sessions.len() >= self.config.max_sessions {
@@ -459,7 +712,11 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                     client_public: client,
                     transcript: keys.transcript,
                     keys: KeySet::new(epoch),
-                    send_counter: 0,
+                    send_counter: if self.out.external {
+                        CONTROL_COUNTER_BASE
+                    } else {
+                        0
+                    },
                     recv_window: ReplayWindow::new(),
                     reattach_window: ReplayWindow::new(),
                     active: Some(from),
@@ -495,6 +752,15 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 );
                 let slot = usize::from(owner) % self.per_core.len();
                 self.per_core[slot] += 1;
+                if self.out.external {
+                    let mut handoff = s.handoff();
+                    handoff.send_counter = 0;
+                    self.out.data_plane(DataPlaneUpdate::Install {
+                        handoff: Box::new(handoff),
+                        owner,
+                        client_public: client,
+                    });
+                }
                 self.sessions.insert(sid, s);
                 self.counters.handshakes += 1;
                 self.out.transmits.push_back(Transmit {
@@ -521,8 +787,15 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 let Ok((keys, response)) = accepted.respond(sid, next_epoch) else {
                     return self.drop_(DropReason::HandshakeAuth);
                 };
-                s.keys
-                    .install_next(EpochKeys::derive(&keys, next_epoch, Role::Gateway, now));
+                let next = EpochKeys::derive(&keys, next_epoch, Role::Gateway, now);
+                if self.out.external {
+                    self.out.data_plane.push_back(DataPlaneUpdate::NextKeys {
+                        id: sid,
+                        keys: Box::new(next.duplicate()),
+                    });
+                }
+                s.keys.install_next(next);
+                self.out.dirty(sid);
                 self.counters.handshakes += 1;
                 self.out.transmits.push_back(Transmit {
                     dst: from,
@@ -553,6 +826,10 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             msg.epoch(),
             msg.message_type(),
         );
+        if self.out.external && ty != MessageType::Terminate {
+            // Data and heartbeats are the workers' (their replay windows, their counters).
+            return self.drop_(DropReason::WrongDirection);
+        }
         let Some(s) = self.sessions.get_mut(&sid) else {
             return self.drop_(DropReason::UnknownSession);
         };
@@ -802,6 +1079,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         };
         // The request is genuine: consume its counter.
         let _ = s.reattach_window.accept(counter);
+        self.out.dirty(sid);
         // Re-validating the path that is already active and healthy is not a switch: confirm
         // it without a transition, so it costs neither budget nor a version.
         let owner_ok = self.config.local_core.is_none_or(|c| c == s.owner);
@@ -1019,6 +1297,10 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         s.lost_at = None;
         s.reattach_failures = 0;
         s.budget.record(now);
+        self.out.data_plane(DataPlaneUpdate::SetPath {
+            id: sid,
+            path: Some(path),
+        });
         let Some(tr) = apply(
             s,
             &mut self.out,
@@ -1086,6 +1368,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
     /// Revoke a client key: refuse its handshakes and end its sessions with REVOKED.
     pub fn revoke_client(&mut self, now: Instant, public: &[u8; 32]) -> usize {
         self.clients.entry(*public).or_default().revoked = true;
+        self.out.node_dirty = true;
         let mut n = 0;
         for s in self.sessions.values_mut() {
             if ct_eq(&s.client_public, public) && s.state() != State::Terminated {
@@ -1231,8 +1514,15 @@ fn apply(
     match s.machine.apply(trigger) {
         Ok(tr) => {
             s.entered_state = now;
+            out.dirty(s.id);
             match tr.to {
-                State::Recovering => s.active = None,
+                State::Recovering => {
+                    s.active = None;
+                    out.data_plane(DataPlaneUpdate::SetPath {
+                        id: s.id,
+                        path: None,
+                    });
+                }
                 State::Volatile | State::Attached => s.quality.healthy_since = None,
                 _ => {}
             }
@@ -1249,6 +1539,7 @@ fn apply(
                 send_sealed(s, out, MessageType::Terminate, &p);
                 s.active = None;
                 s.pending = None;
+                out.data_plane(DataPlaneUpdate::Retire { id: s.id });
                 out.events.push_back(Event::SessionTerminated {
                     session_id: s.id,
                     reason: tr.reason,

@@ -54,6 +54,9 @@ mod tests {
         assert_eq!(s.len(), 44);
         assert_eq!(*decode(&format!(" {s}\n")).unwrap(), k);
         assert_eq!(decode("not a key!"), Err(KeyFormatError::NotBase64));
-        assert_eq!(decode(&STANDARD.encode([1u8; 16])), Err(KeyFormatError::Length(16)));
+        assert_eq!(
+            decode(&STANDARD.encode([1u8; 16])),
+            Err(KeyFormatError::Length(16))
+        );
     }
 }

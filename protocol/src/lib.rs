@@ -34,6 +34,7 @@ pub mod handshake;
 pub mod keyfmt;
 pub mod keys;
 pub mod path;
+pub mod persist;
 pub mod policy;
 pub mod reattach;
 pub mod replay;

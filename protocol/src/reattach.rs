@@ -132,6 +132,18 @@ impl SwitchBudget {
     pub fn total(&self) -> u64 {
         self.total
     }
+
+    /// The switches inside the window, oldest first (persistence).
+    #[must_use]
+    pub fn recent(&self) -> &VecDeque<Instant> {
+        &self.recent
+    }
+
+    /// A budget restored from [`SwitchBudget::recent`] and [`SwitchBudget::total`].
+    #[must_use]
+    pub fn restore(recent: VecDeque<Instant>, total: u64) -> Self {
+        SwitchBudget { recent, total }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,313 @@
+//! The gateway in the control-process role ([`DataPlaneMode::External`]): what it asks of the
+//! data plane, what it learns from it, and persistence across a restart.
+
+use std::time::Duration;
+
+use jumping_protocol::client::{Client, ClientConfig, ClientOutput, LocalPath};
+use jumping_protocol::gateway::{
+    DataPlaneMode, DataPlaneUpdate, DropReason, Gateway, GatewayConfig, Output,
+    CONTROL_COUNTER_BASE,
+};
+use jumping_protocol::handshake::StaticKeypair;
+use jumping_protocol::keys::open_transport;
+use jumping_protocol::persist::{NodeRecord, SessionRecord};
+use jumping_protocol::replay::ReplayWindow;
+use jumping_protocol::wire::{self, MessageType, DATA_HEADER_LEN, TAG_LEN};
+use jumping_protocol::{Event, Instant, Path, Policy, Reason, RejectCode, SessionId, State};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+const A: &str = "192.0.2.1:40000";
+const B: &str = "192.0.2.1:40001";
+
+struct Pair {
+    now: Instant,
+    gw: Gateway<ChaCha20Rng>,
+    client: Client<ChaCha20Rng>,
+    gw_key: [u8; 32],
+    /// Where each local path appears at the gateway.
+    nat: Vec<Path>,
+    /// Everything the client sent, with the path it arrived from.
+    captured: Vec<(Path, Vec<u8>)>,
+}
+
+fn external_gateway(secret: [u8; 32], now: Instant, seed: u64) -> Gateway<ChaCha20Rng> {
+    Gateway::new(
+        GatewayConfig {
+            cores: 2,
+            data_plane: DataPlaneMode::External,
+            ..GatewayConfig::default()
+        },
+        Policy::default(),
+        StaticKeypair::from_secret_bytes(secret),
+        ChaCha20Rng::seed_from_u64(seed),
+        now,
+    )
+    .expect("gateway")
+}
+
+impl Pair {
+    fn new() -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let gw_kp = StaticKeypair::generate(&mut rng);
+        let client_kp = StaticKeypair::generate(&mut rng);
+        let gw_key = *gw_kp.secret_bytes();
+        let now = Instant::from_millis(1000);
+        let mut gw = external_gateway(gw_key, now, 1);
+        gw.allow_client(client_kp.public());
+        let client = Client::new(
+            ClientConfig::new(client_kp, gw_kp.public()),
+            ChaCha20Rng::seed_from_u64(2),
+        );
+        Pair {
+            now,
+            gw,
+            client,
+            gw_key,
+            nat: vec![
+                Path::udp(A.parse().expect("a")),
+                Path::udp(B.parse().expect("b")),
+            ],
+            captured: Vec::new(),
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now = self.now + d;
+        self.gw.handle_timeout(self.now);
+        self.client.handle_timeout(self.now);
+        self.exchange();
+    }
+
+    /// Deliver control datagrams both ways until quiet (the data plane is not simulated:
+    /// data and heartbeats are the workers').
+    fn exchange(&mut self) {
+        for _ in 0..20 {
+            let mut moved = false;
+            while let Some(t) = self.client.poll_transmit() {
+                moved = true;
+                let from = self.nat[t.via.0 as usize];
+                self.captured.push((from, t.payload.clone()));
+                let mut buf = t.payload;
+                if wire::peek_type(&buf).is_ok_and(|ty| ty.is_data_plane()) {
+                    continue;
+                }
+                let _ = self.gw.handle_datagram(self.now, from, &mut buf);
+            }
+            while let Some(t) = self.gw.poll_transmit() {
+                moved = true;
+                let Some(via) = self.nat.iter().position(|p| *p == t.dst) else {
+                    continue;
+                };
+                let mut buf = t.payload;
+                let _ = self
+                    .client
+                    .handle_datagram(self.now, LocalPath(via as u32), &mut buf);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn updates(&mut self) -> Vec<DataPlaneUpdate> {
+        std::iter::from_fn(|| self.gw.poll_data_plane()).collect()
+    }
+
+    fn connect(&mut self) -> SessionId {
+        self.client
+            .connect(self.now, LocalPath(0), 1_700_000_000_000_000_000);
+        self.exchange();
+        self.client.session_id().expect("established")
+    }
+
+    fn version(&self, sid: SessionId) -> u64 {
+        self.gw.session(sid).expect("session").version()
+    }
+}
+
+#[test]
+fn handshake_installs_the_session_on_its_owner_with_a_fresh_counter() {
+    let mut p = Pair::new();
+    let sid = p.connect();
+    let ups = p.updates();
+    assert_eq!(ups.len(), 1, "{ups:?}");
+    let DataPlaneUpdate::Install { handoff, owner, .. } = &ups[0] else {
+        panic!("expected an install, got {ups:?}");
+    };
+    assert_eq!(handoff.id, sid);
+    assert_eq!(*owner, sid.owner_core());
+    assert_eq!(
+        handoff.send_counter, 0,
+        "the worker's counter space starts at 0"
+    );
+    assert_eq!(handoff.active, Some(p.nat[0]));
+    // The worker can open the client's data with the handed-off keys.
+    let mut buf = vec![0u8; DATA_HEADER_LEN + 4 + TAG_LEN];
+    buf[DATA_HEADER_LEN..DATA_HEADER_LEN + 4].copy_from_slice(b"ping");
+    let (_, len) = p.client.encapsulate(p.now, &mut buf, 4).expect("seal");
+    let mut window = ReplayWindow::new();
+    let msg = wire::TransportMsg::new_checked(&buf[..len]).expect("msg");
+    let (epoch, counter) = (msg.epoch(), msg.counter());
+    let (_, plain) = open_transport(
+        &handoff.keys,
+        &mut window,
+        p.now,
+        epoch,
+        counter,
+        &mut buf[..len],
+    )
+    .expect("worker opens");
+    assert_eq!(plain, b"ping");
+    // The same datagram sent to the control process is refused and changes nothing.
+    let v = p.version(sid);
+    let mut again = buf[..len].to_vec();
+    assert!(matches!(
+        p.gw.handle_datagram(p.now, p.nat[0], &mut again),
+        Output::Dropped(DropReason::WrongDirection)
+    ));
+    assert_eq!(p.version(sid), v);
+}
+
+#[test]
+fn a_new_path_reported_by_the_data_plane_is_validated_and_bound() {
+    let mut p = Pair::new();
+    let sid = p.connect();
+    let _ = p.updates();
+    // NAT rebind: the client's packets now appear from B.
+    p.nat[0] = Path::udp(B.parse().expect("b"));
+    p.nat[1] = Path::udp("192.0.2.9:1".parse().expect("x"));
+    p.gw.observe_new_path(p.now, sid, p.nat[0]);
+    p.exchange();
+    let s = p.gw.session(sid).expect("session");
+    assert_eq!(s.active, Some(p.nat[0]), "bound within one round trip");
+    assert_eq!(s.version(), 2);
+    let ups = p.updates();
+    assert!(
+        matches!(ups.as_slice(), [DataPlaneUpdate::SetPath { id, path: Some(path) }] if *id == sid && *path == p.nat[0]),
+        "{ups:?}"
+    );
+}
+
+#[test]
+fn path_dead_runs_on_the_data_planes_idle_reports() {
+    let mut p = Pair::new();
+    let sid = p.connect();
+    let _ = p.updates();
+    let epoch = p.client.key_epoch().expect("epoch");
+    for _ in 0..10 {
+        p.advance(Duration::from_secs(1));
+        p.gw.note_activity(p.now, sid, Duration::from_millis(200), epoch);
+    }
+    assert_eq!(p.gw.session(sid).expect("s").state(), State::Attached);
+    for _ in 0..6 {
+        p.advance(Duration::from_secs(1));
+        p.gw.note_activity(p.now, sid, Duration::from_secs(60), epoch);
+    }
+    assert_eq!(p.gw.session(sid).expect("s").state(), State::Recovering);
+    let ups = p.updates();
+    assert!(
+        ups.iter()
+            .any(|u| matches!(u, DataPlaneUpdate::SetPath { id, path: None } if *id == sid)),
+        "{ups:?}"
+    );
+}
+
+#[test]
+fn terminate_is_sealed_in_the_control_counter_space_and_retires() {
+    let mut p = Pair::new();
+    let sid = p.connect();
+    let _ = p.updates();
+    p.gw.terminate(p.now, sid).expect("terminate");
+    let t = p.gw.poll_transmit().expect("terminate message");
+    let msg = wire::TransportMsg::new_checked(&t.payload).expect("transport");
+    assert_eq!(msg.message_type(), MessageType::Terminate);
+    assert!(msg.counter() >= CONTROL_COUNTER_BASE);
+    let mut buf = t.payload;
+    assert!(matches!(
+        p.client.handle_datagram(p.now, LocalPath(0), &mut buf),
+        ClientOutput::Consumed
+    ));
+    assert_eq!(p.client.closed_reason(), Some(Reason::OperatorTerminated));
+    assert!(p
+        .updates()
+        .iter()
+        .any(|u| matches!(u, DataPlaneUpdate::Retire { id } if *id == sid)));
+}
+
+#[test]
+fn a_restored_gateway_keeps_versions_proofs_and_replay_protection() {
+    let mut p = Pair::new();
+    let sid = p.connect();
+    // A first switch to path 1, captured.
+    p.advance(Duration::from_secs(2));
+    p.client.reattach(p.now, LocalPath(1));
+    p.exchange();
+    assert_eq!(p.version(sid), 2);
+    let reattach: Vec<(Path, Vec<u8>)> = p
+        .captured
+        .iter()
+        .filter(|(_, b)| wire::peek_type(b) == Ok(MessageType::ReattachRequest))
+        .cloned()
+        .collect();
+    assert!(!reattach.is_empty());
+    let (dirty, node_dirty) = p.gw.take_dirty();
+    assert!(dirty.contains(&sid) && node_dirty);
+
+    // Persist, "restart", restore.
+    let rec = SessionRecord::decode(&p.gw.export_session(p.now, sid).expect("rec").encode())
+        .expect("decode");
+    let node = NodeRecord::decode(&p.gw.export_node().encode()).expect("node");
+    let mut gw = external_gateway(p.gw_key, p.now, 99);
+    gw.restore_node(&node);
+    gw.restore_session(&rec).expect("restore");
+    p.gw = gw;
+    assert_eq!(p.version(sid), 2);
+
+    // A captured reattach request replayed after the restart (from another address) is
+    // recognised as a replay: the reattach replay window was persisted.
+    let attacker = Path::udp("198.51.100.7:5555".parse().expect("attacker"));
+    for (_, bytes) in &reattach {
+        let mut b = bytes.clone();
+        let _ = p.gw.handle_datagram(p.now, attacker, &mut b);
+    }
+    let events: Vec<Event> = std::iter::from_fn(|| p.gw.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::ReattachRejected {
+                code: RejectCode::ReplayDetected,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(p.gw.poll_transmit().is_some_and(|t| t.dst == attacker));
+    assert!(
+        p.gw.poll_transmit().is_none(),
+        "no challenge to the attacker"
+    );
+    assert_eq!(p.version(sid), 2);
+    // A replayed handshake initiation creates nothing (timestamps survived).
+    let init = p
+        .captured
+        .iter()
+        .find(|(_, b)| wire::peek_type(b) == Ok(MessageType::HandshakeInit))
+        .cloned()
+        .expect("init");
+    let mut b = init.1;
+    assert!(matches!(
+        p.gw.handle_datagram(p.now, init.0, &mut b),
+        Output::Dropped(DropReason::HandshakeReplay)
+    ));
+    assert_eq!(p.gw.sessions().count(), 1);
+
+    // The real client still proves itself to the restored gateway: switch back to path 0.
+    p.advance(Duration::from_secs(2));
+    p.client.reattach(p.now, LocalPath(0));
+    p.exchange();
+    let s = p.gw.session(sid).expect("s");
+    assert_eq!(s.active, Some(p.nat[0]));
+    assert_eq!(s.version(), 3, "the version continues, no reuse");
+    assert_eq!(s.switches_total(), 2);
+}
