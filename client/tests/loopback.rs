@@ -5,10 +5,11 @@
 //! No timing assertions: every wait is a generous deadline for something that must happen.
 
 use std::io::{BufRead as _, BufReader};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ enum GwOut {
 fn gateway(
     keypair: StaticKeypair,
     client_public: [u8; 32],
+    deaf_to: Arc<Mutex<Option<IpAddr>>>,
 ) -> (SocketAddr, Sender<ToClient>, Receiver<GwOut>) {
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind gateway");
     sock.set_read_timeout(Some(Duration::from_millis(20)))
@@ -56,6 +58,9 @@ fn gateway(
         let mut buf = vec![0u8; 65_536];
         loop {
             if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                if *deaf_to.lock().expect("lock") == Some(from.ip()) {
+                    continue;
+                }
                 let _ = out.send(GwOut::From(from));
                 if let Output::Deliver { session_id, packet } =
                     gw.handle_datagram(now(), Path::udp(from), &mut buf[..n])
@@ -142,7 +147,9 @@ fn loopback_session_data_switch_and_terminate() {
     }
     let gw_key = StaticKeypair::generate(&mut OsRng);
     let client_key = StaticKeypair::generate(&mut OsRng);
-    let (gw_addr, to_gw, from_gw) = gateway(gw_key.clone(), client_key.public());
+    let deaf_to = Arc::new(Mutex::new(None));
+    let (gw_addr, to_gw, from_gw) =
+        gateway(gw_key.clone(), client_key.public(), Arc::clone(&deaf_to));
 
     let n = std::process::id() % 200 + 20;
     let tun = format!("jct{}", std::process::id() % 100_000);
@@ -263,7 +270,7 @@ fn loopback_session_data_switch_and_terminate() {
     let mut saw_new_source = false;
     while let Ok(m) = from_gw.try_recv() {
         if let GwOut::From(a) = m {
-            saw_new_source |= a.ip() == std::net::IpAddr::from([127, 0, 0, 2]);
+            saw_new_source |= a.ip() == IpAddr::from([127, 0, 0, 2]);
         }
     }
     assert!(saw_new_source, "the gateway never heard from 127.0.0.2");
@@ -274,6 +281,25 @@ fn loopback_session_data_switch_and_terminate() {
         .output()
         .expect("switch");
     assert!(!out.status.success());
+
+    // Path 1 goes silent (the gateway stops hearing 127.0.0.2): the client's path-dead timer
+    // moves it to RECOVERING, and it reattaches on path 0 by itself.
+    *deaf_to.lock().expect("lock") = Some(IpAddr::from([127, 0, 0, 2]));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let v = wait_event(&lines, "state_changed");
+        if v["to"] == "RECOVERING" {
+            assert_eq!(v["reason"], "TRANSPORT_DEAD");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never RECOVERING");
+    }
+    let started = wait_event(&lines, "path_switch_started");
+    assert_eq!(started["reason"], "recovering");
+    assert_eq!(started["path"], 0);
+    let re = wait_event(&lines, "reattached");
+    assert_eq!(re["path"], 0);
+    *deaf_to.lock().expect("lock") = None;
 
     // SIGTERM: explicit termination, exit 0, socket removed.
     let pid = child.0.id().to_string();
