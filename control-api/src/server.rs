@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use nix::sys::socket::{getsockopt, recv, sockopt::PeerCredentials, MsgFlags};
+use nix::sys::socket::{getsockopt, recv, shutdown, sockopt::PeerCredentials, MsgFlags, Shutdown};
 use serde_json::Value;
 
 use crate::{
@@ -132,6 +132,8 @@ pub struct Server {
     shared: Arc<Shared>,
     calls: Mutex<Receiver<Call>>,
     acceptor: Option<JoinHandle<()>>,
+    /// A handle on the listening socket, to shut it down (which wakes `accept`) on drop.
+    listener: UnixListener,
     /// (device, inode) of the socket file we created, so Drop removes only our own.
     file_id: (u64, u64),
 }
@@ -226,6 +228,13 @@ impl Server {
             events: Mutex::new(Events::default()),
             events_dropped: AtomicU64::new(0),
         });
+        let listener_handle = match listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = fs::remove_file(path);
+                return Err(e);
+            }
+        };
         let s = Arc::clone(&shared);
         let acceptor = thread::Builder::new()
             .name("control-accept".into())
@@ -241,6 +250,7 @@ impl Server {
             shared,
             calls: Mutex::new(rx),
             acceptor: Some(acceptor),
+            listener: listener_handle,
             file_id,
         })
     }
@@ -297,8 +307,11 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
-        // Wake the acceptor out of accept(); it sees the flag and returns.
-        let _ = UnixStream::connect(&self.shared.path);
+        // Wake the acceptor out of accept(): shutting a listening socket down makes a blocked
+        // accept fail (Linux); connecting is the fallback. The acceptor sees the flag.
+        if shutdown(self.listener.as_raw_fd(), Shutdown::Both).is_err() {
+            let _ = UnixStream::connect(&self.shared.path);
+        }
         if let Some(h) = self.acceptor.take() {
             let _ = h.join();
         }
@@ -402,11 +415,24 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
 }
 
 fn permitted(shared: &Shared, peer: &PeerCred) -> bool {
-    if peer.uid == 0 || peer.uid == shared.euid {
+    allowed(shared.euid, shared.group, peer, || {
+        supplementary_groups(peer.pid)
+    })
+}
+
+/// Root, our own uid, or (with a control group) a peer whose primary or supplementary group
+/// it is.
+fn allowed(
+    euid: u32,
+    group: Option<u32>,
+    peer: &PeerCred,
+    supplementary: impl FnOnce() -> Vec<u32>,
+) -> bool {
+    if peer.uid == 0 || peer.uid == euid {
         return true;
     }
-    match shared.group {
-        Some(g) => peer.gid == g || supplementary_groups(peer.pid).contains(&g),
+    match group {
+        Some(g) => peer.gid == g || supplementary().contains(&g),
         None => false,
     }
 }
@@ -587,5 +613,43 @@ fn peer_gone(stream: &UnixStream) -> bool {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uid: u32, gid: u32) -> PeerCred {
+        PeerCred { uid, gid, pid: 1 }
+    }
+
+    #[test]
+    fn who_may_connect() {
+        let none = Vec::new;
+        assert!(allowed(1000, None, &peer(0, 0), none));
+        assert!(allowed(1000, None, &peer(1000, 5), none));
+        assert!(!allowed(1000, None, &peer(1001, 5), || vec![5, 77]));
+        assert!(!allowed(1000, Some(77), &peer(1001, 5), none));
+        assert!(allowed(1000, Some(77), &peer(1001, 77), none));
+        assert!(allowed(1000, Some(77), &peer(1001, 5), || vec![4, 77]));
+        assert!(!allowed(1000, Some(77), &peer(1001, 5), || vec![4, 78]));
+    }
+
+    #[test]
+    fn supplementary_groups_of_this_process() {
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let mut ours: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(nix::unistd::Gid::as_raw)
+            .collect();
+        ours.sort_unstable();
+        ours.dedup();
+        let mut read = supplementary_groups(pid);
+        read.sort_unstable();
+        read.dedup();
+        assert_eq!(read, ours);
+        assert!(supplementary_groups(0).is_empty());
     }
 }

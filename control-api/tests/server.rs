@@ -354,5 +354,22 @@ fn socket_file_mode_and_removal() {
     let server = Server::bind(&path, None, Box::new(|| {})).unwrap();
     drop(server);
     assert!(!path.exists());
+    // Drop returns even when someone removed the socket file behind our back.
+    let server = Server::bind(&path, None, Box::new(|| {})).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    drop(server);
     let _ = std::fs::remove_dir(path.parent().unwrap());
+}
+
+#[test]
+fn connections_above_the_limit_are_answered_unavailable() {
+    let h = Harness::new("limit");
+    // 64 connections that send nothing (each holds a slot until its read timeout).
+    let idle: Vec<UnixStream> = (0..jumping_control_api::server::MAX_CONNECTIONS)
+        .map(|_| UnixStream::connect(&h.path).unwrap())
+        .collect();
+    let v = raw(&h.path, b"{\"v\":1,\"cmd\":\"status\"}\n");
+    assert_eq!(error_code(&v), "unavailable");
+    drop(idle);
+    h.shutdown();
 }
