@@ -26,7 +26,7 @@ pub struct Args {
     #[arg(long, value_name = "IP:PORT")]
     pub gateway: Option<String>,
 
-    /// The gateway's public key, base64 (as `jumpctl genkey --public` prints).
+    /// The gateway's public key, base64 (as `jumpctl pubkey` prints from its private key).
     #[arg(long, value_name = "BASE64")]
     pub gateway_public: Option<String>,
 
