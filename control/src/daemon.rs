@@ -1,0 +1,833 @@
+//! The control process's event loop.
+//!
+//! One thread owns the gateway protocol object. Each turn: receive control datagrams (its own
+//! UDP socket on AF_XDP, relayed by the data plane on io_uring), take the data plane's events
+//! (a new path → validate at once), run timers, read the data plane's per-session activity
+//! every `activity_poll`, answer `jumpctl`, then [`Daemon::flush`]: **persist** what changed,
+//! **program the data plane**, and only then **send** the datagrams and publish the events —
+//! so no client ever sees a version this process could forget in a crash, and no client is
+//! told of a path the workers do not know yet.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use jumping_control_api::server::Server;
+use jumping_control_api::{
+    ApiError, ControlCounters, DataplaneStatus, ErrorCode, Killed, Payload, PolicyInfo,
+    PolicyReloaded, Request, Revoked, SessionInfo, StatsInfo, Status, WorkerInfo,
+};
+use jumping_dataplane_api::{
+    Backend, DropReason as DpDrop, Event as DpEvent, FromDataplane, Install, SessionSummary,
+    ToDataplane,
+};
+use jumping_protocol::gateway::{
+    client_key_id, DataPlaneMode, DataPlaneUpdate, DropReason, Gateway, GatewayConfig,
+};
+use jumping_protocol::handshake::StaticKeypair;
+use jumping_protocol::wire::{self, MessageType};
+use jumping_protocol::{Instant, Path, Policy, SessionId, State};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use rand_core::OsRng;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use crate::allowlist::AllowList;
+use crate::config::Config;
+use crate::dataplane::{Dataplane, DpError};
+use crate::events;
+use crate::store::Store;
+
+const UDP: Token = Token(0);
+const WAKE: Token = Token(1);
+
+/// This process's clock: `CLOCK_BOOTTIME` (counts suspend; persisted instants stay valid
+/// across a restart of the process within one boot).
+#[must_use]
+pub fn now() -> Instant {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    let ns = u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(ts.tv_nsec()).unwrap_or(0);
+    Instant::from_nanos(ns)
+}
+
+/// Read the gateway's private key, refusing a file others can read.
+///
+/// # Errors
+/// Missing, readable by others, or not a key.
+pub fn read_private_key(path: &std::path::Path) -> anyhow::Result<Zeroizing<[u8; 32]>> {
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "configuration key `private_key_file`: cannot read {} (create it with \
+             `jumpctl genkey > {}` and `chmod 600`)",
+            path.display(),
+            path.display()
+        )
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "configuration key `private_key_file`: {} is readable by group or others \
+             (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.permissions().mode() & 0o777,
+            path.display()
+        );
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path)?);
+    jumping_protocol::keyfmt::decode(&text).with_context(|| {
+        format!(
+            "configuration key `private_key_file`: {} does not hold a key",
+            path.display()
+        )
+    })
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    handshakes_refused_no_dataplane: u64,
+    dataplane_drops: BTreeMap<&'static str, u64>,
+    installs_refused: u64,
+}
+
+/// The running control process.
+pub struct Daemon {
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    gw: Gateway<OsRng>,
+    poll: Poll,
+    waker: Arc<Waker>,
+    udp: Option<UdpSocket>,
+    dp: Option<Dataplane>,
+    dp_retry_at: Instant,
+    ctl: Server,
+    store: Store,
+    allow: AllowList,
+    policy_version: u64,
+    started: Instant,
+    summaries: HashMap<SessionId, SessionSummary>,
+    next_poll: Instant,
+    counters: Counters,
+    stop: Arc<AtomicBool>,
+}
+
+impl core::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Daemon").finish_non_exhaustive()
+    }
+}
+
+fn waker_fn(w: &Arc<Waker>) -> Box<dyn Fn() + Send + Sync> {
+    let w = Arc::clone(w);
+    Box::new(move || {
+        let _ = w.wake();
+    })
+}
+
+fn connect_dataplane(cfg: &Config, waker: &Arc<Waker>) -> Result<Dataplane, DpError> {
+    Dataplane::connect(&cfg.dataplane_socket, waker_fn(waker))
+}
+
+fn api_err(code: ErrorCode, msg: impl Into<String>) -> ApiError {
+    ApiError::new(code, msg)
+}
+
+fn sid_arg(text: &str) -> Result<SessionId, ApiError> {
+    jumping_control_api::parse_session_id(text)
+        .map(SessionId)
+        .map_err(|e| api_err(ErrorCode::BadArgument, e.to_string()))
+}
+
+impl Daemon {
+    /// Start: keys, allow-list, data plane, restored sessions, sockets.
+    ///
+    /// # Errors
+    /// Anything that makes the configuration unusable, with what to fix.
+    pub fn start(
+        cfg: Config,
+        config_path: Option<PathBuf>,
+        stop: Arc<AtomicBool>,
+    ) -> anyhow::Result<Daemon> {
+        let secret = read_private_key(&cfg.private_key_file)?;
+        let allow = AllowList::load(&cfg.clients_file).with_context(|| {
+            "configuration key `clients_file` (one `<public key> <inner address>` per line)"
+        })?;
+        let mut rng = OsRng;
+        jumping_protocol::crypto::rng_health_check(&mut rng)
+            .context("the OS random generator failed its health check")?;
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+
+        // The data plane first: its worker count decides the owners.
+        let deadline = now() + cfg.dataplane_wait;
+        let mut dp = loop {
+            match connect_dataplane(&cfg, &waker) {
+                Ok(dp) => break dp,
+                Err(e) if now() < deadline && !stop.load(Ordering::Relaxed) => {
+                    info!(
+                        "waiting for the data plane at {}: {e}",
+                        cfg.dataplane_socket.display()
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => bail!(
+                    "the data plane is not reachable at {} ({e}): start jumping-dataplane \
+                     first, or set `dataplane_socket`",
+                    cfg.dataplane_socket.display()
+                ),
+            }
+        };
+        info!(
+            "data plane: {} workers on {}, {} sessions held",
+            dp.workers,
+            dp.backend.as_str(),
+            dp.sessions_at_hello
+        );
+        let t0 = now();
+        let mut gw = Gateway::new(
+            GatewayConfig {
+                node_id: cfg.node_id,
+                cores: dp.workers.max(1),
+                local_core: None,
+                cookie_threshold: cfg.cookie_threshold,
+                max_sessions: cfg.max_sessions,
+                data_plane: DataPlaneMode::External,
+                ..GatewayConfig::default()
+            },
+            cfg.policy.clone(),
+            StaticKeypair::from_secret_bytes(*secret),
+            OsRng,
+            t0,
+        )?;
+        for k in allow.clients.keys() {
+            gw.allow_client(*k);
+        }
+        let store = Store::open(&cfg.state_dir, &secret).with_context(|| {
+            format!("configuration key `state_dir`: {}", cfg.state_dir.display())
+        })?;
+        let loaded = store.load();
+        for d in &loaded.discarded {
+            warn!("state: discarded {d}");
+        }
+        if let Some(node) = &loaded.node {
+            gw.restore_node(node);
+        }
+        for rec in &loaded.sessions {
+            if let Err(e) = gw.restore_session(rec) {
+                warn!(session = %rec.id, "state: not restored: {e}");
+            }
+        }
+        // Resynchronise with the data plane.
+        let held: HashSet<SessionId> = dp.list()?.into_iter().map(|s| s.id).collect();
+        let restored: Vec<(SessionId, State)> = gw.sessions().map(|s| (s.id, s.state())).collect();
+        for (id, state) in &restored {
+            if *state != State::Terminated && !held.contains(id) {
+                warn!(session = %id, "the data plane no longer holds this session (its send \
+                       counter is lost): terminating it");
+                let _ = gw.terminate(t0, *id);
+            }
+        }
+        let known: HashSet<SessionId> = restored.iter().map(|(id, _)| *id).collect();
+        for id in held.difference(&known) {
+            warn!(session = %id, "the data plane holds a session this process has no record of: retiring it");
+            let _ = dp.command(&ToDataplane::Retire { id: *id });
+        }
+        info!(
+            "restored {} sessions ({} records discarded)",
+            loaded.sessions.len(),
+            loaded.discarded.len()
+        );
+        let udp = Self::bind_udp(&cfg, dp.backend, &poll)?;
+        let group = if cfg.control_group.is_empty() {
+            None
+        } else {
+            let g = nix::unistd::Group::from_name(&cfg.control_group)
+                .ok()
+                .flatten()
+                .with_context(|| {
+                    format!(
+                        "configuration key `control_group`: no group `{}`",
+                        cfg.control_group
+                    )
+                })?;
+            Some(g.gid.as_raw())
+        };
+        let ctl =
+            Server::bind(&cfg.control_socket, group, waker_fn(&waker)).with_context(|| {
+                format!(
+                    "configuration key `control_socket`: cannot listen on {}",
+                    cfg.control_socket.display()
+                )
+            })?;
+        let mut d = Daemon {
+            next_poll: t0,
+            cfg,
+            config_path,
+            gw,
+            poll,
+            waker,
+            udp,
+            dp: Some(dp),
+            dp_retry_at: t0,
+            ctl,
+            store,
+            allow,
+            policy_version: 1,
+            started: t0,
+            summaries: HashMap::new(),
+            counters: Counters::default(),
+            stop,
+        };
+        d.flush(t0);
+        Ok(d)
+    }
+
+    fn bind_udp(cfg: &Config, backend: Backend, poll: &Poll) -> anyhow::Result<Option<UdpSocket>> {
+        if backend != Backend::AfXdp {
+            info!(
+                "control datagrams are relayed by the data plane ({})",
+                backend.as_str()
+            );
+            return Ok(None);
+        }
+        let mut s = UdpSocket::bind(cfg.listen)
+            .with_context(|| format!("configuration key `listen`: cannot bind {}", cfg.listen))?;
+        poll.registry().register(&mut s, UDP, Interest::READABLE)?;
+        info!("control datagrams on {}", cfg.listen);
+        Ok(Some(s))
+    }
+
+    /// Run until SIGINT/SIGTERM. Sessions are not ended on exit: they are persisted and the
+    /// data plane keeps forwarding them; the next start takes them back.
+    ///
+    /// # Errors
+    /// Polling failed.
+    pub fn run(&mut self) -> anyhow::Result<()> {
+        let mut events = Events::with_capacity(64);
+        let mut buf = vec![0u8; 65536];
+        while !self.stop.load(Ordering::Relaxed) {
+            let t = now();
+            let mut next = self.next_poll.min(t + Duration::from_millis(500));
+            if let Some(g) = self.gw.poll_timeout() {
+                next = next.min(g);
+            }
+            let timeout = next.saturating_duration_since(t);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(e.into());
+                }
+            }
+            self.receive_udp(&mut buf);
+            self.service_dataplane();
+            let t = now();
+            if self.gw.poll_timeout().is_some_and(|d| d <= t) {
+                self.gw.handle_timeout(t);
+            }
+            if t >= self.next_poll {
+                self.poll_activity(t);
+                self.next_poll = t + self.cfg.activity_poll;
+            }
+            while let Some(call) = self.ctl.try_call() {
+                let r = self.handle_call(&call.request);
+                call.reply(r);
+            }
+            self.flush(now());
+        }
+        info!(
+            "stopping; sessions stay with the data plane and in {}",
+            self.cfg.state_dir.display()
+        );
+        Ok(())
+    }
+
+    fn receive_udp(&mut self, buf: &mut [u8]) {
+        loop {
+            let Some(udp) = &self.udp else { return };
+            match udp.recv_from(buf) {
+                Ok((n, from)) => {
+                    let mut datagram = buf[..n].to_vec();
+                    self.datagram(from, &mut datagram);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!("control socket receive: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn datagram(&mut self, from: std::net::SocketAddr, datagram: &mut [u8]) {
+        let t = now();
+        if self.dp.is_none() && wire::peek_type(datagram) == Ok(MessageType::HandshakeInit) {
+            // No session can carry data without the data plane: fail closed.
+            self.counters.handshakes_refused_no_dataplane += 1;
+            return;
+        }
+        let _ = self.gw.handle_datagram(t, Path::udp(from), datagram);
+        self.flush(t);
+    }
+
+    fn service_dataplane(&mut self) {
+        if self.dp.as_ref().is_some_and(Dataplane::is_lost) {
+            warn!("data plane connection lost; forwarding continues there, reconnecting");
+            self.dp = None;
+            self.dp_retry_at = now() + Duration::from_millis(500);
+        }
+        if self.dp.is_none() && now() >= self.dp_retry_at {
+            match connect_dataplane(&self.cfg, &self.waker) {
+                Ok(dp) => {
+                    info!(
+                        "data plane reconnected ({} sessions held)",
+                        dp.sessions_at_hello
+                    );
+                    self.dp = Some(dp);
+                    self.resync();
+                }
+                Err(_) => self.dp_retry_at = now() + Duration::from_secs(1),
+            }
+        }
+        let Some(dp) = &mut self.dp else { return };
+        dp.poll();
+        let msgs: Vec<FromDataplane> = dp.unsolicited.drain(..).collect();
+        for m in msgs {
+            let t = now();
+            match m {
+                FromDataplane::Event(DpEvent::NewPath { id, path }) => {
+                    self.gw.observe_new_path(t, id, path);
+                }
+                FromDataplane::Event(DpEvent::Drops { reason, count, .. }) => {
+                    *self
+                        .counters
+                        .dataplane_drops
+                        .entry(reason.name())
+                        .or_default() += u64::from(count);
+                }
+                FromDataplane::Event(DpEvent::Refused { id, what }) => {
+                    warn!(session = %id, "the data plane refused {what:?}: terminating the session");
+                    self.counters.installs_refused += 1;
+                    let _ = self.gw.terminate(t, id);
+                }
+                FromDataplane::ControlDatagram { from, mut datagram } => {
+                    self.datagram(from, &mut datagram);
+                }
+                _ => {}
+            }
+            self.flush(t);
+        }
+    }
+
+    /// After a reconnection: the data plane may have restarted (and lost its sessions).
+    fn resync(&mut self) {
+        let t = now();
+        let Some(dp) = &mut self.dp else { return };
+        let Ok(list) = dp.list() else { return };
+        let held: HashSet<SessionId> = list.iter().map(|s| s.id).collect();
+        let ours: Vec<SessionId> = self
+            .gw
+            .sessions()
+            .filter(|s| s.state() != State::Terminated)
+            .map(|s| s.id)
+            .collect();
+        for id in ours.iter().filter(|id| !held.contains(id)) {
+            warn!(session = %id, "the data plane lost this session: terminating it");
+            let _ = self.gw.terminate(t, *id);
+        }
+        let ours: HashSet<SessionId> = ours.into_iter().collect();
+        for id in held.difference(&ours) {
+            let _ = dp.command(&ToDataplane::Retire { id: *id });
+        }
+        self.flush(t);
+    }
+
+    fn poll_activity(&mut self, t: Instant) {
+        let Some(dp) = &mut self.dp else { return };
+        let Ok(list) = dp.list() else { return };
+        self.summaries.clear();
+        for s in list {
+            self.gw.note_activity(
+                t,
+                s.id,
+                Duration::from_millis(u64::from(s.idle_ms)),
+                s.epoch,
+            );
+            self.summaries.insert(s.id, s);
+        }
+    }
+
+    /// Persist, program the data plane, then send and publish (in that order).
+    fn flush(&mut self, t: Instant) {
+        let (dirty, node) = self.gw.take_dirty();
+        for id in dirty {
+            if let Some(rec) = self.gw.export_session(t, id) {
+                if let Err(e) = self.store.save_session(&rec) {
+                    warn!(session = %id, "state: cannot persist: {e}");
+                }
+            }
+        }
+        if node {
+            if let Err(e) = self.store.save_node(&self.gw.export_node()) {
+                warn!("state: cannot persist the node record: {e}");
+            }
+        }
+        while let Some(u) = self.gw.poll_data_plane() {
+            self.apply_update(t, u);
+        }
+        while let Some(tx) = self.gw.poll_transmit() {
+            self.send(tx.dst, tx.payload);
+        }
+        while let Some(e) = self.gw.poll_event() {
+            let v = events::to_json(&e, self.cfg.node_id, self.policy_version);
+            println!("{v}");
+            self.ctl.publish(&v);
+        }
+    }
+
+    fn send(&mut self, dst: Path, payload: Vec<u8>) {
+        if let Some(udp) = &self.udp {
+            if let Err(e) = udp.send_to(&payload, dst.addr) {
+                warn!("control socket send to {}: {e}", dst.addr);
+            }
+        } else if let Some(dp) = &mut self.dp {
+            if let Err(e) = dp.command(&ToDataplane::Transmit {
+                to: dst.addr,
+                datagram: payload,
+            }) {
+                warn!("relay through the data plane: {e}");
+            }
+        }
+    }
+
+    fn apply_update(&mut self, t: Instant, u: DataPlaneUpdate) {
+        let (id, msg) = match u {
+            DataPlaneUpdate::Install {
+                handoff,
+                owner,
+                client_public,
+            } => {
+                let Some(inner) = self.allow.clients.get(&client_public).copied() else {
+                    warn!(session = %handoff.id, "client no longer allowed: terminating");
+                    let _ = self.gw.terminate(t, handoff.id);
+                    return;
+                };
+                let (window_top, window) = handoff.recv_window.to_parts();
+                (
+                    handoff.id,
+                    ToDataplane::Install(Box::new(Install {
+                        id: handoff.id,
+                        owner,
+                        inner,
+                        keys: handoff.keys.export(t),
+                        send_counter: handoff.send_counter,
+                        window_top,
+                        window,
+                        active: handoff.active,
+                    })),
+                )
+            }
+            DataPlaneUpdate::NextKeys { id, keys } => (
+                id,
+                ToDataplane::NextKeys {
+                    id,
+                    keys: Box::new(keys.export(t)),
+                },
+            ),
+            DataPlaneUpdate::SetPath { id, path } => (id, ToDataplane::SetPath { id, path }),
+            DataPlaneUpdate::Retire { id } => {
+                if let Err(e) = self.store.remove_session(id) {
+                    warn!(session = %id, "state: cannot remove: {e}");
+                }
+                (id, ToDataplane::Retire { id })
+            }
+        };
+        let is_install = matches!(msg, ToDataplane::Install(_));
+        let r = match &mut self.dp {
+            Some(dp) => dp.command(&msg),
+            None => Err(DpError::Lost("not connected".into())),
+        };
+        if let Err(e) = r {
+            warn!(session = %id, "data plane: {e}");
+            if is_install || matches!(e, DpError::Refused(_)) {
+                // Correctness over liveness: a session the workers cannot carry as decided
+                // ends explicitly.
+                self.counters.installs_refused += u64::from(is_install);
+                let _ = self.gw.terminate(t, id);
+            }
+        }
+    }
+
+    fn session_info(&self, t: Instant, id: SessionId) -> Option<SessionInfo> {
+        let s = self.gw.session(id)?;
+        let sum = self.summaries.get(&id);
+        Some(SessionInfo {
+            id: id.to_string(),
+            state: s.state().as_str().to_string(),
+            version: s.version(),
+            active_path: s.active.map(|p| p.to_string()),
+            owner: s.owner,
+            age_ms: jumping_protocol::time::millis(t.saturating_duration_since(s.created)),
+            switches: s.switches_total(),
+            key_epoch: s.key_epoch(),
+            client_key_id: client_key_id(&s.client_public),
+            inner: self
+                .allow
+                .clients
+                .get(&s.client_public)
+                .map_or_else(String::new, ToString::to_string),
+            rx_packets: sum.map_or(0, |x| x.rx_packets),
+            rx_bytes: sum.map_or(0, |x| x.rx_bytes),
+            tx_packets: sum.map_or(0, |x| x.tx_packets),
+            tx_bytes: sum.map_or(0, |x| x.tx_bytes),
+            last_rx_ms: sum.map(|x| u64::from(x.idle_ms)),
+        })
+    }
+
+    fn handle_call(&mut self, req: &Request) -> Result<Payload, ApiError> {
+        let t = now();
+        match req {
+            Request::Status => {
+                let mut by_state = BTreeMap::new();
+                for s in self.gw.sessions() {
+                    *by_state.entry(s.state().as_str().to_string()).or_default() += 1;
+                }
+                Ok(Payload::Status(Status {
+                    node_id: self.cfg.node_id,
+                    software_version: env!("CARGO_PKG_VERSION").to_string(),
+                    uptime_ms: jumping_protocol::time::millis(
+                        t.saturating_duration_since(self.started),
+                    ),
+                    policy_version: self.policy_version,
+                    listen: self.cfg.listen.to_string(),
+                    sessions_total: self.gw.sessions().count() as u64,
+                    sessions_by_state: by_state,
+                    clients_allowed: self.allow.clients.len() as u64,
+                    dataplane: DataplaneStatus {
+                        connected: self.dp.is_some(),
+                        backend: self.dp.as_ref().map(|d| d.backend.as_str().to_string()),
+                        workers: self.dp.as_ref().map_or(0, |d| d.workers),
+                        socket: self.cfg.dataplane_socket.display().to_string(),
+                    },
+                }))
+            }
+            Request::Sessions => {
+                let mut ids: Vec<SessionId> = self.gw.sessions().map(|s| s.id).collect();
+                ids.sort_unstable();
+                Ok(Payload::Sessions {
+                    sessions: ids
+                        .into_iter()
+                        .filter_map(|id| self.session_info(t, id))
+                        .collect(),
+                })
+            }
+            Request::SessionShow { id } => {
+                let id = sid_arg(id)?;
+                self.session_info(t, id)
+                    .map(Payload::Session)
+                    .ok_or_else(|| api_err(ErrorCode::NotFound, format!("no session {id}")))
+            }
+            Request::SessionKill { id } => {
+                let id = sid_arg(id)?;
+                self.gw
+                    .terminate(t, id)
+                    .map_err(|_| api_err(ErrorCode::NotFound, format!("no live session {id}")))?;
+                let version = self.gw.session(id).map_or(0, |s| s.version());
+                Ok(Payload::Killed(Killed {
+                    id: id.to_string(),
+                    version,
+                }))
+            }
+            Request::KeyRevoke { public_key } => {
+                let key = jumping_control_api::parse_public_key(public_key)
+                    .map_err(|e| api_err(ErrorCode::BadArgument, e.to_string()))?;
+                let n = self.gw.revoke_client(t, &key);
+                info!(client = %client_key_id(&key), sessions = n, "client key revoked");
+                Ok(Payload::Revoked(Revoked {
+                    client_key_id: client_key_id(&key),
+                    sessions_terminated: n as u64,
+                }))
+            }
+            Request::Rekey { .. } => Err(api_err(
+                ErrorCode::Unavailable,
+                "a gateway-initiated rekey is not implemented: clients rekey every \
+                 policy.rekey_after; `jumpctl session kill` ends a session now",
+            )),
+            Request::CoreDrain { .. } => Err(api_err(
+                ErrorCode::Unavailable,
+                "moving sessions between cores is not implemented yet (a session's owner is \
+                 its SessionId's top byte)",
+            )),
+            Request::PolicyShow => Ok(Payload::Policy(PolicyInfo {
+                policy_version: self.policy_version,
+                source: self
+                    .config_path
+                    .as_ref()
+                    .map_or_else(|| "embedded defaults".into(), |p| p.display().to_string()),
+                values: policy_values(self.gw.policy()),
+                clients_allowed: self.allow.clients.len() as u64,
+            })),
+            Request::PolicyReload => self.reload(),
+            Request::Stats => self.stats(),
+            Request::Events { .. } => Err(api_err(
+                ErrorCode::BadRequest,
+                "events are served by the socket itself",
+            )),
+        }
+    }
+
+    fn reload(&mut self) -> Result<Payload, ApiError> {
+        let cfg = Config::load(self.config_path.as_deref()).map_err(|e| {
+            api_err(
+                ErrorCode::BadArgument,
+                format!("policy refused, the old one stays: {e}"),
+            )
+        })?;
+        let allow = AllowList::load(&self.cfg.clients_file).map_err(|e| {
+            api_err(
+                ErrorCode::BadArgument,
+                format!("clients file refused, the old list stays: {e}"),
+            )
+        })?;
+        let old = policy_values(self.gw.policy());
+        let new = policy_values(&cfg.policy);
+        let mut changed: Vec<String> = new
+            .iter()
+            .filter(|(k, v)| old.get(*k) != Some(*v))
+            .map(|(k, _)| format!("policy.{k}"))
+            .collect();
+        self.gw
+            .set_policy(cfg.policy)
+            .map_err(|e| api_err(ErrorCode::BadArgument, e.to_string()))?;
+        for (k, addr) in &allow.clients {
+            if self.allow.clients.get(k) != Some(addr) {
+                changed.push(format!("client {} allowed ({addr})", client_key_id(k)));
+                self.gw.allow_client(*k);
+            }
+        }
+        for k in self.allow.clients.keys() {
+            if !allow.clients.contains_key(k) {
+                changed.push(format!("client {} removed", client_key_id(k)));
+                self.gw.disallow_client(k);
+            }
+        }
+        self.allow = allow;
+        if !changed.is_empty() {
+            self.policy_version += 1;
+            info!(
+                policy_version = self.policy_version,
+                ?changed,
+                "policy reloaded"
+            );
+        }
+        Ok(Payload::PolicyReloaded(PolicyReloaded {
+            policy_version: self.policy_version,
+            clients_allowed: self.allow.clients.len() as u64,
+            changed,
+        }))
+    }
+
+    fn stats(&mut self) -> Result<Payload, ApiError> {
+        let c = self.gw.counters();
+        let mut drops: BTreeMap<String, u64> = DropReason::NAMES
+            .iter()
+            .zip(c.drops.iter())
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| ((*k).to_string(), *n))
+            .collect();
+        if self.counters.handshakes_refused_no_dataplane > 0 {
+            drops.insert(
+                "no_dataplane".into(),
+                self.counters.handshakes_refused_no_dataplane,
+            );
+        }
+        let rejects = jumping_protocol::RejectCode::ALL
+            .iter()
+            .filter_map(|r| {
+                let n = c.rejects[usize::from(r.code() - 1)];
+                (n > 0).then(|| (r.as_str().to_string(), n))
+            })
+            .collect();
+        let control = ControlCounters {
+            handshakes: c.handshakes,
+            reattaches: c.reattaches,
+            cookies_sent: c.cookies_sent,
+            drops,
+            rejects,
+            events_dropped: self.ctl.events_dropped(),
+        };
+        let (workers, lost) = match &mut self.dp {
+            Some(dp) => {
+                let s = dp
+                    .stats()
+                    .map_err(|e| api_err(ErrorCode::Unavailable, e.to_string()))?;
+                let w = s
+                    .workers
+                    .iter()
+                    .map(|w| WorkerInfo {
+                        cpu: w.cpu,
+                        rx_datagrams: w.rx_datagrams,
+                        rx_bytes: w.rx_bytes,
+                        delivered: w.delivered,
+                        inside_packets: w.inside_packets,
+                        sent: w.sent,
+                        sent_bytes: w.sent_bytes,
+                        handed_off: w.handed_off,
+                        taken_over: w.taken_over,
+                        sessions: w.sessions,
+                        key_cache_misses: w.key_cache_misses,
+                        events_lost: w.events_lost,
+                        drops: DpDrop::ALL
+                            .iter()
+                            .map(|r| (r.name().to_string(), w.drops[r.index()]))
+                            .collect(),
+                    })
+                    .collect();
+                (w, s.events_lost)
+            }
+            None => (Vec::new(), 0),
+        };
+        Ok(Payload::Stats(StatsInfo {
+            control,
+            workers,
+            dataplane_events_lost: lost,
+        }))
+    }
+}
+
+fn policy_values(p: &Policy) -> BTreeMap<String, String> {
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    let mut m = BTreeMap::new();
+    for (k, v) in [
+        ("session_max_lifetime", d(p.session_max_lifetime)),
+        ("rekey_after", d(p.rekey_after)),
+        ("rekey_after_packets", p.rekey_after_packets.to_string()),
+        ("reject_after", d(p.reject_after)),
+        ("key_grace", d(p.key_grace)),
+        ("heartbeat_interval", d(p.heartbeat_interval)),
+        ("path_dead_after", d(p.path_dead_after)),
+        ("recovery_window", d(p.recovery_window)),
+        ("volatile_loss", p.volatile_loss.to_string()),
+        ("volatile_rtt", d(p.volatile_rtt)),
+        ("volatile_heartbeat_age", d(p.volatile_heartbeat_age)),
+        ("loss_window", d(p.loss_window)),
+        ("stability_window", d(p.stability_window)),
+        ("max_switches_per_min", p.max_switches_per_min.to_string()),
+        ("switch_cooldown", d(p.switch_cooldown)),
+        ("max_reattach_failures", p.max_reattach_failures.to_string()),
+        ("degraded_max", d(p.degraded_max)),
+        ("degraded_cooldown", d(p.degraded_cooldown)),
+        ("reattach_max_age", d(p.reattach_max_age)),
+        ("path_validation_timeout", d(p.path_validation_timeout)),
+        ("switch_hysteresis", p.switch_hysteresis.to_string()),
+        ("allowed_transports", format!("{:?}", p.allowed_transports)),
+    ] {
+        m.insert(k.to_string(), v);
+    }
+    m
+}
