@@ -259,6 +259,9 @@ impl Default for GatewayConfig {
 struct ClientEntry {
     last_timestamp: Option<u64>,
     revoked: bool,
+    /// In the allow-list. An entry can exist without it: a restored handshake timestamp, or
+    /// a revocation.
+    allowed: bool,
 }
 
 /// Counters of the gateway protocol object.
@@ -390,7 +393,9 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
 
     /// Allow a client identity key.
     pub fn allow_client(&mut self, public: [u8; 32]) {
-        self.clients.entry(public).or_default().revoked = false;
+        let e = self.clients.entry(public).or_default();
+        e.revoked = false;
+        e.allowed = true;
     }
 
     /// Counters.
@@ -586,7 +591,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
     /// they end (revoke to end them). Its handshake timestamp is kept.
     pub fn disallow_client(&mut self, public: &[u8; 32]) {
         if let Some(e) = self.clients.get_mut(public) {
-            e.revoked = true;
+            e.allowed = false;
         }
     }
 
@@ -672,7 +677,11 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             }
         };
         let client = accepted.client_public;
-        let Some(entry) = self.clients.get_mut(&client).filter(|e| !e.revoked) else {
+        let Some(entry) = self
+            .clients
+            .get_mut(&client)
+            .filter(|e| e.allowed && !e.revoked)
+        else {
             return self.drop_(DropReason::UnknownClient);
         };
         // WireGuard's rule: the timestamp must grow per client key, so a captured initiation

@@ -25,6 +25,7 @@ struct Pair {
     gw: Gateway<ChaCha20Rng>,
     client: Client<ChaCha20Rng>,
     gw_key: [u8; 32],
+    client_key: [u8; 32],
     /// Where each local path appears at the gateway.
     nat: Vec<Path>,
     /// Everything the client sent, with the path it arrived from.
@@ -52,6 +53,7 @@ impl Pair {
         let gw_kp = StaticKeypair::generate(&mut rng);
         let client_kp = StaticKeypair::generate(&mut rng);
         let gw_key = *gw_kp.secret_bytes();
+        let client_key = *client_kp.secret_bytes();
         let now = Instant::from_millis(1000);
         let mut gw = external_gateway(gw_key, now, 1);
         gw.allow_client(client_kp.public());
@@ -64,6 +66,7 @@ impl Pair {
             gw,
             client,
             gw_key,
+            client_key,
             nat: vec![
                 Path::udp(A.parse().expect("a")),
                 Path::udp(B.parse().expect("b")),
@@ -259,6 +262,8 @@ fn a_restored_gateway_keeps_versions_proofs_and_replay_protection() {
         .expect("decode");
     let node = NodeRecord::decode(&p.gw.export_node().encode()).expect("node");
     let mut gw = external_gateway(p.gw_key, p.now, 99);
+    // As the control process does: the allow-list first, then the persisted node state.
+    gw.allow_client(StaticKeypair::from_secret_bytes(p.client_key).public());
     gw.restore_node(&node);
     gw.restore_session(&rec).expect("restore");
     p.gw = gw;
@@ -310,4 +315,60 @@ fn a_restored_gateway_keeps_versions_proofs_and_replay_protection() {
     assert_eq!(s.active, Some(p.nat[0]));
     assert_eq!(s.version(), 3, "the version continues, no reuse");
     assert_eq!(s.switches_total(), 2);
+}
+
+#[test]
+fn restored_timestamps_do_not_allow_a_client_and_revocations_persist() {
+    let mut p = Pair::new();
+    let _ = p.connect();
+    let node = NodeRecord::decode(&p.gw.export_node().encode()).expect("node");
+    // Restored without an allow-list entry: the client is not allowed.
+    let mut gw = external_gateway(p.gw_key, p.now, 5);
+    gw.restore_node(&node);
+    p.gw = gw;
+    let (ck, gk) = (p.client_key, p.gw_key);
+    let same_client = move || {
+        Client::new(
+            ClientConfig::new(
+                StaticKeypair::from_secret_bytes(ck),
+                StaticKeypair::from_secret_bytes(gk).public(),
+            ),
+            ChaCha20Rng::seed_from_u64(3),
+        )
+    };
+    let client = same_client();
+    p.client = client;
+    p.client
+        .connect(p.now, LocalPath(0), 1_800_000_000_000_000_000);
+    p.exchange();
+    assert!(p.client.session_id().is_none(), "not in the allow-list");
+    assert_eq!(p.gw.counters().drops[DropReason::UnknownClient.index()], 1);
+
+    // Revoked, persisted, restored with the key back in the allow-list: still revoked.
+    let public = StaticKeypair::from_secret_bytes(p.client_key).public();
+    p.gw.allow_client(public);
+    assert_eq!(p.gw.revoke_client(p.now, &public), 0);
+    let node = NodeRecord::decode(&p.gw.export_node().encode()).expect("node");
+    let mut gw = external_gateway(p.gw_key, p.now, 6);
+    gw.allow_client(public);
+    gw.restore_node(&node);
+    p.gw = gw;
+    p.client = same_client();
+    p.client
+        .connect(p.now, LocalPath(0), 1_900_000_000_000_000_000);
+    p.exchange();
+    assert!(
+        p.client.session_id().is_none(),
+        "revocation survives a restart"
+    );
+    // Removed from the allow-list by a reload is not a revocation (not persisted as one).
+    let other = StaticKeypair::from_secret_bytes([5; 32]).public();
+    p.gw.allow_client(other);
+    p.gw.disallow_client(&other);
+    assert!(p
+        .gw
+        .export_node()
+        .clients
+        .iter()
+        .all(|c| c.0 != other || !c.2));
 }
