@@ -22,8 +22,8 @@ enum Cmd {
     /// What CI runs: format check, clippy with -D warnings, every test (including the fuzz
     /// corpus replay).
     Ci,
-    /// The demo: a session surviving a NAT rebind, a path switch and a rekey (deterministic
-    /// simulation of the protocol core, for now).
+    /// The demo: the real processes in network namespaces; a session surviving a NAT rebind
+    /// and a path switch (root).
     Demo,
     /// Run criterion benchmarks and write their numbers to target/bench/<run-id>/; `dataplane`
     /// (and `all`) also measures receive throughput on a namespace topology (needs root).
@@ -212,14 +212,7 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => exec(Command::new("bash").arg("scripts/setup.sh")),
         Cmd::Ci => ci(),
-        Cmd::Demo => exec(cargo().args([
-            "run",
-            "--release",
-            "-p",
-            "jumping-protocol",
-            "--example",
-            "demo",
-        ])),
+        Cmd::Demo => exec(cargo().args(["run", "-p", "jumping-e2e", "--bin", "jumping-demo"])),
         Cmd::Bench { which } => bench(&which),
         Cmd::Fuzz { target, seconds } => exec(
             cargo()
