@@ -398,3 +398,58 @@ impl NodeRecord {
         Ok(NodeRecord { clients })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Sim;
+    use proptest::prelude::*;
+
+    fn a_record() -> Vec<u8> {
+        let mut sim = Sim::new(11, crate::Policy::default());
+        let sid = sim.connect();
+        sim.gw
+            .export_session(sim.now, sid)
+            .expect("session")
+            .encode()
+            .to_vec()
+    }
+
+    #[test]
+    fn round_trip_and_every_truncation_is_an_error() {
+        let bytes = a_record();
+        let rec = SessionRecord::decode(&bytes).expect("decode");
+        assert_eq!(*rec.encode(), bytes, "canonical");
+        for n in 0..bytes.len() {
+            assert!(
+                SessionRecord::decode(&bytes[..n]).is_err(),
+                "truncated at {n}"
+            );
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(
+            SessionRecord::decode(&long).err(),
+            Some(RecordError::Trailing)
+        );
+        let mut other = bytes;
+        other[0] = 9;
+        assert_eq!(
+            SessionRecord::decode(&other).err(),
+            Some(RecordError::Version(9))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_never_panics(data in prop::collection::vec(any::<u8>(), 0..1200), flip in any::<usize>()) {
+            let _ = SessionRecord::decode(&data);
+            let _ = NodeRecord::decode(&data);
+            // Mutations of a valid record: decode or fail cleanly.
+            let mut rec = a_record();
+            let i = flip % rec.len();
+            rec[i] ^= 0xA5;
+            let _ = SessionRecord::decode(&rec);
+        }
+    }
+}
