@@ -243,7 +243,11 @@ fn run(tag: &str, next_hop_mac: &str) {
         down(&client, &server, &mut sim, &topo);
     }
 
-    let s = ctl.stats_when(|s| total(s, |w| w.sent) >= u64::from(PACKETS));
+    // Both directions done (each counter is published by its own worker, at its own pace).
+    let s = ctl.stats_when(|s| {
+        total(s, |w| w.sent) >= u64::from(PACKETS)
+            && total(s, |w| w.delivered) >= u64::from(PACKETS)
+    });
     assert_eq!(total(&s, |w| w.delivered), u64::from(PACKETS), "{s:?}");
     assert_eq!(s.workers[0].sent, u64::from(PACKETS), "{s:?}");
     assert_eq!(s.workers[1].sent, 0, "only the owner seals: {s:?}");

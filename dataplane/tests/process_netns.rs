@@ -220,7 +220,11 @@ fn run(backend: &str, tag: &str) {
     });
 
     // Counters are published by the workers within a millisecond or so of their work.
-    let s = ctl.stats_when(|s| total(s, |w| w.sent) >= u64::from(PACKETS));
+    // Both directions done (each counter is published by its own worker, at its own pace).
+    let s = ctl.stats_when(|s| {
+        total(s, |w| w.sent) >= u64::from(PACKETS)
+            && total(s, |w| w.delivered) >= u64::from(PACKETS)
+    });
     assert_eq!(s.backend, want);
     assert_eq!(
         total(&s, |w| w.drops[DropReason::AuthFailed.index()]),
