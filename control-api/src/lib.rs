@@ -124,7 +124,7 @@ pub enum Request {
     PolicyReload,
     /// Move every session off one worker core; answered with [`Payload::Drained`].
     CoreDrain {
-        /// The worker core (CPU number) to drain.
+        /// The worker core to drain: its index, as `jumpctl sessions` shows in OWNER.
         core: u8,
     },
     /// Counters of the control process and of each worker; answered with [`Payload::Stats`].

@@ -19,12 +19,12 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use jumping_control_api::server::Server;
 use jumping_control_api::{
-    ApiError, ControlCounters, DataplaneStatus, ErrorCode, Killed, Payload, PolicyInfo,
-    PolicyReloaded, Request, Revoked, SessionInfo, StatsInfo, Status, WorkerInfo,
+    ApiError, ControlCounters, DataplaneStatus, Drained, ErrorCode, Killed, Payload, PolicyInfo,
+    PolicyReloaded, Rekeyed, Request, Revoked, SessionInfo, StatsInfo, Status, WorkerInfo,
 };
 use jumping_dataplane_api::{
-    Backend, DropReason as DpDrop, Event as DpEvent, FromDataplane, Install, SessionSummary,
-    ToDataplane,
+    Backend, DropReason as DpDrop, Event as DpEvent, FromDataplane, Install, Refusal,
+    SessionSummary, ToDataplane,
 };
 use jumping_protocol::gateway::{
     client_key_id, DataPlaneMode, DataPlaneUpdate, DropReason, Gateway, GatewayConfig,
@@ -430,6 +430,10 @@ impl Daemon {
         let Some(dp) = &mut self.dp else { return };
         let Ok(list) = dp.list() else { return };
         let held: HashSet<SessionId> = list.iter().map(|s| s.id).collect();
+        for s in &list {
+            // A session moved between cores before a restart is where the data plane says.
+            self.gw.note_owner(s.id, s.owner);
+        }
         let ours: Vec<SessionId> = self
             .gw
             .sessions()
@@ -540,6 +544,8 @@ impl Daemon {
                 },
             ),
             DataPlaneUpdate::SetPath { id, path } => (id, ToDataplane::SetPath { id, path }),
+            DataPlaneUpdate::Move { id, to } => (id, ToDataplane::Move { id, to }),
+            DataPlaneUpdate::RequestRekey { id } => (id, ToDataplane::RequestRekey { id }),
             DataPlaneUpdate::Retire { id } => {
                 if let Err(e) = self.store.remove_session(id) {
                     warn!(session = %id, "state: cannot remove: {e}");
@@ -548,13 +554,21 @@ impl Daemon {
             }
         };
         let is_install = matches!(msg, ToDataplane::Install(_));
+        // A move or a rekey request the data plane could not do now leaves the session as it
+        // was (the drain reads the owners back); anything else refused ends it.
+        let optional = matches!(
+            msg,
+            ToDataplane::Move { .. } | ToDataplane::RequestRekey { .. }
+        );
         let r = match &mut self.dp {
             Some(dp) => dp.command(&msg),
             None => Err(DpError::Lost("not connected".into())),
         };
         if let Err(e) = r {
             warn!(session = %id, "data plane: {e}");
-            if is_install || matches!(e, DpError::Refused(_)) {
+            let harmless =
+                optional && matches!(e, DpError::Refused(Refusal::Busy | Refusal::NoSuchWorker));
+            if !harmless && (is_install || matches!(e, DpError::Refused(_))) {
                 // Correctness over liveness: a session the workers cannot carry as decided
                 // ends explicitly.
                 self.counters.installs_refused += u64::from(is_install);
@@ -653,16 +667,33 @@ impl Daemon {
                     sessions_terminated: n as u64,
                 }))
             }
-            Request::Rekey { .. } => Err(api_err(
-                ErrorCode::Unavailable,
-                "a gateway-initiated rekey is not implemented: clients rekey every \
-                 policy.rekey_after; `jumpctl session kill` ends a session now",
-            )),
-            Request::CoreDrain { .. } => Err(api_err(
-                ErrorCode::Unavailable,
-                "moving sessions between cores is not implemented yet (a session's owner is \
-                 its SessionId's top byte)",
-            )),
+            Request::Rekey { id } => {
+                let ids: Vec<SessionId> = match id {
+                    Some(text) => vec![sid_arg(text)?],
+                    None => self
+                        .gw
+                        .sessions()
+                        .filter(|s| !matches!(s.state(), State::Terminated | State::Birth))
+                        .map(|s| s.id)
+                        .collect(),
+                };
+                let mut n = 0u64;
+                for sid in ids {
+                    match self.gw.request_rekey(sid) {
+                        Ok(()) => n += 1,
+                        Err(_) if id.is_some() => {
+                            return Err(api_err(
+                                ErrorCode::NotFound,
+                                format!("no live session {sid}"),
+                            ))
+                        }
+                        Err(_) => {}
+                    }
+                }
+                info!(sessions = n, "rekey requested");
+                Ok(Payload::Rekeyed(Rekeyed { sessions: n }))
+            }
+            Request::CoreDrain { core } => self.drain(t, *core),
             Request::PolicyShow => Ok(Payload::Policy(PolicyInfo {
                 policy_version: self.policy_version,
                 source: self
@@ -679,6 +710,46 @@ impl Daemon {
                 "events are served by the socket itself",
             )),
         }
+    }
+
+    /// Move every session off worker `core` (and give it no new ones until a restart).
+    fn drain(&mut self, t: Instant, core: u8) -> Result<Payload, ApiError> {
+        let workers =
+            self.dp.as_ref().map(|d| d.workers).ok_or_else(|| {
+                api_err(ErrorCode::Unavailable, "the data plane is not connected")
+            })?;
+        if core >= workers {
+            return Err(api_err(
+                ErrorCode::BadArgument,
+                format!(
+                    "no worker core {core}: the data plane runs {workers} (0..{})",
+                    workers - 1
+                ),
+            ));
+        }
+        let moves = self.gw.drain_core(core).map_err(|e| {
+            api_err(
+                ErrorCode::BadArgument,
+                format!("cannot drain core {core}: {e}"),
+            )
+        })?;
+        // Persist, then move (each move is answered once the new owner holds the session).
+        self.flush(t);
+        // The data plane is the truth about owners: read them back.
+        let mut moved = 0u64;
+        if let Some(dp) = &mut self.dp {
+            if let Ok(list) = dp.list() {
+                for s in &list {
+                    self.gw.note_owner(s.id, s.owner);
+                }
+                moved = moves
+                    .iter()
+                    .filter(|(id, to)| list.iter().any(|s| s.id == *id && s.owner == *to))
+                    .count() as u64;
+            }
+        }
+        info!(core, moved, planned = moves.len(), "core drained");
+        Ok(Payload::Drained(Drained { core, moved }))
     }
 
     fn reload(&mut self) -> Result<Payload, ApiError> {

@@ -128,6 +128,22 @@ pub enum ToDataplane {
         /// Session.
         id: SessionId,
     },
+    /// Move a session to worker `to` (draining a core). The old owner hands the session's
+    /// whole state to the new one through the ring it already hands packets over, so no
+    /// packet is lost or reordered; answered with [`FromDataplane::Done`] once the new owner
+    /// holds it (later commands for the session are held until then and applied in order).
+    Move {
+        /// Session.
+        id: SessionId,
+        /// New owner worker.
+        to: u8,
+    },
+    /// Ask the client to rekey: the session's heartbeat echoes carry the request
+    /// (`wire::HEARTBEAT_FLAG_REKEY`) until the next key epoch is installed.
+    RequestRekey {
+        /// Session.
+        id: SessionId,
+    },
     /// List every session the data plane holds (answered by one or more
     /// [`FromDataplane::Sessions`]).
     ListSessions,
@@ -632,6 +648,8 @@ impl ToDataplane {
             ToDataplane::ListSessions => 6,
             ToDataplane::Stats => 7,
             ToDataplane::Transmit { .. } => 8,
+            ToDataplane::Move { .. } => 9,
+            ToDataplane::RequestRekey { .. } => 10,
         }
     }
 
@@ -677,7 +695,11 @@ impl ToDataplane {
                 w.u64(id.0);
                 w.epoch(keys);
             }
-            ToDataplane::Retire { id } => w.u64(id.0),
+            ToDataplane::Retire { id } | ToDataplane::RequestRekey { id } => w.u64(id.0),
+            ToDataplane::Move { id, to } => {
+                w.u64(id.0);
+                w.u8(*to);
+            }
             ToDataplane::Transmit { to, datagram } => {
                 w.addr(*to);
                 w.blob(datagram);
@@ -744,6 +766,11 @@ impl ToDataplane {
                 to: r.addr()?,
                 datagram: r.blob()?,
             },
+            9 => ToDataplane::Move {
+                id: r.sid()?,
+                to: r.u8()?,
+            },
+            10 => ToDataplane::RequestRekey { id: r.sid()? },
             k => return Err(DecodeError::Kind(k)),
         };
         r.end()?;

@@ -50,6 +50,11 @@ fn every_request() -> Vec<ToDataplane> {
             keys: Box::new(epoch(4)),
         },
         ToDataplane::Retire { id: SessionId(5) },
+        ToDataplane::Move {
+            id: SessionId(5),
+            to: 3,
+        },
+        ToDataplane::RequestRekey { id: SessionId(5) },
         ToDataplane::ListSessions,
         ToDataplane::Stats,
         ToDataplane::Transmit {

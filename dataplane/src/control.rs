@@ -102,6 +102,25 @@ pub struct ControlServer {
     events_lost: u64,
     /// The inside XDP program's routes (AF_XDP inside NIC only).
     inside_routes: Option<jumping_ebpf::InsideRoutes>,
+    /// Owners of the sessions that were ever moved (the others are owned by their
+    /// SessionId's top byte); the workers they passed through keep forwarding entries, which
+    /// are cleared when the session ends.
+    moved: HashMap<SessionId, u8>,
+    /// Sessions held by each worker (installs, moves and retirements as programmed here).
+    per_worker: Vec<usize>,
+    /// Each worker's session table size: a move to a full worker is refused.
+    capacity: usize,
+    /// Moves under way: answered when the new owner has the session; commands for the
+    /// session meanwhile are held and then sent, in order, to whoever holds it.
+    moving: HashMap<SessionId, Moving>,
+}
+
+#[derive(Debug)]
+struct Moving {
+    seq: u32,
+    from: u8,
+    to: u8,
+    held: Vec<Command<DataSession, SessionUpdate>>,
 }
 
 impl std::fmt::Debug for ControlServer {
@@ -143,6 +162,7 @@ impl ControlServer {
                 let _ = std::fs::remove_file(path);
             }
         }
+        let n = workers.len();
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
@@ -158,7 +178,16 @@ impl ControlServer {
             listing: None,
             events_lost: 0,
             inside_routes: None,
+            moved: HashMap::new(),
+            per_worker: vec![0; n],
+            capacity: usize::MAX,
+            moving: HashMap::new(),
         })
+    }
+
+    /// Each worker's session table size (a move to a worker that is full is refused).
+    pub fn set_capacity(&mut self, per_worker: usize) {
+        self.capacity = per_worker;
     }
 
     /// Program `routes` (the inside XDP program's `inside_routes` map) with the inner address
@@ -295,6 +324,12 @@ impl ControlServer {
                 Err(_) => FromDataplane::Refused(Refusal::BadKeys),
             },
             ToDataplane::Retire { id } => self.retire(id),
+            ToDataplane::Move { id, to } => match self.start_move(id, to, seq) {
+                // Answered when the new owner holds it.
+                None => return,
+                Some(answer) => answer,
+            },
+            ToDataplane::RequestRekey { id } => self.update(id, SessionUpdate::RequestRekey),
             ToDataplane::ListSessions => {
                 for w in &mut self.workers {
                     let _ = w.to_worker.push(ToWorker::List);
@@ -362,20 +397,128 @@ impl ControlServer {
         }
         self.inner_of.insert(i.id, i.inner);
         self.session_of.insert(i.inner, i.id);
+        self.per_worker[owner] += 1;
         FromDataplane::Done
+    }
+
+    /// The worker holding `id` (or receiving it, while it moves).
+    fn owner(&self, id: SessionId) -> usize {
+        usize::from(self.moved.get(&id).copied().unwrap_or_else(|| owner_of(id)))
+    }
+
+    /// Send a session command to its owner, or hold it while the session moves.
+    fn command(&mut self, id: SessionId, cmd: Command<DataSession, SessionUpdate>) -> bool {
+        if let Some(m) = self.moving.get_mut(&id) {
+            m.held.push(cmd);
+            return true;
+        }
+        let owner = self.owner(id);
+        self.workers[owner].commands.send(cmd).is_ok()
+    }
+
+    fn start_move(&mut self, id: SessionId, to: u8, seq: u32) -> Option<FromDataplane> {
+        if !self.inner_of.contains_key(&id) {
+            return Some(FromDataplane::Refused(Refusal::UnknownSession));
+        }
+        let dest = usize::from(to);
+        if dest >= self.workers.len() {
+            return Some(FromDataplane::Refused(Refusal::NoSuchWorker));
+        }
+        let from = self.owner(id);
+        if from == dest {
+            return Some(FromDataplane::Done);
+        }
+        if self.moving.contains_key(&id) || self.per_worker[dest] >= self.capacity {
+            return Some(FromDataplane::Refused(Refusal::Busy));
+        }
+        if self.workers[from]
+            .to_worker
+            .push(ToWorker::Export { id, to })
+            .is_err()
+        {
+            return Some(FromDataplane::Refused(Refusal::Busy));
+        }
+        self.moving.insert(
+            id,
+            Moving {
+                seq,
+                from: u8::try_from(from).unwrap_or(0),
+                to,
+                held: Vec::new(),
+            },
+        );
+        // Counted at the destination now, so concurrent moves respect its room.
+        self.per_worker[from] -= 1;
+        self.per_worker[dest] += 1;
+        None
+    }
+
+    /// A worker reported the end of a move.
+    fn moved(&mut self, id: SessionId, held_by: Option<u8>) {
+        let Some(m) = self.moving.remove(&id) else {
+            return;
+        };
+        let (from, to) = (usize::from(m.from), usize::from(m.to));
+        let answer = match held_by {
+            Some(w) => {
+                if w != m.to && self.inner_of.contains_key(&id) {
+                    // Stayed where it was.
+                    self.per_worker[to] = self.per_worker[to].saturating_sub(1);
+                    self.per_worker[from] += 1;
+                }
+                self.moved.insert(id, w);
+                for cmd in m.held {
+                    // A full ring here is the worker stalling; the command is lost and the
+                    // control process's next resync finds out.
+                    let _ = self.workers[usize::from(w)].commands.send(cmd);
+                }
+                if !self.inner_of.contains_key(&id) {
+                    // Retired while it moved (the retirement was among the held commands).
+                    self.forget_moved(id);
+                }
+                if w == m.to {
+                    FromDataplane::Done
+                } else {
+                    FromDataplane::Refused(Refusal::Busy)
+                }
+            }
+            None => {
+                // Gone: forget it entirely; the control process ends the session.
+                tracing::warn!(session = %id, "a moving session was lost; it must be ended");
+                if self.inner_of.contains_key(&id) {
+                    self.per_worker[to] = self.per_worker[to].saturating_sub(1);
+                }
+                if let Some(inner) = self.inner_of.remove(&id) {
+                    self.session_of.remove(&inner);
+                    for w in &mut self.workers {
+                        let _ = w.to_worker.push(ToWorker::Unroute { inner });
+                    }
+                    self.remove_inside_route(inner);
+                }
+                self.forget_moved(id);
+                FromDataplane::Refused(Refusal::UnknownSession)
+            }
+        };
+        self.send(&answer, m.seq);
+    }
+
+    /// Tell every worker to forget where a moved session went.
+    fn forget_moved(&mut self, id: SessionId) {
+        if self.moved.remove(&id).is_some() {
+            for w in &mut self.workers {
+                let _ = w.to_worker.push(ToWorker::Forget { id });
+            }
+        }
     }
 
     fn update(&mut self, id: SessionId, update: SessionUpdate) -> FromDataplane {
         if !self.inner_of.contains_key(&id) {
             return FromDataplane::Refused(Refusal::UnknownSession);
         }
-        let owner = usize::from(owner_of(id));
-        match self.workers[owner]
-            .commands
-            .send(Command::Update { id, update })
-        {
-            Ok(()) => FromDataplane::Done,
-            Err(_) => FromDataplane::Refused(Refusal::Busy),
+        if self.command(id, Command::Update { id, update }) {
+            FromDataplane::Done
+        } else {
+            FromDataplane::Refused(Refusal::Busy)
         }
     }
 
@@ -383,13 +526,16 @@ impl ControlServer {
         let Some(inner) = self.inner_of.get(&id).copied() else {
             return FromDataplane::Refused(Refusal::UnknownSession);
         };
-        let owner = usize::from(owner_of(id));
-        if self.workers[owner]
-            .commands
-            .send(Command::Retire { id })
-            .is_err()
-        {
+        if !self.command(id, Command::Retire { id }) {
             return FromDataplane::Refused(Refusal::Busy);
+        }
+        let owner = self
+            .moving
+            .get(&id)
+            .map_or_else(|| self.owner(id), |m| usize::from(m.to));
+        self.per_worker[owner] = self.per_worker[owner].saturating_sub(1);
+        if !self.moving.contains_key(&id) {
+            self.forget_moved(id);
         }
         for w in &mut self.workers {
             let _ = w.to_worker.push(ToWorker::Unroute { inner });
@@ -417,6 +563,7 @@ impl ControlServer {
                         self.send(&FromDataplane::ControlDatagram { from, datagram }, 0);
                     }
                     FromWorker::Sessions { sessions, last } => self.forward_listing(sessions, last),
+                    FromWorker::Moved { id, held_by } => self.moved(id, held_by),
                 }
             }
         }

@@ -233,6 +233,7 @@ fn run() -> Result<()> {
                 config.control_socket.display()
             )
         })?;
+    server.set_capacity(config.session_capacity);
     if let Some(routes) = inside_routes {
         server.set_inside_routes(routes);
     }

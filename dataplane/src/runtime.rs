@@ -38,7 +38,7 @@ use rtrb::{Consumer, Producer};
 
 use crate::tun::TunRing;
 use crate::uring::UringUdp;
-use crate::worker::{Rx, Worker};
+use crate::worker::{DataSession, Rx, Worker};
 use crate::xsk::{EthTemplate, L2Template, RxItem, XskRx, ETH_HLEN, ETH_P_IP, ETH_P_IPV6};
 
 /// Bytes a handoff slot holds (a full-size datagram or inner packet).
@@ -52,6 +52,10 @@ const PUBLISH_EVERY: core::time::Duration = core::time::Duration::from_millis(1)
 const REPORT_EVERY: core::time::Duration = core::time::Duration::from_secs(1);
 /// Empty iterations before a worker sleeps in `poll(2)`.
 const IDLE_SPINS: u32 = 100;
+/// Packets a worker may hold back while sessions it adopted settle (beyond: dropped and
+/// counted as `handoff_full`). A marker's round trip takes microseconds; this covers a
+/// descheduled old owner at high rates.
+pub const PARK_MAX: usize = 4096;
 /// Heartbeat echo size (the only reply a worker produces).
 const REPLY_MAX: usize = 64;
 
@@ -82,12 +86,36 @@ impl Default for Handoff {
 }
 
 /// What a [`Handoff`] carries.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub enum HandoffKind {
     /// A tunnel datagram received from `Path` on a queue that is not the owner's.
     Inbound(Path),
     /// An inner packet for session `SessionId`, read from another worker's TUN queue.
     Outbound(SessionId),
+    /// A whole session moving to the receiving worker (a core drain). It travels in the same
+    /// ring as the packets the old owner passes on afterwards, so it arrives before them:
+    /// nothing is lost or reordered.
+    Session {
+        /// The session.
+        id: SessionId,
+        /// The worker it comes from (a failed adoption is reported with it).
+        from: u8,
+        /// Its state: keys, counters, replay window, path.
+        state: Box<DataSession>,
+    },
+    /// The end of a move, in two legs: the new owner sends it to the old one behind the
+    /// packets of the session it handed there before it adopted the session; the old owner
+    /// sends it back (`echo`) behind everything it passed on. When the echo arrives, no
+    /// earlier packet of the session is left in either ring: the new owner processes the
+    /// packets it received itself meanwhile (held back, in order), then carries on.
+    Marker {
+        /// The session.
+        id: SessionId,
+        /// The sender.
+        from: u8,
+        /// The second leg.
+        echo: bool,
+    },
 }
 
 /// Put a copy of `bytes` into the handoff ring `ring` (filling the ring slot in place: no
@@ -115,11 +143,39 @@ pub fn push_handoff(
     Ok(())
 }
 
+/// A packet held back while its session settles on this worker.
+#[derive(Debug)]
+enum Parked {
+    /// A tunnel datagram from a path.
+    Inbound(Path, Vec<u8>),
+    /// An inner packet read inside.
+    Outbound(Vec<u8>),
+}
+
+/// Put a session into the handoff ring `ring` (its slot's bytes are left empty).
+///
+/// # Errors
+/// The session back if the ring is full.
+pub fn push_session(
+    ring: &mut Producer<Handoff>,
+    id: SessionId,
+    from: u8,
+    state: Box<DataSession>,
+) -> Result<(), Box<DataSession>> {
+    let Ok(mut chunk) = ring.write_chunk(1) else {
+        return Err(state);
+    };
+    let (first, _) = chunk.as_mut_slices();
+    first[0].kind = HandoffKind::Session { id, from, state };
+    first[0].len = 0;
+    chunk.commit_all();
+    Ok(())
+}
+
 impl Handoff {
-    /// What the packet is.
-    #[must_use]
-    pub fn kind(&self) -> HandoffKind {
-        self.kind
+    /// What the packet is: taken out (a moving session is moved, not copied).
+    pub fn take_kind(&mut self) -> HandoffKind {
+        std::mem::replace(&mut self.kind, HandoffKind::Outbound(SessionId(0)))
     }
 
     /// The packet (a tunnel datagram or an inner packet).
@@ -152,6 +208,19 @@ pub enum ToWorker {
         /// UDP payload.
         datagram: Vec<u8>,
     },
+    /// Hand session `id` to worker `to` (it is being moved), and pass on to `to` whatever
+    /// arrives for it from now on.
+    Export {
+        /// Session.
+        id: SessionId,
+        /// New owner.
+        to: u8,
+    },
+    /// Session `id` ended: forget where it was passed on to.
+    Forget {
+        /// Session.
+        id: SessionId,
+    },
 }
 
 /// Worker → control thread.
@@ -172,6 +241,15 @@ pub enum FromWorker {
         from: SocketAddr,
         /// UDP payload.
         datagram: Vec<u8>,
+    },
+    /// A move finished: `held_by` holds session `id` now (the new owner after an adoption;
+    /// the old owner if the export could not happen; `None` if the session is gone: it was
+    /// not there to export, or the new owner could not adopt it).
+    Moved {
+        /// Session.
+        id: SessionId,
+        /// Which worker holds it.
+        held_by: Option<u8>,
     },
 }
 
@@ -494,6 +572,18 @@ struct Lane {
     pending_drops: HashMap<(SessionId, DropReason), u32>,
     /// Heartbeat echoes to send after the receive batch (destination not the source).
     deferred: Vec<(Path, u8, [u8; REPLY_MAX])>,
+    /// Sessions moved away from this worker, and where to: what still arrives for them here
+    /// is passed on (consulted only for sessions this worker does not hold; empty until a
+    /// core is drained, so the packet path pays nothing for it before).
+    forwards: HashMap<SessionId, u8>,
+    /// Sessions adopted whose marker has not come back, with the packets this worker
+    /// received itself for them meanwhile (held back, so none overtakes an earlier one still
+    /// on its way back through the old owner).
+    settling: HashMap<SessionId, Vec<Parked>>,
+    /// Packets held in `settling`, all sessions.
+    parked: usize,
+    /// Markers that found their ring full, retried every iteration.
+    markers: Vec<(u8, SessionId, bool)>,
 }
 
 fn session_of(buf: &[u8]) -> Option<SessionId> {
@@ -501,7 +591,7 @@ fn session_of(buf: &[u8]) -> Option<SessionId> {
     Some(SessionId(u64::from_be_bytes(b))).filter(|id| id.0 != 0)
 }
 
-/// The worker that owns `id` by its SessionId (top byte).
+/// The worker that owns `id` by its SessionId (top byte), unless it was moved.
 #[must_use]
 pub fn owner_of(id: SessionId) -> u8 {
     (id.0 >> 56) as u8
@@ -538,6 +628,126 @@ impl Lane {
             .is_some_and(|(p, at)| *p == path && now.saturating_duration_since(*at) < REPORT_EVERY);
         if !recent && self.event(FromWorker::Event(Event::NewPath { id, path })) {
             self.reported.insert(id, (path, now));
+        }
+    }
+
+    /// Where a session this worker does not hold is: where it was passed on to, else its
+    /// SessionId's owner.
+    fn owner_of(&self, id: SessionId) -> u8 {
+        if self.forwards.is_empty() {
+            return owner_of(id);
+        }
+        self.forwards
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| owner_of(id))
+    }
+
+    /// Should a datagram or inner packet of `id` that reached this worker go to another one?
+    fn elsewhere(&self, id: SessionId) -> Option<u8> {
+        let owner = self.owner_of(id);
+        (owner != self.index
+            && usize::from(owner) < self.links.to_peers.len()
+            && self.worker.session(id).is_none())
+        .then_some(owner)
+    }
+
+    /// Hold back this worker's own packet of a settling session; `false` if `id` is not
+    /// settling. A full park drops the packet (counted).
+    fn park(&mut self, id: SessionId, p: impl FnOnce() -> Parked) -> bool {
+        if self.settling.is_empty() {
+            return false;
+        }
+        let Some(held) = self.settling.get_mut(&id) else {
+            return false;
+        };
+        if self.parked >= PARK_MAX {
+            self.worker.count_drop(DropReason::HandoffFull);
+        } else {
+            held.push(p());
+            self.parked += 1;
+        }
+        true
+    }
+
+    fn send_marker(&mut self, to: u8, id: SessionId, echo: bool) {
+        let kind = HandoffKind::Marker {
+            id,
+            from: self.index,
+            echo,
+        };
+        let pushed = match self.links.to_peers.get_mut(usize::from(to)) {
+            Some(Some(ring)) => push_handoff(ring, kind, &[]).is_ok(),
+            // No such worker (cannot happen: moves are between workers).
+            _ => true,
+        };
+        if !pushed {
+            self.markers.push((to, id, echo));
+        }
+    }
+
+    fn retry_markers(&mut self) {
+        for (to, id, echo) in std::mem::take(&mut self.markers) {
+            self.send_marker(to, id, echo);
+        }
+    }
+
+    /// The session settled: the packets held back for it, in order. The move is reported.
+    fn settled(&mut self, id: SessionId) -> Vec<Parked> {
+        let Some(held) = self.settling.remove(&id) else {
+            return Vec::new();
+        };
+        self.parked -= held.len();
+        self.event(FromWorker::Moved {
+            id,
+            held_by: Some(self.index),
+        });
+        held
+    }
+
+    /// Move session `id` to worker `to` (control thread's request).
+    fn export(&mut self, id: SessionId, to: u8) {
+        // (A settling session is not moved on: the control thread waits for its report.)
+        let held_by = match (
+            self.links.to_peers.get_mut(usize::from(to)),
+            self.worker.take(id),
+        ) {
+            (Some(Some(ring)), Some(state)) => {
+                match push_session(ring, id, self.index, Box::new(state)) {
+                    Ok(()) => {
+                        self.forwards.insert(id, to);
+                        // The adopter reports the end of the move.
+                        return;
+                    }
+                    Err(state) => {
+                        // The ring is full: keep it (reinsertion into the slot just freed).
+                        let kept = self.worker.adopt(id, state).is_ok();
+                        kept.then_some(self.index)
+                    }
+                }
+            }
+            (_, Some(state)) => {
+                let kept = self.worker.adopt(id, Box::new(state)).is_ok();
+                kept.then_some(self.index)
+            }
+            (_, None) => None,
+        };
+        self.event(FromWorker::Moved { id, held_by });
+    }
+
+    /// A session moved here from worker `from`.
+    fn adopt(&mut self, id: SessionId, from: u8, state: Box<DataSession>) {
+        self.forwards.remove(&id);
+        if self.worker.adopt(id, state).is_ok() {
+            // Reported once the marker is back.
+            self.settling.insert(id, Vec::new());
+            self.send_marker(from, id, false);
+        } else {
+            // The control thread checks room before a move; if the table filled up
+            // meanwhile the session cannot be carried here and is reported gone (the
+            // control process ends it explicitly).
+            tracing::warn!(session = %id, from, "no room to adopt a moved session");
+            self.event(FromWorker::Moved { id, held_by: None });
         }
     }
 
@@ -624,11 +834,10 @@ impl Lane {
             }
         }
         if let Some(id) = session_of(buf) {
-            let owner = owner_of(id);
-            if owner != self.index
-                && usize::from(owner) < self.links.to_peers.len()
-                && self.worker.session(id).is_none()
-            {
+            if self.park(id, || Parked::Inbound(from, buf.to_vec())) {
+                return None;
+            }
+            if let Some(owner) = self.elsewhere(id) {
                 self.hand_off(owner, HandoffKind::Inbound(from), buf);
                 return None;
             }
@@ -654,6 +863,9 @@ impl Lane {
 
     fn apply_control(&mut self, io: &mut WorkerIo, now: Instant) -> usize {
         let mut n = 0;
+        if !self.markers.is_empty() {
+            self.retry_markers();
+        }
         while let Ok(msg) = self.links.control_in.pop() {
             n += 1;
             match msg {
@@ -671,6 +883,10 @@ impl Lane {
                     } else {
                         self.worker.count_drop(DropReason::TxFailed);
                     }
+                }
+                ToWorker::Export { id, to } => self.export(id, to),
+                ToWorker::Forget { id } => {
+                    self.forwards.remove(&id);
                 }
             }
         }
@@ -771,6 +987,10 @@ impl WorkerLoop {
                 reported: HashMap::new(),
                 pending_drops: HashMap::new(),
                 deferred: Vec::with_capacity(64),
+                forwards: HashMap::new(),
+                settling: HashMap::new(),
+                parked: 0,
+                markers: Vec::new(),
             },
         }
     }
@@ -877,10 +1097,54 @@ impl WorkerLoop {
                 };
                 n += 1;
                 lane.local.taken_over += 1;
-                let kind = h.kind();
+                let kind = h.take_kind();
                 let scratch = h.bytes_mut();
                 let len = scratch.len();
                 match kind {
+                    HandoffKind::Session { id, from, state } => lane.adopt(id, from, state),
+                    HandoffKind::Marker {
+                        id,
+                        from,
+                        echo: false,
+                    } => {
+                        lane.send_marker(from, id, true);
+                    }
+                    HandoffKind::Marker { id, echo: true, .. } => {
+                        for p in lane.settled(id) {
+                            match p {
+                                Parked::Inbound(from, mut buf) => {
+                                    if let Some((dst, rlen)) =
+                                        lane.process(now, from, &mut buf, inside)
+                                    {
+                                        if io.send_payload(dst, &buf[..rlen]) {
+                                            lane.local.sent += 1;
+                                        } else {
+                                            lane.worker.count_drop(DropReason::TxFailed);
+                                        }
+                                    }
+                                }
+                                Parked::Outbound(pkt) => {
+                                    if io.send_inner(&mut lane.worker, id, &pkt).is_ok() {
+                                        lane.local.sent += 1;
+                                        lane.local.sent_bytes += pkt.len() as u64;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // Passed on again: the session moved on while this was in the ring.
+                    HandoffKind::Inbound(from)
+                        if session_of(scratch)
+                            .and_then(|id| lane.elsewhere(id))
+                            .is_some() =>
+                    {
+                        let to = session_of(scratch).map_or(lane.index, |id| lane.owner_of(id));
+                        lane.hand_off(to, HandoffKind::Inbound(from), &scratch[..len]);
+                    }
+                    HandoffKind::Outbound(id) if lane.elsewhere(id).is_some() => {
+                        let to = lane.owner_of(id);
+                        lane.hand_off(to, HandoffKind::Outbound(id), &scratch[..len]);
+                    }
                     HandoffKind::Inbound(from) => {
                         if let Some((dst, rlen)) =
                             lane.process(now, from, &mut scratch[..len], inside)
@@ -918,13 +1182,17 @@ impl WorkerLoop {
             };
             if len > room {
                 lane.worker.count_drop(DropReason::TooLarge);
+            } else if lane.park(id, || Parked::Outbound(pkt.to_vec())) {
+            } else if let Some(owner) = lane.elsewhere(id) {
+                lane.hand_off(owner, HandoffKind::Outbound(id), pkt);
             } else if lane.worker.session(id).is_some() {
                 if io.send_inner(&mut lane.worker, id, pkt).is_ok() {
                     lane.local.sent += 1;
                     lane.local.sent_bytes += len as u64;
                 }
             } else {
-                lane.hand_off(owner_of(id), HandoffKind::Outbound(id), pkt);
+                // Not here and no other owner known: counted as such.
+                let _ = io.send_inner(&mut lane.worker, id, pkt);
             }
         })
     }

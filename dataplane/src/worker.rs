@@ -49,6 +49,9 @@ pub struct DataSession {
     /// When the last authenticated packet arrived from the active path, in milliseconds of
     /// this process's clock modulo 2^32 (the control process runs the path-dead timer on it).
     last_rx_ms: u32,
+    /// The control process asked for a rekey: heartbeat echoes carry the request until the
+    /// next epoch is installed.
+    rekey_requested: bool,
 }
 
 impl From<DataPlaneHandoff> for DataSession {
@@ -64,6 +67,7 @@ impl From<DataPlaneHandoff> for DataSession {
             tx_packets: 0,
             tx_bytes: 0,
             last_rx_ms: 0,
+            rekey_requested: false,
         }
     }
 }
@@ -87,6 +91,7 @@ impl DataSession {
             tx_bytes: 0,
             // Installed right after a handshake or a resynchronisation: count from now.
             last_rx_ms: millis32(now),
+            rekey_requested: false,
         })
     }
 
@@ -130,13 +135,20 @@ pub enum SessionUpdate {
     /// A rekey completed at the control process: the worker opens packets under the new epoch
     /// and promotes it, as the protocol does, on the first one that authenticates.
     NextKeys(Box<RawEpoch>),
+    /// Ask the client to rekey ([`wire::HEARTBEAT_FLAG_REKEY`] in heartbeat echoes) until
+    /// the next epoch arrives.
+    RequestRekey,
 }
 
 impl Update<DataSession> for SessionUpdate {
     fn apply(self, s: &mut DataSession) {
         match self {
             SessionUpdate::ActivePath(p) => s.active = p,
-            SessionUpdate::NextKeys(k) => s.keys.install_next(*k),
+            SessionUpdate::NextKeys(k) => {
+                s.keys.install_next(*k);
+                s.rekey_requested = false;
+            }
+            SessionUpdate::RequestRekey => s.rekey_requested = true,
         }
     }
 }
@@ -260,6 +272,27 @@ impl Worker {
         self.commands.apply(&mut self.table, max)
     }
 
+    /// Take a session out of this worker's table, whole (counters, window, keys): it is
+    /// moving to another worker, which [`Worker::adopt`]s it. Nothing is sealed or opened for
+    /// it here afterwards, so its send counter continues there without a repeat.
+    pub fn take(&mut self, id: SessionId) -> Option<DataSession> {
+        self.table.remove(id)
+    }
+
+    /// Adopt a session taken from another worker of this process.
+    ///
+    /// # Errors
+    /// The session back if the table is full or holds it already.
+    pub fn adopt(&mut self, id: SessionId, s: Box<DataSession>) -> Result<(), Box<DataSession>> {
+        if id.0 == 0 || self.table.get(id).is_some() || self.table.len() >= self.table.capacity() {
+            return Err(s);
+        }
+        // Cannot fail: the id is valid and new, and a slot is free (checked above).
+        let inserted = self.table.insert(id, *s);
+        debug_assert!(matches!(inserted, Ok(None)));
+        Ok(())
+    }
+
     /// Every session this worker holds.
     pub fn sessions(&self) -> impl Iterator<Item = (SessionId, &DataSession)> {
         self.table.iter()
@@ -337,6 +370,10 @@ impl Worker {
             let body = &mut buf[DATA_HEADER_LEN..DATA_HEADER_LEN + HEARTBEAT_PLAINTEXT_LEN];
             body.fill(0);
             body[8..16].copy_from_slice(&probe);
+            if s.rekey_requested {
+                body[wire::HEARTBEAT_FLAGS_OFFSET..]
+                    .copy_from_slice(&wire::HEARTBEAT_FLAG_REKEY.to_be_bytes());
+            }
             let counter = s.send_counter;
             s.send_counter += 1;
             let current = s.keys.current();

@@ -413,3 +413,231 @@ fn io_uring_backend_forwards_both_ways() {
     }
     run("io_uring", "u");
 }
+
+/// The index in a `payload(tag, i)` datagram.
+fn index_of(tag: &str, bytes: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    text.strip_prefix(tag)?.trim_start().get(..5)?.parse().ok()
+}
+
+/// Receive until `n` payloads of `tag` arrived (or 10 s passed); their indices in arrival
+/// order.
+fn arrivals(
+    sock: &std::net::UdpSocket,
+    tag: &str,
+    n: usize,
+    mut open: impl FnMut(&mut [u8]) -> Option<Vec<u8>>,
+) -> Vec<u32> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < n && std::time::Instant::now() < deadline {
+        if let Ok((len, _)) = sock.recv_from(&mut buf) {
+            if let Some(i) = open(&mut buf[..len]).and_then(|p| index_of(tag, &p)) {
+                got.push(i);
+            }
+        }
+    }
+    got
+}
+
+/// Moves a session between the two workers while traffic flows both ways (core drain), and
+/// asks its client to rekey through the heartbeat echo.
+fn moves(backend: &str, tag: &str) {
+    const N: u32 = 3000;
+    let mut topo = Topology::new(tag);
+    if backend == "af_xdp" {
+        // As above: everything arrives on queue 1, served by worker 1.
+        let xps = format!(
+            "echo 0 > /sys/class/net/{CLIENT_DEV}/queues/tx-0/xps_cpus && \
+             echo 3 > /sys/class/net/{CLIENT_DEV}/queues/tx-1/xps_cpus"
+        );
+        in_netns(&topo.client, &["sh", "-c", &xps]);
+    }
+    topo.start(backend);
+    let mut ctl = Control::connect(&topo.dp.socket());
+    assert!(matches!(
+        ctl.one(&ToDataplane::Hello),
+        FromDataplane::HelloAck { workers: 2, .. }
+    ));
+    topo.tun_up();
+    let server = udp_in(&topo.gw, SocketAddr::from(SERVER));
+    let server_tx = udp_in(&topo.gw, SocketAddr::from((SERVER.0, SERVER.1 + 1)));
+    let client = udp_in(&topo.client, SocketAddr::from((CLIENT_ADDR, CLIENT_PORT)));
+    let gw = SocketAddr::from((GW_ADDR, TUNNEL_PORT));
+    let mut sim = Sim::new(33, Policy::default());
+    let sid = sim.connect();
+    assert_eq!(jumping_dataplane::runtime::owner_of(sid), 0);
+    assert_eq!(ctl.one(&install_session(&sim, sid)), FromDataplane::Done);
+    use jumping_dataplane_api::Refusal;
+    assert_eq!(
+        ctl.one(&ToDataplane::Move { id: sid, to: 2 }),
+        FromDataplane::Refused(Refusal::NoSuchWorker)
+    );
+    assert_eq!(
+        ctl.one(&ToDataplane::Move {
+            id: SessionId(0x0100_0000_0000_0001),
+            to: 1
+        }),
+        FromDataplane::Refused(Refusal::UnknownSession)
+    );
+
+    // Both directions stream while the session moves 0 → 1 → 0 → 1.
+    let up: Vec<Vec<u8>> = (0..N)
+        .map(|i| sealed(&mut sim, &payload("up", i)))
+        .collect();
+    // Receivers read while the stream runs (a socket buffer holds only a few hundred).
+    let up_rx = {
+        let server = server.try_clone().expect("clone");
+        std::thread::spawn(move || arrivals(&server, "up", N as usize, |b| Some(b.to_vec())))
+    };
+    let down_rx = {
+        let client = client.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 2048];
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while raw.len() < N as usize && std::time::Instant::now() < deadline {
+                if let Ok((len, _)) = client.recv_from(&mut buf) {
+                    raw.push(buf[..len].to_vec());
+                }
+            }
+            raw
+        })
+    };
+    let sender = {
+        let client = client.try_clone().expect("clone");
+        let server_tx = server_tx.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for (i, d) in up.iter().enumerate() {
+                client.send_to(d, gw).expect("send");
+                let down = payload("down", u32::try_from(i).expect("small"));
+                // From the server's address, so it routes into the tunnel like a reply.
+                let _ = server_tx.send_to(&down, SocketAddr::from(CLIENT_INNER));
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        })
+    };
+    let mut owners = Vec::new();
+    for to in [1u8, 0, 1] {
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(
+            ctl.one(&ToDataplane::Move { id: sid, to }),
+            FromDataplane::Done,
+            "{}",
+            topo.dp.log()
+        );
+        owners.push(to);
+    }
+    sender.join().expect("sender");
+    let got_up = up_rx.join().expect("receiver");
+    let got_down: Vec<u32> = down_rx
+        .join()
+        .expect("receiver")
+        .iter_mut()
+        .filter_map(
+            |b| match sim.client.handle_datagram(sim.now, LocalPath(0), b) {
+                ClientOutput::Deliver(p) => index_of("down", &p[28..]),
+                _ => None,
+            },
+        )
+        .collect();
+    for (dir, got) in [("inbound", &got_up), ("outbound", &got_down)] {
+        assert_eq!(got.len(), N as usize, "{dir} packets lost in the moves");
+        let out_of_order = got.windows(2).position(|w| w[1] != w[0] + 1);
+        assert_eq!(
+            out_of_order.map(|i| &got[i..(i + 4).min(got.len())]),
+            None,
+            "{dir} packets reordered by the moves"
+        );
+    }
+    let s = ctl.stats_when(|s| total(s, |w| w.delivered) >= u64::from(N));
+    assert!(
+        s.workers[0].delivered > 0 && s.workers[1].delivered > 0,
+        "both workers carried the session in turn: {s:?}"
+    );
+    let listed: Vec<_> = ctl
+        .request(&ToDataplane::ListSessions)
+        .into_iter()
+        .flat_map(|m| match m {
+            FromDataplane::Sessions { sessions, .. } => sessions,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!((listed[0].id, listed[0].owner), (sid, 1));
+    assert_eq!(listed[0].rx_packets, u64::from(N));
+    assert_eq!(listed[0].tx_packets, u64::from(N));
+
+    // A rekey request rides on the heartbeat echo: the client starts a rekey on seeing it.
+    while sim.client.poll_transmit().is_some() {}
+    let heartbeat_echo = |sim: &mut Sim| -> bool {
+        sim.now = sim.now + Duration::from_secs(3);
+        sim.client.handle_timeout(sim.now);
+        let mut sent_heartbeat = false;
+        while let Some(t) = sim.client.poll_transmit() {
+            if t.payload[1] == 5 {
+                client.send_to(&t.payload, gw).expect("send");
+                sent_heartbeat = true;
+            }
+        }
+        assert!(sent_heartbeat, "the client sends a heartbeat after 3 s");
+        let mut buf = [0u8; 2048];
+        let (len, _) = client.recv_from(&mut buf).expect("the echo");
+        assert!(matches!(
+            sim.client
+                .handle_datagram(sim.now, LocalPath(0), &mut buf[..len]),
+            ClientOutput::Consumed
+        ));
+        sim.client.handle_timeout(sim.now);
+        let mut rekey = false;
+        while let Some(t) = sim.client.poll_transmit() {
+            rekey |= t.payload[1] == 1;
+        }
+        rekey
+    };
+    assert!(!heartbeat_echo(&mut sim), "no rekey without a request");
+    assert_eq!(
+        ctl.one(&ToDataplane::RequestRekey { id: sid }),
+        FromDataplane::Done
+    );
+    // (The request may reach the worker just after the next heartbeat: the client rekeys at
+    // the one after.)
+    assert!(
+        (0..3).any(|_| heartbeat_echo(&mut sim)),
+        "the echo carried the rekey request"
+    );
+
+    // Retired after moving: nothing forwarded any more, by either worker.
+    assert_eq!(
+        ctl.one(&ToDataplane::Retire { id: sid }),
+        FromDataplane::Done
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    client
+        .send_to(&sealed(&mut sim, &payload("late", 0)), gw)
+        .expect("send");
+    let mut buf = [0u8; 2048];
+    assert!(
+        server.recv_from(&mut buf).is_err(),
+        "a retired session was forwarded"
+    );
+    drop(ctl);
+    assert!(topo.dp.stop().success(), "{}", topo.dp.log());
+}
+
+#[test]
+fn af_xdp_moves_a_session_between_workers_without_loss_or_reordering() {
+    if skip_unless_root() {
+        return;
+    }
+    moves("af_xdp", "mx");
+}
+
+#[test]
+fn io_uring_moves_a_session_between_workers_without_loss_or_reordering() {
+    if skip_unless_root() {
+        return;
+    }
+    moves("io_uring", "mu");
+}

@@ -124,7 +124,7 @@ enum PolicyCommand {
 enum CoreCommand {
     /// Move every session off worker core N.
     Drain {
-        /// The worker core (CPU number).
+        /// The worker core: its index, as `jumpctl sessions` shows in OWNER.
         core: u8,
     },
 }

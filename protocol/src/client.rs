@@ -169,7 +169,13 @@ struct Established {
     gateway_version: u64,
     /// The last unsolicited challenge token answered: a replayed challenge is not answered again.
     answered_token: [u8; TOKEN_LEN],
+    /// The gateway asked for a rekey (a heartbeat flag): start one at the next timer run.
+    rekey_requested: bool,
 }
+
+/// A gateway's rekey request is honoured only when the current epoch is at least this old: an
+/// echo still carrying the flag right after the rekey it asked for is ignored.
+pub const REKEY_REQUEST_MIN_AGE: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 enum Phase {
@@ -438,6 +444,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
                         rtt: None,
                         gateway_version: 1,
                         answered_token: [0; TOKEN_LEN],
+                        rekey_requested: false,
                     }));
                     self.events.push_back(ClientEvent::Established {
                         session_id: done.session_id,
@@ -517,6 +524,14 @@ impl<R: RngCore + CryptoRng> Client<R> {
                         e.rtt = Some(now - sent);
                         e.probe_sent = None;
                     }
+                }
+                let mut flags = [0u8; 8];
+                flags.copy_from_slice(&plain[wire::HEARTBEAT_FLAGS_OFFSET..][..8]);
+                if u64::from_be_bytes(flags) & wire::HEARTBEAT_FLAG_REKEY != 0
+                    && e.rekey.is_none()
+                    && now - e.keys.current().created >= REKEY_REQUEST_MIN_AGE
+                {
+                    e.rekey_requested = true;
                 }
                 if matches!(self.state, State::Recovering) {
                     self.set_state(State::Attached, Reason::ReattachOk);
@@ -777,7 +792,9 @@ impl<R: RngCore + CryptoRng> Client<R> {
                 if matches!(self.state, State::Attached | State::Volatile) {
                     d.push(e.last_rx + p.path_dead_after);
                 }
-                if e.rekey.is_none() {
+                if e.rekey_requested {
+                    d.push(e.last_rx);
+                } else if e.rekey.is_none() {
                     d.push(e.keys.current().created + p.rekey_after);
                 }
                 if let Some(pr) = &e.pending {
@@ -816,7 +833,8 @@ impl<R: RngCore + CryptoRng> Client<R> {
                 let via = e.via;
                 let rekey_due = e.rekey.as_ref().map_or_else(
                     || {
-                        now - e.keys.current().created >= p.rekey_after
+                        e.rekey_requested
+                            || now - e.keys.current().created >= p.rekey_after
                             || e.keys.current().sent >= p.rekey_after_packets
                     },
                     |(_, t)| now - *t >= self.cfg.handshake_retry,
@@ -829,6 +847,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
                 let dead = now - e.last_rx >= p.path_dead_after;
                 let heartbeat = now - e.last_tx >= p.heartbeat_interval;
                 if rekey_due {
+                    e.rekey_requested = false;
                     self.send_init(now, via, Purpose::Rekey(sid), 1);
                 }
                 if let Some((rvia, echo, attempts)) = retry {

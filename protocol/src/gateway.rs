@@ -239,6 +239,33 @@ pub enum DataPlaneUpdate {
         /// Session.
         id: SessionId,
     },
+    /// Move the session to another owner core (a core is being drained).
+    Move {
+        /// Session.
+        id: SessionId,
+        /// The new owner core.
+        to: u8,
+    },
+    /// Ask the client to rekey (carried by the workers' heartbeat echoes until the next epoch
+    /// is installed).
+    RequestRekey {
+        /// Session.
+        id: SessionId,
+    },
+}
+
+/// Why a session could not be moved to another core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MoveRefused {
+    /// No such live session.
+    #[error("no such session")]
+    UnknownSession,
+    /// The core is not one of this node's worker cores.
+    #[error("no such core")]
+    NoSuchCore,
+    /// Every other core is being drained too: there is nowhere to go.
+    #[error("no core to move to (every other core is draining)")]
+    NowhereToGo,
 }
 
 impl Default for GatewayConfig {
@@ -316,6 +343,8 @@ pub struct Gateway<R> {
     clients: HashMap<[u8; 32], ClientEntry>,
     sessions: HashMap<SessionId, GatewaySession>,
     per_core: Vec<u64>,
+    /// Cores being drained: no new session is given to them.
+    draining: Vec<bool>,
     ids: SessionIdAllocator,
     hs_window: (Instant, u32),
     out: Outbox,
@@ -365,6 +394,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             clients: HashMap::new(),
             sessions: HashMap::new(),
             per_core: vec![0; cores],
+            draining: vec![false; cores],
             ids,
             hs_window: (now, 0),
             out: Outbox {
@@ -550,6 +580,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             pending: None,
             budget: SwitchBudget::restore(rec.recent_switches.clone(), rec.switches_total),
             reattach_failures: rec.reattach_failures,
+            rekey_requested: false,
             quality: Quality {
                 window_start: rec.at,
                 ..Quality::default()
@@ -737,6 +768,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                     pending: None,
                     budget: SwitchBudget::default(),
                     reattach_failures: 0,
+                    rekey_requested: false,
                     quality: Quality {
                         window_start: now,
                         ..Quality::default()
@@ -804,6 +836,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                     });
                 }
                 s.keys.install_next(next);
+                s.rekey_requested = false;
                 self.out.dirty(sid);
                 self.counters.handshakes += 1;
                 self.out.transmits.push_back(Transmit {
@@ -815,14 +848,148 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         }
     }
 
+    /// The least-loaded core that is not draining (any core if every one is).
     fn pick_owner(&self) -> u8 {
-        let (i, _) = self
-            .per_core
+        self.least_loaded(None).unwrap_or_else(|| {
+            let (i, _) = self
+                .per_core
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, &n)| n)
+                .unwrap_or((0, &0));
+            u8::try_from(i).unwrap_or(0)
+        })
+    }
+
+    /// The least-loaded core that is not draining and is not `except`.
+    fn least_loaded(&self, except: Option<u8>) -> Option<u8> {
+        self.per_core
             .iter()
             .enumerate()
-            .min_by_key(|(_, &n)| n)
-            .unwrap_or((0, &0));
-        u8::try_from(i).unwrap_or(0)
+            .filter(|(i, _)| !self.draining.get(*i).copied().unwrap_or(false))
+            .filter_map(|(i, n)| Some((u8::try_from(i).ok()?, *n)))
+            .filter(|(i, _)| Some(*i) != except)
+            .min_by_key(|(_, n)| *n)
+            .map(|(i, _)| i)
+    }
+
+    /// Move a live session to core `to` (sticky routing stays sticky: only an operator's drain
+    /// moves a session). Queues [`DataPlaneUpdate::Move`]; the session record is rewritten.
+    ///
+    /// # Errors
+    /// [`MoveRefused`]: unknown or ended session, or a core this node does not have.
+    pub fn move_session(&mut self, sid: SessionId, to: u8) -> Result<(), MoveRefused> {
+        if usize::from(to) >= self.per_core.len() {
+            return Err(MoveRefused::NoSuchCore);
+        }
+        let s = self
+            .sessions
+            .get_mut(&sid)
+            .filter(|s| s.state() != State::Terminated)
+            .ok_or(MoveRefused::UnknownSession)?;
+        if s.owner == to {
+            return Ok(());
+        }
+        let from = usize::from(s.owner) % self.per_core.len();
+        self.per_core[from] = self.per_core[from].saturating_sub(1);
+        self.per_core[usize::from(to)] += 1;
+        s.owner = to;
+        self.out.data_plane(DataPlaneUpdate::Move { id: sid, to });
+        self.out.dirty(sid);
+        Ok(())
+    }
+
+    /// The data plane reports `sid` held by core `owner` (a resynchronisation, or a move that
+    /// failed there): record it without programming anything.
+    pub fn note_owner(&mut self, sid: SessionId, owner: u8) {
+        let cores = self.per_core.len();
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.owner == owner || usize::from(owner) >= cores {
+            return;
+        }
+        self.per_core[usize::from(s.owner) % cores] =
+            self.per_core[usize::from(s.owner) % cores].saturating_sub(1);
+        self.per_core[usize::from(owner)] += 1;
+        s.owner = owner;
+        self.out.dirty(sid);
+    }
+
+    /// Drain core `core`: new sessions go elsewhere, and every live session it owns is moved
+    /// to the least-loaded other core (one at a time, so the load stays balanced). Returns
+    /// the moves made. The core stays drained until [`Gateway::undrain_core`].
+    ///
+    /// # Errors
+    /// [`MoveRefused::NoSuchCore`], or [`MoveRefused::NowhereToGo`] (nothing is moved).
+    pub fn drain_core(&mut self, core: u8) -> Result<Vec<(SessionId, u8)>, MoveRefused> {
+        if usize::from(core) >= self.per_core.len() {
+            return Err(MoveRefused::NoSuchCore);
+        }
+        if self.least_loaded(Some(core)).is_none() {
+            return Err(MoveRefused::NowhereToGo);
+        }
+        self.draining[usize::from(core)] = true;
+        let mut on: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| s.owner == core && s.state() != State::Terminated)
+            .map(|s| s.id)
+            .collect();
+        on.sort_unstable();
+        let mut moves = Vec::with_capacity(on.len());
+        for sid in on {
+            let Some(to) = self.least_loaded(Some(core)) else {
+                break;
+            };
+            if self.move_session(sid, to).is_ok() {
+                moves.push((sid, to));
+            }
+        }
+        Ok(moves)
+    }
+
+    /// Take core `core` back into service for new sessions.
+    ///
+    /// # Errors
+    /// [`MoveRefused::NoSuchCore`].
+    pub fn undrain_core(&mut self, core: u8) -> Result<(), MoveRefused> {
+        let d = self
+            .draining
+            .get_mut(usize::from(core))
+            .ok_or(MoveRefused::NoSuchCore)?;
+        *d = false;
+        Ok(())
+    }
+
+    /// Cores being drained (by index).
+    #[must_use]
+    pub fn draining(&self) -> &[bool] {
+        &self.draining
+    }
+
+    /// Sessions owned by each core.
+    #[must_use]
+    pub fn per_core(&self) -> &[u64] {
+        &self.per_core
+    }
+
+    /// Ask the client of `sid` to rekey now (an operator's `rekey`). The request rides on the
+    /// gateway's heartbeat echoes until the rekey handshake completes; the client starts one
+    /// at its next heartbeat.
+    ///
+    /// # Errors
+    /// [`DropReason::UnknownSession`] for an unknown or ended session.
+    pub fn request_rekey(&mut self, sid: SessionId) -> Result<(), DropReason> {
+        let s = self
+            .sessions
+            .get_mut(&sid)
+            .filter(|s| !matches!(s.state(), State::Terminated | State::Birth))
+            .ok_or(DropReason::UnknownSession)?;
+        s.rekey_requested = true;
+        self.out
+            .data_plane(DataPlaneUpdate::RequestRekey { id: sid });
+        Ok(())
     }
 
     fn handle_transport<'b>(&mut self, now: Instant, from: Path, buf: &'b mut [u8]) -> Output<'b> {
@@ -901,6 +1068,10 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 if probe != [0; 8] {
                     let mut hb = [0u8; HEARTBEAT_PLAINTEXT_LEN];
                     hb[8..16].copy_from_slice(&probe);
+                    if s.rekey_requested {
+                        hb[wire::HEARTBEAT_FLAGS_OFFSET..]
+                            .copy_from_slice(&wire::HEARTBEAT_FLAG_REKEY.to_be_bytes());
+                    }
                     send_sealed(s, &mut self.out, MessageType::Heartbeat, &hb);
                 }
                 Output::Consumed

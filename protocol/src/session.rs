@@ -106,6 +106,8 @@ pub struct GatewaySession {
     pub(crate) pending: Option<PendingValidation>,
     pub(crate) budget: SwitchBudget,
     pub(crate) reattach_failures: u32,
+    /// An operator asked for a rekey; cleared when the rekey handshake completes.
+    pub(crate) rekey_requested: bool,
     pub(crate) quality: Quality,
     /// Packets and bytes received and delivered.
     pub rx_packets: u64,

@@ -65,9 +65,16 @@ pub const REATTACH_RESPONSE_LEN: usize = REATTACH_CHALLENGE_LEN;
 pub const REATTACH_ACK_LEN: usize = REATTACH_HEADER_LEN + 8 + 8 + MAC_LEN;
 /// Reattach reject length.
 pub const REATTACH_REJECT_LEN: usize = REATTACH_HEADER_LEN + 8 + 8 + MAC_LEN;
-/// Heartbeat plaintext: probe id (8) + echoed probe id (8) + sender's measured RTT in µs (8,
-/// zero if unknown).
+/// Heartbeat plaintext: probe id (8) + echoed probe id (8) + a last field (8): from the client,
+/// the RTT it measured in µs (zero if unknown); from the gateway, flags
+/// ([`HEARTBEAT_FLAG_REKEY`]).
 pub const HEARTBEAT_PLAINTEXT_LEN: usize = 24;
+/// Offset of the gateway's flags in a heartbeat plaintext (big-endian u64).
+pub const HEARTBEAT_FLAGS_OFFSET: usize = 16;
+/// Gateway heartbeat flag: the gateway asks the client to rekey now (an operator's `rekey`).
+/// Authenticated like the rest of the plaintext; the client honours it when its current key
+/// epoch is older than `REKEY_REQUEST_MIN_AGE` (an echo in flight after the rekey is ignored).
+pub const HEARTBEAT_FLAG_REKEY: u64 = 1;
 /// Terminate plaintext: reason code (1) + padding (7).
 pub const TERMINATE_PLAINTEXT_LEN: usize = 8;
 

@@ -372,3 +372,54 @@ fn restored_timestamps_do_not_allow_a_client_and_revocations_persist() {
         .iter()
         .all(|c| c.0 != other || !c.2));
 }
+
+#[test]
+fn draining_a_core_moves_its_sessions_and_keeps_new_ones_away() {
+    let mut p = Pair::new();
+    let first = p.connect();
+    let _ = p.updates();
+    let core = first.owner_core();
+    let other = 1 - core;
+    // Nowhere to go for a core that does not exist.
+    assert!(p.gw.drain_core(2).is_err());
+    let moves = p.gw.drain_core(core).expect("drain");
+    assert_eq!(moves, vec![(first, other)]);
+    assert_eq!(p.gw.session(first).expect("session").owner, other);
+    let ups = p.updates();
+    assert!(
+        matches!(ups.as_slice(), [DataPlaneUpdate::Move { id, to }] if *id == first && *to == other),
+        "{ups:?}"
+    );
+    // The move is persisted with the session, and the version does not change (a move is
+    // not a state transition).
+    let (dirty, _) = p.gw.take_dirty();
+    assert!(dirty.contains(&first));
+    assert_eq!(p.version(first), 1);
+    assert_eq!(
+        p.gw.export_session(p.now, first).expect("record").owner,
+        other
+    );
+    // The other core cannot be drained as well: there would be nowhere to go.
+    assert!(p.gw.drain_core(other).is_err());
+    assert_eq!(p.gw.per_core()[usize::from(core)], 0);
+    assert_eq!(p.gw.per_core()[usize::from(other)], 1);
+    // A data plane that reports another owner is believed.
+    p.gw.note_owner(first, core);
+    assert_eq!(p.gw.session(first).expect("session").owner, core);
+    assert!(p.gw.undrain_core(core).is_ok());
+    assert!(p.gw.undrain_core(9).is_err());
+}
+
+#[test]
+fn an_operator_rekey_request_reaches_the_data_plane_and_clears_on_rekey() {
+    let mut p = Pair::new();
+    let sid = p.connect();
+    let _ = p.updates();
+    assert!(p.gw.request_rekey(SessionId(12345)).is_err());
+    p.gw.request_rekey(sid).expect("request");
+    let ups = p.updates();
+    assert!(
+        matches!(ups.as_slice(), [DataPlaneUpdate::RequestRekey { id }] if *id == sid),
+        "{ups:?}"
+    );
+}

@@ -61,6 +61,43 @@ fn handshake_survives_loss_and_reordering() {
 }
 
 #[test]
+fn a_gateway_rekey_request_rotates_keys_at_the_next_heartbeat_without_loss() {
+    let policy = Policy::default();
+    let mut sim = Sim::new(3, policy.clone());
+    let sid = sim.connect();
+    sim.traffic(sid, Duration::from_secs(20), Duration::from_millis(20));
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(
+        sim.session(sid).key_epoch(),
+        0,
+        "no rotation before the request"
+    );
+    sim.gw.request_rekey(sid).expect("request");
+    // The request rides on the heartbeat echo; the client rekeys at once when it sees it.
+    sim.run_for(policy.heartbeat_interval * 2 + Duration::from_millis(500));
+    assert_eq!(sim.session(sid).key_epoch(), 1, "rotated once on request");
+    // Once rotated, the request is cleared: no further rotation before rekey_after.
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(
+        sim.session(sid).key_epoch(),
+        1,
+        "the request was honoured once"
+    );
+    sim.run_for(Duration::from_secs(8));
+    assert_eq!(
+        sim.gw_delivered.len() as u64,
+        sim.sent_c2g,
+        "nothing lost inward"
+    );
+    assert_eq!(
+        sim.client_delivered.len() as u64,
+        sim.sent_g2c,
+        "nothing lost outward"
+    );
+    assert!(sim.gw.request_rekey(wire::SessionId(1)).is_err());
+}
+
+#[test]
 fn rekey_under_traffic_loses_nothing() {
     let policy = Policy {
         rekey_after: Duration::from_secs(10),
