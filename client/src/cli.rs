@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use clap::{ArgGroup, Parser};
-use jumping_protocol::keyfmt;
+use jumping_protocol::{keyfmt, Policy};
 use zeroize::Zeroizing;
 
 /// The Jumping VPN client: a TUN device whose packets travel to a gateway over one of several
@@ -74,6 +74,13 @@ pub struct Args {
     /// refuses.
     #[arg(long, value_name = "N")]
     pub switch: Option<u32>,
+
+    /// The session policy this client runs its own timers by (heartbeat, path dead, rekey, key
+    /// grace): a TOML file in the gateway's `[policy]` format (`key = value` lines, durations
+    /// as "250ms", "5s", "2m", "24h"; the `[policy]` header is optional). Keys not given keep
+    /// their defaults; use the gateway's values. Default: the built-in policy.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }
 
 /// A bad command line: the message names the flag and what to fix.
@@ -237,6 +244,8 @@ pub struct Config {
     pub paths: Vec<PathSpec>,
     /// Status socket.
     pub status_socket: PathBuf,
+    /// Session policy (timers).
+    pub policy: Policy,
 }
 
 /// The status socket: the flag, or the default for the TUN name.
@@ -348,6 +357,10 @@ impl Config {
             }
             paths.push(p);
         }
+        let policy = match &args.policy {
+            None => Policy::default(),
+            Some(path) => read_policy(path).or_else(|e| err(format!("--policy: {e}")))?,
+        };
         Ok(Config {
             gateway,
             gateway_public,
@@ -358,8 +371,43 @@ impl Config {
             mtu: args.mtu,
             paths,
             status_socket,
+            policy,
         })
     }
+}
+
+/// Read and validate a policy file (see `--policy`).
+///
+/// # Errors
+/// A message naming the file, the line or key, and what is wrong.
+pub fn read_policy(path: &Path) -> Result<Policy, String> {
+    let text =
+        fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse_policy(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parse a policy in the gateway's `[policy]` TOML format (the `[policy]` header optional) and
+/// validate it whole, with the protocol crate's own deserializer (unknown keys refused,
+/// durations as the gateway parses them) and [`Policy::validate`].
+///
+/// # Errors
+/// A message naming the key or the line.
+pub fn parse_policy(text: &str) -> Result<Policy, String> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    if let Some(inner) = table.remove("policy") {
+        if !table.is_empty() {
+            return Err("only a `[policy]` table is allowed here".into());
+        }
+        table = match inner {
+            toml::Value::Table(t) => t,
+            _ => return Err("`policy` must be a table".into()),
+        };
+    }
+    let policy: Policy = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string())?;
+    policy.validate().map_err(|e| e.to_string())?;
+    Ok(policy)
 }
 
 #[cfg(test)]
@@ -515,6 +563,65 @@ mod tests {
             let e = Config::from_args(&Args::parse_from(a)).expect_err(flag);
             assert!(e.0.contains(needle), "{flag}: {e}");
         }
+        let _ = fs::remove_file(key);
+    }
+
+    #[test]
+    fn policy_file_in_the_gateway_format() {
+        let p = parse_policy(
+            "# timers\n[policy]\nrekey_after = \"10s\" # short\nheartbeat_interval = \"200ms\"\n\
+             path_dead_after = \"2s\"\nmax_switches_per_min = 2\nvolatile_loss = 0.5\n\
+             allowed_transports = [\"udp\", \"tcp\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(p.rekey_after, std::time::Duration::from_secs(10));
+        assert_eq!(p.heartbeat_interval, std::time::Duration::from_millis(200));
+        assert_eq!(p.max_switches_per_min, 2);
+        assert!((p.volatile_loss - 0.5).abs() < f64::EPSILON);
+        assert_eq!(p.allowed_transports.len(), 2);
+        assert_eq!(
+            p.key_grace,
+            Policy::default().key_grace,
+            "unset keys keep defaults"
+        );
+        assert_eq!(parse_policy("").expect("empty"), Policy::default());
+        for (bad, needle) in [
+            ("rekey_after = \"1s\"", "rekey_after"),
+            ("rekey = \"20s\"", "rekey"),
+            ("rekey_after = 20", "rekey_after"),
+            ("rekey_after = \"20 s\"", "20 s"),
+            ("[other]\nrekey_after = \"20s\"", "other"),
+            ("rekey_after", "line 1"),
+            (
+                "max_switches_per_min = 2\nmax_switches_per_min = 3",
+                "duplicate",
+            ),
+            (
+                "path_dead_after = \"1s\"\nheartbeat_interval = \"2s\"",
+                "heartbeat_interval",
+            ),
+        ] {
+            let e = parse_policy(bad).expect_err(bad);
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn policy_flag_is_validated() {
+        let key = temp_key(0o600);
+        let file = key.with_extension("policy");
+        fs::write(&file, "rekey_after = \"10s\"\n").expect("write");
+        let mut a = base_args(&key);
+        a.extend(["--policy".into(), file.display().to_string()]);
+        let c = Config::from_args(&Args::parse_from(a.clone())).expect("valid");
+        assert_eq!(c.policy.rekey_after, std::time::Duration::from_secs(10));
+        fs::write(&file, "rekey_after = \"5s\"\n").expect("write");
+        let e = Config::from_args(&Args::parse_from(a)).expect_err("too short");
+        assert!(
+            e.0.contains("--policy") && e.0.contains("rekey_after"),
+            "{e}"
+        );
+        let _ = fs::remove_file(file);
         let _ = fs::remove_file(key);
     }
 }

@@ -228,7 +228,9 @@ impl Runtime {
             .register(&mut signal_rx, SIGNAL, Interest::READABLE)?;
 
         let keypair = StaticKeypair::from_secret_bytes(*cfg.secret);
-        let client = Client::new(ClientConfig::new(keypair, cfg.gateway_public), OsRng);
+        let mut client_cfg = ClientConfig::new(keypair, cfg.gateway_public);
+        client_cfg.policy = cfg.policy.clone();
+        let client = Client::new(client_cfg, OsRng);
         let n = paths.len();
         let mut rt = Runtime {
             gateway: cfg.gateway,

@@ -8,6 +8,10 @@
 //!  jc0 (TUN) 10.99.0.2                     masquerade random)  jump0 (TUN) ── g1 10.10.0.1 ── s0 10.10.0.2
 //! ```
 //!
+//! An optional attacker namespace ([`Net::add_attacker`]) hangs off the NAT box:
+//! `a0 10.0.3.2 ── n3 10.0.3.1`, masqueraded like the client, so what it sends reaches the
+//! gateway from 192.0.2.1 with another port.
+//!
 //! The client reaches the server (10.10.0.2) through its tunnel; the NAT box rewrites its
 //! source address and port (a random port per mapping, so a conntrack flush is a NAT rebind).
 //! Every namespace, process and file is removed when [`Net`] drops, also on a failed test.
@@ -15,7 +19,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -226,6 +230,8 @@ pub struct Net {
     pub gw: String,
     /// Server.
     pub srv: String,
+    /// The attacker (only after [`Net::add_attacker`]).
+    pub atk: String,
     /// Files of the run.
     pub dir: PathBuf,
     /// The data plane.
@@ -239,6 +245,9 @@ pub struct Net {
     /// The client's public key, base64.
     pub client_public: String,
     bpffs: bool,
+    atk_built: bool,
+    /// Queues of the n2/g0 veth pair (one per data plane worker).
+    gw_queues: u8,
 }
 
 impl core::fmt::Debug for Net {
@@ -279,6 +288,7 @@ impl Net {
             nat: format!("jnat{id}"),
             gw: format!("jgw{id}"),
             srv: format!("jsrv{id}"),
+            atk: format!("jatk{id}"),
             dir,
             dataplane: None,
             control: None,
@@ -286,6 +296,8 @@ impl Net {
             echo: None,
             client_public,
             bpffs: false,
+            atk_built: false,
+            gw_queues: 1,
         };
         write_private(
             &net.dir.join("gateway.key"),
@@ -321,7 +333,6 @@ impl Net {
         for (a, ans, b, bns) in [
             ("c0", &cl, "n0", &nat),
             ("c1", &cl, "n1", &nat),
-            ("n2", &nat, "g0", &gw),
             ("g1", &gw, "s0", &srv),
         ] {
             ip(&[
@@ -333,14 +344,13 @@ impl Net {
             (&cl, "c1", "10.0.2.2/24"),
             (&nat, "n0", "10.0.1.1/24"),
             (&nat, "n1", "10.0.2.1/24"),
-            (&nat, "n2", "192.0.2.1/24"),
-            (&gw, "g0", "192.0.2.2/24"),
             (&gw, "g1", "10.10.0.1/24"),
             (&srv, "s0", "10.10.0.2/24"),
         ] {
             ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
         }
+        self.link_gateway(1)?;
         // The client: one routing table per path, chosen by the source address.
         for (table, src, via, dev) in [
             ("101", "10.0.1.2", "10.0.1.1", "c0"),
@@ -383,6 +393,121 @@ impl Net {
         Ok(())
     }
 
+    /// (Re)create the n2/g0 veth pair with `queues` receive and transmit queues on both ends.
+    fn link_gateway(&mut self, queues: u8) -> Result<()> {
+        let (nat, gw) = (self.nat.clone(), self.gw.clone());
+        // Deleting g0 also deletes its peer; it does not exist on the first call.
+        let _ = ip(&["-n", &gw, "link", "del", "g0"]);
+        let q = queues.to_string();
+        ip(&[
+            "link",
+            "add",
+            "n2",
+            "netns",
+            &nat,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "g0",
+            "netns",
+            &gw,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+        ])?;
+        for (ns, dev, addr) in [(&nat, "n2", "192.0.2.1/24"), (&gw, "g0", "192.0.2.2/24")] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        self.gw_queues = queues;
+        Ok(())
+    }
+
+    /// Add the attacker namespace: `a0 10.0.3.2` linked to the NAT box's `n3 10.0.3.1`, its
+    /// traffic masqueraded towards the gateway like the client's. Removed on drop.
+    ///
+    /// # Errors
+    /// A command failed.
+    pub fn add_attacker(&mut self) -> Result<()> {
+        if self.atk_built {
+            return Ok(());
+        }
+        let (atk, nat) = (self.atk.clone(), self.nat.clone());
+        ip(&["netns", "add", &atk])?;
+        self.atk_built = true;
+        ip(&["-n", &atk, "link", "set", "lo", "up"])?;
+        ip(&[
+            "link", "add", "a0", "netns", &atk, "type", "veth", "peer", "name", "n3", "netns", &nat,
+        ])?;
+        for (ns, dev, addr) in [(&atk, "a0", "10.0.3.2/24"), (&nat, "n3", "10.0.3.1/24")] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        ip(&["-n", &atk, "route", "add", "default", "via", "10.0.3.1"])?;
+        Ok(())
+    }
+
+    /// Send each of `payloads` as one UDP datagram from the attacker namespace to `to` (one
+    /// socket, so one NAT mapping), `pause` apart, then collect for `listen` what comes back.
+    /// Returns the attacker's local address and the datagrams received.
+    ///
+    /// # Errors
+    /// No attacker namespace, or a socket error.
+    pub fn attacker_send(
+        &self,
+        to: SocketAddr,
+        payloads: &[Vec<u8>],
+        pause: Duration,
+        listen: Duration,
+    ) -> Result<(SocketAddr, Vec<Vec<u8>>)> {
+        if !self.atk_built {
+            bail!("no attacker namespace: call Net::add_attacker first");
+        }
+        let atk = self.atk.clone();
+        let payloads = payloads.to_vec();
+        std::thread::spawn(move || -> Result<(SocketAddr, Vec<Vec<u8>>)> {
+            enter(&atk)?;
+            let s = UdpSocket::bind("10.0.3.2:0")?;
+            for p in &payloads {
+                s.send_to(p, to)?;
+                std::thread::sleep(pause);
+            }
+            s.set_read_timeout(Some(Duration::from_millis(20)))?;
+            let end = Instant::now() + listen;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            while Instant::now() < end {
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    got.push(buf[..n].to_vec());
+                }
+            }
+            Ok((s.local_addr()?, got))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the attacker thread panicked"))?
+    }
+
+    /// Set a client link (`c0`, `c1`) up or down.
+    ///
+    /// # Errors
+    /// ip failed.
+    pub fn client_link(&self, dev: &str, up: bool) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.cl,
+            "link",
+            "set",
+            dev,
+            if up { "up" } else { "down" },
+        ])
+    }
+
     fn path(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
@@ -393,6 +518,29 @@ impl Net {
     /// # Errors
     /// It did not come up.
     pub fn start_dataplane(&mut self) -> Result<()> {
+        self.start_dataplane_with("af_xdp", 1)
+    }
+
+    /// Start the data plane with `backend` (`"af_xdp"`, `"io_uring"` or `"auto"`) and
+    /// `workers` workers on CPUs 0..workers. With more than one worker the n2/g0 veth pair is
+    /// recreated with that many queues on both ends (one per worker).
+    ///
+    /// # Errors
+    /// Bad arguments, or it did not come up.
+    pub fn start_dataplane_with(&mut self, backend: &str, workers: u8) -> Result<()> {
+        if !matches!(backend, "af_xdp" | "io_uring" | "auto") {
+            bail!("backend `{backend}`: use af_xdp, io_uring or auto");
+        }
+        if workers == 0 {
+            bail!("at least one worker");
+        }
+        if workers != self.gw_queues {
+            self.link_gateway(workers)?;
+        }
+        let cpus = (0..workers)
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         let bpf = self.dir.join("bpffs");
         if !self.bpffs {
             fs::create_dir_all(&bpf)?;
@@ -400,7 +548,7 @@ impl Net {
             self.bpffs = true;
         }
         let cfg = format!(
-            "backend = \"af_xdp\"\ninterface = \"g0\"\nlisten = \"{GATEWAY}\"\ncpus = [0]\n\
+            "backend = \"{backend}\"\ninterface = \"g0\"\nlisten = \"{GATEWAY}\"\ncpus = [{cpus}]\n\
              session_capacity = 1024\ncontrol_socket = \"{}\"\nbpf_pin_dir = \"{}\"\n\
              [inside]\ntun = \"jump0\"\n[af_xdp]\nframes = 1024\nring_size = 512\n",
             self.path("dataplane.sock"),
@@ -485,8 +633,27 @@ impl Net {
     /// # Errors
     /// It could not start.
     pub fn start_client(&mut self) -> Result<()> {
+        self.start_client_with(&[])
+    }
+
+    /// Start the client with both paths and its own policy file made of `policy` (TOML lines
+    /// of `[policy]`, as given to [`Net::configure_control`]).
+    ///
+    /// # Errors
+    /// It could not start.
+    pub fn start_client_with_policy(&mut self, policy: &str) -> Result<()> {
+        let file = self.path("client-policy.toml");
+        fs::write(&file, format!("[policy]\n{policy}\n"))?;
+        self.start_client_with(&["--policy", &file])
+    }
+
+    /// Start the client with both paths and `extra` arguments.
+    ///
+    /// # Errors
+    /// It could not start.
+    pub fn start_client_with(&mut self, extra: &[&str]) -> Result<()> {
         let gw_pub = fs::read_to_string(self.dir.join("gateway.pub"))?;
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--gateway",
             GATEWAY,
             "--gateway-public",
@@ -507,6 +674,7 @@ impl Net {
         .iter()
         .map(ToString::to_string)
         .collect();
+        args.extend(extra.iter().map(ToString::to_string));
         let p = Proc::spawn(
             "client",
             &self.cl,
@@ -530,6 +698,36 @@ impl Net {
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(serde_json::from_str(out.trim())?)
+    }
+
+    /// Ask the client to switch to path `path` now (its status socket); its answer.
+    ///
+    /// # Errors
+    /// No client answered.
+    pub fn client_switch(&self, path: u32) -> Result<Value> {
+        let mut s = UnixStream::connect(self.dir.join("client.sock"))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(format!("{{\"cmd\":\"switch\",\"path\":{path}}}\n").as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(serde_json::from_str(out.trim())?)
+    }
+
+    /// `jumpctl --json args...`, parsed; an error if it failed.
+    ///
+    /// # Errors
+    /// It failed or did not print JSON.
+    pub fn jumpctl_json(&self, args: &[&str]) -> Result<Value> {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.jumpctl(&a)?;
+        if !out.status.success() {
+            bail!(
+                "jumpctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// Wait until the client reports `state`.
@@ -594,6 +792,11 @@ impl Drop for Net {
         for ns in [&self.cl, &self.nat, &self.gw, &self.srv] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
+        if self.atk_built {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.atk])
+                .output();
+        }
         if self.bpffs {
             let _ = Command::new("umount").arg(self.dir.join("bpffs")).output();
         }
@@ -626,6 +829,9 @@ fn enter(ns: &str) -> Result<()> {
 #[derive(Debug)]
 pub struct Traffic {
     stop: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
+    /// Datagrams the echo server received (replays and duplicates included).
+    pub server_received: Arc<AtomicU64>,
     /// Datagrams sent.
     pub sent: Arc<AtomicU64>,
     /// Echoes received (each sequence number once).
@@ -645,7 +851,12 @@ impl Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let (srv, cl) = (net.srv.clone(), net.cl.clone());
         let ready = Arc::new(AtomicBool::new(false));
-        let (s2, r2) = (Arc::clone(&stop), Arc::clone(&ready));
+        let server_received = Arc::new(AtomicU64::new(0));
+        let (s2, r2, n2) = (
+            Arc::clone(&stop),
+            Arc::clone(&ready),
+            Arc::clone(&server_received),
+        );
         let server = std::thread::spawn(move || {
             if enter(&srv).is_err() {
                 return;
@@ -658,6 +869,7 @@ impl Traffic {
             let mut buf = [0u8; 2048];
             while !s2.load(Ordering::Relaxed) {
                 if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    n2.fetch_add(1, Ordering::Relaxed);
                     let _ = sock.send_to(&buf[..n], from);
                 }
             }
@@ -669,6 +881,8 @@ impl Traffic {
         let received = Arc::new(AtomicU64::new(0));
         let arrivals = Arc::new(Mutex::new(Vec::new()));
         let started = Instant::now();
+        let pause = Arc::new(AtomicBool::new(false));
+        let p3 = Arc::clone(&pause);
         let (s3, sent3, recv3, arr3) = (
             Arc::clone(&stop),
             Arc::clone(&sent),
@@ -689,7 +903,9 @@ impl Traffic {
             let mut seq = 0u64;
             let mut buf = [0u8; 64];
             while !s3.load(Ordering::Relaxed) {
-                if Instant::now() >= next {
+                if p3.load(Ordering::Relaxed) {
+                    next = Instant::now();
+                } else if Instant::now() >= next {
                     seq += 1;
                     if sock.send_to(&seq.to_be_bytes(), dst).is_ok() {
                         sent3.fetch_add(1, Ordering::Relaxed);
@@ -709,6 +925,8 @@ impl Traffic {
         });
         Ok(Traffic {
             stop,
+            pause,
+            server_received,
             sent,
             received,
             arrivals,
@@ -724,6 +942,17 @@ impl Traffic {
             self.sent.load(Ordering::Relaxed),
             self.received.load(Ordering::Relaxed),
         )
+    }
+
+    /// Stop (`true`) or resume (`false`) sending; echoes are still received.
+    pub fn pause(&self, paused: bool) {
+        self.pause.store(paused, Ordering::Relaxed);
+    }
+
+    /// Datagrams the echo server received so far.
+    #[must_use]
+    pub fn server_count(&self) -> u64 {
+        self.server_received.load(Ordering::Relaxed)
     }
 
     /// Milliseconds since the start.
@@ -760,6 +989,147 @@ impl Traffic {
 }
 
 impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One captured UDP datagram.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// Source address as seen on the wire where it was captured.
+    pub from: SocketAddrV4,
+    /// The UDP payload.
+    pub payload: Vec<u8>,
+    /// Milliseconds since the capture started.
+    pub at_ms: u64,
+}
+
+/// A packet capture (AF_PACKET, every interface of one namespace) of the UDP datagrams to one
+/// address that the namespace transmits (outgoing frames only, so a forwarded datagram is seen
+/// once, after NAT). `tcpdump` is not needed.
+///
+/// In the NAT box this sees what the gateway receives: on the gateway itself the XDP program
+/// redirects tunnel datagrams to AF_XDP before any packet tap.
+#[derive(Debug)]
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    /// What was captured so far.
+    pub packets: Arc<Mutex<Vec<Captured>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// `PACKET_OUTGOING` (linux/if_packet.h).
+const PACKET_OUTGOING: u8 = 4;
+
+fn parse_udp_to(frame: &[u8], hatype: u16, to: SocketAddrV4) -> Option<(SocketAddrV4, Vec<u8>)> {
+    // Ethernet (ARPHRD_ETHER = 1) has a 14-byte header; anything else is not ours.
+    if hatype != 1 || frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ihl < 20 || ip[9] != 17 || ip.len() < ihl + 8 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let udp = &ip[ihl..total];
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+    let dport = u16::from_be_bytes([udp[2], udp[3]]);
+    if dst != *to.ip() || dport != to.port() || udp.len() < 8 {
+        return None;
+    }
+    Some((SocketAddrV4::new(src, sport), udp[8..].to_vec()))
+}
+
+impl Capture {
+    /// Start capturing in namespace `ns` what it sends to `to`.
+    ///
+    /// # Errors
+    /// The namespace or the socket could not be opened.
+    pub fn start(ns: &str, to: SocketAddrV4) -> Result<Capture> {
+        use nix::sys::socket::{
+            self as sock, AddressFamily, LinkAddr, SockFlag, SockProtocol, SockType,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let packets = Arc::new(Mutex::new(Vec::new()));
+        let (s2, p2, ns) = (Arc::clone(&stop), Arc::clone(&packets), ns.to_owned());
+        let (tx, rx) = std::sync::mpsc::channel::<Result<()>>();
+        let thread = std::thread::spawn(move || {
+            let open = || -> Result<std::os::fd::OwnedFd> {
+                enter(&ns)?;
+                Ok(sock::socket(
+                    AddressFamily::Packet,
+                    SockType::Raw,
+                    SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                    SockProtocol::EthAll,
+                )?)
+            };
+            let fd = match open() {
+                Ok(fd) => {
+                    let _ = tx.send(Ok(()));
+                    fd
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let started = Instant::now();
+            let mut buf = vec![0u8; 65_536];
+            use std::os::fd::AsRawFd as _;
+            while !s2.load(Ordering::Relaxed) {
+                match sock::recvfrom::<LinkAddr>(fd.as_raw_fd(), &mut buf) {
+                    Ok((n, Some(addr))) if addr.pkttype() == PACKET_OUTGOING => {
+                        if let Some((from, payload)) =
+                            parse_udp_to(&buf[..n.min(buf.len())], addr.hatype(), to)
+                        {
+                            let at_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(0);
+                            if let Ok(mut v) = p2.lock() {
+                                v.push(Captured {
+                                    from,
+                                    payload,
+                                    at_ms,
+                                });
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EAGAIN) => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .context("the capture thread did not start")??;
+        Ok(Capture {
+            stop,
+            packets,
+            thread: Some(thread),
+        })
+    }
+
+    /// A copy of what was captured so far.
+    #[must_use]
+    pub fn packets(&self) -> Vec<Captured> {
+        self.packets.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Stop capturing; everything captured.
+    pub fn stop(mut self) -> Vec<Captured> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.packets()
+    }
+}
+
+impl Drop for Capture {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }

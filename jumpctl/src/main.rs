@@ -17,7 +17,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use jumping_control_api::client::{self, ClientError};
 use jumping_control_api::{
-    ApiError, Payload, PolicyInfo, Request, SessionInfo, StatsInfo, Status, DEFAULT_SOCKET,
+    ApiError, ErrorCode, Payload, PolicyInfo, Request, SessionInfo, StatsInfo, Status,
+    DEFAULT_SOCKET,
 };
 use jumping_protocol::handshake::StaticKeypair;
 use jumping_protocol::keyfmt;
@@ -132,7 +133,7 @@ enum CoreCommand {
 /// Why jumpctl stops with a non-zero status.
 #[derive(Debug)]
 enum Failure {
-    /// Exit 1: the server answered an error.
+    /// Exit 1: the server answered an error (exit 2 when it says an argument is invalid).
     Api(ApiError),
     /// Exit 1: a local failure.
     Local(String),
@@ -145,7 +146,14 @@ enum Failure {
 impl Failure {
     fn exit(self) -> ExitCode {
         let (code, msg) = match self {
-            Self::Api(e) => (1, format!("{}: {}", e.code, e.message)),
+            Self::Api(e) => (
+                if e.code == ErrorCode::BadArgument {
+                    2
+                } else {
+                    1
+                },
+                format!("{}: {}", e.code, e.message),
+            ),
             Self::Local(m) => (1, m),
             Self::Argument(m) => (2, m),
             Self::Unreachable(m) => (3, m),

@@ -161,6 +161,7 @@ struct Established {
     reattach_counter: u64,
     pending: Option<PendingReattach>,
     rekey: Option<(Box<Initiator>, Instant)>,
+    /// Last heartbeat or control message sent (data does not count).
     last_tx: Instant,
     last_rx: Instant,
     next_probe: u64,
@@ -754,7 +755,9 @@ impl<R: RngCore + CryptoRng> Client<R> {
             return Err("no_session");
         };
         seal(e, MessageType::Data, &mut buf[..total]);
-        e.last_tx = now;
+        // Data does not move the heartbeat deadline: a heartbeat is the RTT probe and carries
+        // the gateway's flags back (a rekey request), so it goes every interval, traffic or not.
+        let _ = now;
         Ok((e.via, total))
     }
 
@@ -792,8 +795,12 @@ impl<R: RngCore + CryptoRng> Client<R> {
                 if matches!(self.state, State::Attached | State::Volatile) {
                     d.push(e.last_rx + p.path_dead_after);
                 }
-                if e.rekey_requested {
-                    d.push(e.last_rx);
+                if e.rekey.is_none()
+                    && (e.rekey_requested || e.keys.current().sent >= p.rekey_after_packets)
+                {
+                    // Due now (the packet count is only reached by sending, which moves no
+                    // other deadline closer).
+                    d.push(e.last_rx.min(e.last_tx));
                 } else if e.rekey.is_none() {
                     d.push(e.keys.current().created + p.rekey_after);
                 }
