@@ -93,6 +93,16 @@ impl Topology {
         ));
     }
 
+    /// Every client packet leaves on transmit queue 1, so it arrives on the gateway's receive
+    /// queue 1, served by worker 1, while worker 0 owns the session (AF_XDP).
+    fn client_on_queue_1(&self) {
+        let xps = format!(
+            "echo 0 > /sys/class/net/{CLIENT_DEV}/queues/tx-0/xps_cpus && \
+             echo 3 > /sys/class/net/{CLIENT_DEV}/queues/tx-1/xps_cpus"
+        );
+        in_netns(&self.client, &["sh", "-c", &xps]);
+    }
+
     /// Give the data plane's TUN device the server's address.
     fn tun_up(&self) {
         ip(&[
@@ -117,6 +127,17 @@ impl Drop for Topology {
     }
 }
 
+/// Every session the data plane holds.
+fn list(ctl: &mut Control) -> Vec<jumping_dataplane_api::SessionSummary> {
+    ctl.request(&ToDataplane::ListSessions)
+        .into_iter()
+        .flat_map(|m| match m {
+            FromDataplane::Sessions { sessions, .. } => sessions,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
 /// A sealed datagram from the client's inner address to the server.
 fn sealed(sim: &mut Sim, data: &[u8]) -> Vec<u8> {
     support::process::sealed(sim, CLIENT_INNER, SERVER, data)
@@ -135,13 +156,7 @@ fn install_session(sim: &Sim, sid: SessionId) -> ToDataplane {
 fn run(backend: &str, tag: &str) {
     let mut topo = Topology::new(tag);
     if backend == "af_xdp" {
-        // Every client packet leaves on transmit queue 1, so it arrives on the gateway's
-        // receive queue 1, served by worker 1, while worker 0 owns the session.
-        let xps = format!(
-            "echo 0 > /sys/class/net/{CLIENT_DEV}/queues/tx-0/xps_cpus && \
-             echo 3 > /sys/class/net/{CLIENT_DEV}/queues/tx-1/xps_cpus"
-        );
-        in_netns(&topo.client, &["sh", "-c", &xps]);
+        topo.client_on_queue_1();
     }
     topo.start(backend);
     let mut ctl = Control::connect(&topo.dp.socket());
@@ -315,14 +330,7 @@ fn run(backend: &str, tag: &str) {
         FromDataplane::HelloAck { sessions, .. } => assert_eq!(sessions, 1),
         other => panic!("{other:?}"),
     }
-    let listed: Vec<_> = ctl
-        .request(&ToDataplane::ListSessions)
-        .into_iter()
-        .flat_map(|m| match m {
-            FromDataplane::Sessions { sessions, .. } => sessions,
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let listed = list(&mut ctl);
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!((listed[0].id, listed[0].owner), (sid, 0));
     assert_eq!(listed[0].rx_packets, u64::from(PACKETS) + 11);
@@ -447,12 +455,7 @@ fn moves(backend: &str, tag: &str) {
     const N: u32 = 3000;
     let mut topo = Topology::new(tag);
     if backend == "af_xdp" {
-        // As above: everything arrives on queue 1, served by worker 1.
-        let xps = format!(
-            "echo 0 > /sys/class/net/{CLIENT_DEV}/queues/tx-0/xps_cpus && \
-             echo 3 > /sys/class/net/{CLIENT_DEV}/queues/tx-1/xps_cpus"
-        );
-        in_netns(&topo.client, &["sh", "-c", &xps]);
+        topo.client_on_queue_1();
     }
     topo.start(backend);
     let mut ctl = Control::connect(&topo.dp.socket());
@@ -556,14 +559,7 @@ fn moves(backend: &str, tag: &str) {
         s.workers[0].delivered > 0 && s.workers[1].delivered > 0,
         "both workers carried the session in turn: {s:?}"
     );
-    let listed: Vec<_> = ctl
-        .request(&ToDataplane::ListSessions)
-        .into_iter()
-        .flat_map(|m| match m {
-            FromDataplane::Sessions { sessions, .. } => sessions,
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let listed = list(&mut ctl);
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!((listed[0].id, listed[0].owner), (sid, 1));
     assert_eq!(listed[0].rx_packets, u64::from(N));
