@@ -223,6 +223,10 @@ mod tests {
         let s = Store::open(&dir, &[9; 32]).expect("open");
         let rec = NodeRecord {
             clients: vec![([1; 32], Some(5), false), ([2; 32], None, true)],
+            ids: Some(jumping_protocol::persist::IdAllocatorRecord {
+                key: Zeroizing::new([7; 32]),
+                counter: 99,
+            }),
         };
         s.save_node(&rec).expect("save");
         assert_eq!(s.load().node, Some(rec.clone()));

@@ -605,12 +605,25 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             .map(|(k, e)| (*k, e.last_timestamp, e.revoked))
             .collect();
         clients.sort_unstable();
-        NodeRecord { clients }
+        NodeRecord {
+            clients,
+            ids: Some(crate::persist::IdAllocatorRecord {
+                key: self.ids.key.clone(),
+                counter: self.ids.counter,
+            }),
+        }
     }
 
     /// Take back the node's state: handshake timestamps and revocations. Keys revoked here
     /// stay revoked whatever the allow-list says.
     pub fn restore_node(&mut self, rec: &NodeRecord) {
+        if let Some(ids) = &rec.ids {
+            // The allocator continues where it stopped: no id is ever handed out twice.
+            self.ids = SessionIdAllocator {
+                key: ids.key.clone(),
+                counter: ids.counter,
+            };
+        }
         for (k, ts, revoked) in &rec.clients {
             let e = self.clients.entry(*k).or_default();
             e.last_timestamp = e.last_timestamp.max(*ts);
@@ -1837,6 +1850,40 @@ mod tests {
     use rand_chacha::rand_core::SeedableRng;
     use rand_chacha::ChaCha20Rng;
     use std::collections::HashSet;
+
+    #[test]
+    fn the_id_allocator_survives_a_restart_through_the_node_record() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let mut a = SessionIdAllocator::new(&mut rng);
+        let before: Vec<SessionId> = (0..100).map(|_| a.next(0, 0)).collect();
+        let rec = NodeRecord {
+            clients: Vec::new(),
+            ids: Some(crate::persist::IdAllocatorRecord {
+                key: a.key.clone(),
+                counter: a.counter,
+            }),
+        };
+        let decoded = NodeRecord::decode(&rec.encode()).expect("decode");
+        assert_eq!(decoded, rec);
+        // Restored (with another random start), it continues the same sequence.
+        let kp = StaticKeypair::generate(&mut rng);
+        let mut gw = Gateway::new(
+            GatewayConfig::default(),
+            Policy::default(),
+            kp,
+            ChaCha20Rng::seed_from_u64(6),
+            Instant::from_millis(1),
+        )
+        .expect("gateway");
+        gw.restore_node(&decoded);
+        let after: Vec<SessionId> = (0..100).map(|_| gw.ids.next(0, 0)).collect();
+        let expect: Vec<SessionId> = (0..100).map(|_| a.next(0, 0)).collect();
+        assert_eq!(after, expect);
+        let all: HashSet<SessionId> = before.iter().chain(&after).copied().collect();
+        assert_eq!(all.len(), 200, "an id was handed out twice");
+        // And the gateway exports it again.
+        assert_eq!(gw.export_node().ids.map(|i| i.counter), Some(a.counter));
+    }
 
     #[test]
     fn session_ids_do_not_repeat_and_carry_owner() {

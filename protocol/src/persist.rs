@@ -94,7 +94,30 @@ pub struct SessionRecord {
 pub struct NodeRecord {
     /// Per client key: last handshake timestamp accepted, and whether the key is revoked.
     pub clients: Vec<([u8; 32], Option<u64>, bool)>,
+    /// The SessionId allocator (so an id is never reused across restarts); `None` in records
+    /// written before it was kept.
+    pub ids: Option<IdAllocatorRecord>,
 }
+
+/// The SessionId allocator's permutation key and counter.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdAllocatorRecord {
+    /// Permutation key (secret: it makes ids unguessable).
+    pub key: Zeroizing<[u8; 32]>,
+    /// The last counter used.
+    pub counter: u64,
+}
+
+impl core::fmt::Debug for IdAllocatorRecord {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IdAllocatorRecord")
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Format of node records: 2 adds the SessionId allocator (format 1 is still read).
+pub const NODE_RECORD_VERSION: u8 = 2;
 
 struct W(Zeroizing<Vec<u8>>);
 
@@ -369,12 +392,20 @@ impl NodeRecord {
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
         let mut w = W(Zeroizing::new(Vec::new()));
-        w.u8(RECORD_VERSION);
+        w.u8(NODE_RECORD_VERSION);
         w.u32(u32::try_from(self.clients.len()).unwrap_or(u32::MAX));
         for (k, ts, revoked) in &self.clients {
             w.bytes(k);
             w.opt_u64(*ts);
             w.u8(u8::from(*revoked));
+        }
+        match &self.ids {
+            None => w.u8(0),
+            Some(ids) => {
+                w.u8(1);
+                w.bytes(&*ids.key);
+                w.u64(ids.counter);
+            }
         }
         w.0.to_vec()
     }
@@ -385,7 +416,10 @@ impl NodeRecord {
     /// [`RecordError`] as for sessions.
     pub fn decode(b: &[u8]) -> Result<Self, RecordError> {
         let mut r = R(b);
-        header(&mut r)?;
+        let version = r.u8()?;
+        if version != RECORD_VERSION && version != NODE_RECORD_VERSION {
+            return Err(RecordError::Version(version));
+        }
         let n = r.u32()?;
         let mut clients = Vec::new();
         for _ in 0..n {
@@ -394,8 +428,17 @@ impl NodeRecord {
             let revoked = r.flag("revoked")?;
             clients.push((k, ts, revoked));
         }
+        let ids = if version == NODE_RECORD_VERSION && r.flag("ids")? {
+            let key = Zeroizing::new(r.arr()?);
+            Some(IdAllocatorRecord {
+                key,
+                counter: r.u64()?,
+            })
+        } else {
+            None
+        };
         r.end()?;
-        Ok(NodeRecord { clients })
+        Ok(NodeRecord { clients, ids })
     }
 }
 
@@ -413,6 +456,37 @@ mod tests {
             .expect("session")
             .encode()
             .to_vec()
+    }
+
+    #[test]
+    fn node_records_round_trip_refuse_truncation_and_read_format_1() {
+        let mut sim = Sim::new(12, crate::Policy::default());
+        let _ = sim.connect();
+        let rec = sim.gw.export_node();
+        assert!(rec.ids.is_some() && !rec.clients.is_empty());
+        let bytes = rec.encode();
+        assert_eq!(NodeRecord::decode(&bytes).expect("decode"), rec);
+        for n in 0..bytes.len() {
+            assert!(NodeRecord::decode(&bytes[..n]).is_err(), "truncated at {n}");
+        }
+        // Format 1 (no allocator) is still read.
+        let old = NodeRecord {
+            ids: None,
+            ..rec.clone()
+        };
+        let mut v1 = old.encode();
+        v1.pop();
+        v1[0] = RECORD_VERSION;
+        assert_eq!(NodeRecord::decode(&v1).expect("format 1"), old);
+        let key = rec
+            .ids
+            .as_ref()
+            .map(|i| format!("{:?}", &*i.key))
+            .expect("ids");
+        assert!(
+            !format!("{rec:?}").contains(&key),
+            "the allocator key is not printed"
+        );
     }
 
     #[test]
