@@ -449,6 +449,23 @@ fn arrivals(
     got
 }
 
+/// Give `sock` an 8 MiB receive buffer (root: `SO_RCVBUFFORCE`).
+fn big_receive_buffer(sock: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd as _;
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: setsockopt(2) on an open socket with a pointer to a c_int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            std::ptr::addr_of!(size).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+}
+
 /// Moves a session between the two workers while traffic flows both ways (core drain), and
 /// asks its client to rekey through the heartbeat echo.
 fn moves(backend: &str, tag: &str) {
@@ -489,7 +506,11 @@ fn moves(backend: &str, tag: &str) {
     let up: Vec<Vec<u8>> = (0..N)
         .map(|i| sealed(&mut sim, &payload("up", i)))
         .collect();
-    // Receivers read while the stream runs (a socket buffer holds only a few hundred).
+    // Receivers read while the stream runs, with room for the whole stream should they be
+    // descheduled (CI runs tests in parallel on two cores).
+    for sock in [&server, &client] {
+        big_receive_buffer(sock);
+    }
     let up_rx = {
         let server = server.try_clone().expect("clone");
         std::thread::spawn(move || arrivals(&server, "up", N as usize, |b| Some(b.to_vec())))
@@ -546,7 +567,12 @@ fn moves(backend: &str, tag: &str) {
         )
         .collect();
     for (dir, got) in [("inbound", &got_up), ("outbound", &got_down)] {
-        assert_eq!(got.len(), N as usize, "{dir} packets lost in the moves");
+        assert_eq!(
+            got.len(),
+            N as usize,
+            "{dir} packets lost in the moves; data plane: {:?}",
+            ctl.stats()
+        );
         let out_of_order = got.windows(2).position(|w| w[1] != w[0] + 1);
         assert_eq!(
             out_of_order.map(|i| &got[i..(i + 4).min(got.len())]),
