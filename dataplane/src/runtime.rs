@@ -708,31 +708,53 @@ impl Lane {
     /// Move session `id` to worker `to` (control thread's request).
     fn export(&mut self, id: SessionId, to: u8) {
         // (A settling session is not moved on: the control thread waits for its report.)
-        let held_by = match (
-            self.links.to_peers.get_mut(usize::from(to)),
-            self.worker.take(id),
-        ) {
-            (Some(Some(ring)), Some(state)) => {
-                match push_session(ring, id, self.index, Box::new(state)) {
-                    Ok(()) => {
-                        self.forwards.insert(id, to);
-                        // The adopter reports the end of the move.
-                        return;
-                    }
-                    Err(state) => {
-                        // The ring is full: keep it (reinsertion into the slot just freed).
-                        let kept = self.worker.adopt(id, state).is_ok();
-                        kept.then_some(self.index)
-                    }
-                }
-            }
-            (_, Some(state)) => {
-                let kept = self.worker.adopt(id, Box::new(state)).is_ok();
-                kept.then_some(self.index)
-            }
-            (_, None) => None,
+        let Some(state) = self.worker.take(id) else {
+            self.event(FromWorker::Moved { id, held_by: None });
+            return;
         };
-        self.event(FromWorker::Moved { id, held_by });
+        let pushed = match self.links.to_peers.get_mut(usize::from(to)) {
+            Some(Some(ring)) => push_session(ring, id, self.index, Box::new(state)),
+            _ => Err(Box::new(state)),
+        };
+        match pushed {
+            // The adopter reports the end of the move.
+            Ok(()) => {
+                self.forwards.insert(id, to);
+            }
+            Err(state) => {
+                // The ring is full: keep it (reinsertion into the slot just freed).
+                let held_by = self.worker.adopt(id, state).is_ok().then_some(self.index);
+                self.event(FromWorker::Moved { id, held_by });
+            }
+        }
+    }
+
+    /// A datagram for a session held here, from another worker's ring or held back while
+    /// its session settled: open and deliver it, send the heartbeat echo.
+    fn inbound(
+        &mut self,
+        io: &mut WorkerIo,
+        inside: &mut Inside,
+        now: Instant,
+        from: Path,
+        buf: &mut [u8],
+    ) {
+        if let Some((dst, len)) = self.process(now, from, buf, inside) {
+            if io.send_payload(dst, &buf[..len]) {
+                self.local.sent += 1;
+            } else {
+                self.worker.count_drop(DropReason::TxFailed);
+            }
+        }
+    }
+
+    /// Seal and send an inner packet of a session held here (a failure is counted by the
+    /// I/O).
+    fn outbound(&mut self, io: &mut WorkerIo, id: SessionId, pkt: &[u8]) {
+        if io.send_inner(&mut self.worker, id, pkt).is_ok() {
+            self.local.sent += 1;
+            self.local.sent_bytes += pkt.len() as u64;
+        }
     }
 
     /// A session moved here from worker `from`.
@@ -1099,7 +1121,6 @@ impl WorkerLoop {
                 lane.local.taken_over += 1;
                 let kind = h.take_kind();
                 let scratch = h.bytes_mut();
-                let len = scratch.len();
                 match kind {
                     HandoffKind::Session { id, from, state } => lane.adopt(id, from, state),
                     HandoffKind::Marker {
@@ -1113,55 +1134,23 @@ impl WorkerLoop {
                         for p in lane.settled(id) {
                             match p {
                                 Parked::Inbound(from, mut buf) => {
-                                    if let Some((dst, rlen)) =
-                                        lane.process(now, from, &mut buf, inside)
-                                    {
-                                        if io.send_payload(dst, &buf[..rlen]) {
-                                            lane.local.sent += 1;
-                                        } else {
-                                            lane.worker.count_drop(DropReason::TxFailed);
-                                        }
-                                    }
+                                    lane.inbound(io, inside, now, from, &mut buf);
                                 }
-                                Parked::Outbound(pkt) => {
-                                    if io.send_inner(&mut lane.worker, id, &pkt).is_ok() {
-                                        lane.local.sent += 1;
-                                        lane.local.sent_bytes += pkt.len() as u64;
-                                    }
-                                }
+                                Parked::Outbound(pkt) => lane.outbound(io, id, &pkt),
                             }
                         }
                     }
-                    // Passed on again: the session moved on while this was in the ring.
-                    HandoffKind::Inbound(from)
-                        if session_of(scratch)
-                            .and_then(|id| lane.elsewhere(id))
-                            .is_some() =>
-                    {
-                        let to = session_of(scratch).map_or(lane.index, |id| lane.owner_of(id));
-                        lane.hand_off(to, HandoffKind::Inbound(from), &scratch[..len]);
-                    }
-                    HandoffKind::Outbound(id) if lane.elsewhere(id).is_some() => {
-                        let to = lane.owner_of(id);
-                        lane.hand_off(to, HandoffKind::Outbound(id), &scratch[..len]);
-                    }
+                    // Passed on again if the session moved on while this was in the ring.
                     HandoffKind::Inbound(from) => {
-                        if let Some((dst, rlen)) =
-                            lane.process(now, from, &mut scratch[..len], inside)
-                        {
-                            if io.send_payload(dst, &scratch[..rlen]) {
-                                lane.local.sent += 1;
-                            } else {
-                                lane.worker.count_drop(DropReason::TxFailed);
-                            }
+                        match session_of(scratch).and_then(|id| lane.elsewhere(id)) {
+                            Some(to) => lane.hand_off(to, HandoffKind::Inbound(from), scratch),
+                            None => lane.inbound(io, inside, now, from, scratch),
                         }
                     }
-                    HandoffKind::Outbound(id) => {
-                        if io.send_inner(&mut lane.worker, id, &scratch[..len]).is_ok() {
-                            lane.local.sent += 1;
-                            lane.local.sent_bytes += len as u64;
-                        }
-                    }
+                    HandoffKind::Outbound(id) => match lane.elsewhere(id) {
+                        Some(to) => lane.hand_off(to, HandoffKind::Outbound(id), scratch),
+                        None => lane.outbound(io, id, scratch),
+                    },
                 }
             }
         }
@@ -1182,17 +1171,15 @@ impl WorkerLoop {
             };
             if len > room {
                 lane.worker.count_drop(DropReason::TooLarge);
-            } else if lane.park(id, || Parked::Outbound(pkt.to_vec())) {
-            } else if let Some(owner) = lane.elsewhere(id) {
-                lane.hand_off(owner, HandoffKind::Outbound(id), pkt);
-            } else if lane.worker.session(id).is_some() {
-                if io.send_inner(&mut lane.worker, id, pkt).is_ok() {
-                    lane.local.sent += 1;
-                    lane.local.sent_bytes += len as u64;
-                }
-            } else {
-                // Not here and no other owner known: counted as such.
-                let _ = io.send_inner(&mut lane.worker, id, pkt);
+                return;
+            }
+            if lane.park(id, || Parked::Outbound(pkt.to_vec())) {
+                return;
+            }
+            match lane.elsewhere(id) {
+                Some(owner) => lane.hand_off(owner, HandoffKind::Outbound(id), pkt),
+                // Here (or nowhere: sealing counts it as an unknown session).
+                None => lane.outbound(io, id, pkt),
             }
         })
     }

@@ -743,7 +743,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
     /// `"no_session"` before the handshake or after the end, `"too_large"` if `buf` is short.
     pub fn encapsulate(
         &mut self,
-        now: Instant,
+        _now: Instant,
         buf: &mut [u8],
         inner_len: usize,
     ) -> Result<(LocalPath, usize), &'static str> {
@@ -755,9 +755,9 @@ impl<R: RngCore + CryptoRng> Client<R> {
             return Err("no_session");
         };
         seal(e, MessageType::Data, &mut buf[..total]);
-        // Data does not move the heartbeat deadline: a heartbeat is the RTT probe and carries
-        // the gateway's flags back (a rekey request), so it goes every interval, traffic or not.
-        let _ = now;
+        // Data does not move the heartbeat deadline (so `_now` is unused): a heartbeat is the
+        // RTT probe and carries the gateway's flags back (a rekey request), so it goes every
+        // interval, traffic or not.
         Ok((e.via, total))
     }
 
