@@ -1,0 +1,117 @@
+//! Logs: `tracing` with a human format on a terminal and one JSON object per line otherwise
+//! (or when asked), and levels per module (`EnvFilter` directives such as
+//! `info,jumping_control::daemon=debug`).
+
+use std::io::IsTerminal;
+use std::str::FromStr;
+
+use tracing_subscriber::EnvFilter;
+
+/// The environment variable holding per-module levels when no `--log` is given
+/// (`RUST_LOG` is read after it).
+pub const LOG_ENV: &str = "JUMPING_LOG";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human on a terminal, JSON otherwise.
+    #[default]
+    Auto,
+    /// Human-readable.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(LogFormat::Auto),
+            "human" | "text" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "log format `{other}` is not one of auto, human, json"
+            )),
+        }
+    }
+}
+
+impl LogFormat {
+    /// The format actually used when writing to standard error.
+    #[must_use]
+    pub fn resolve(self) -> LogFormat {
+        match self {
+            LogFormat::Auto if std::io::stderr().is_terminal() => LogFormat::Human,
+            LogFormat::Auto => LogFormat::Json,
+            f => f,
+        }
+    }
+}
+
+/// The level directives: `explicit` if given, else `JUMPING_LOG`, else `RUST_LOG`, else `info`.
+///
+/// # Errors
+/// A directive that does not parse, with what to fix.
+pub fn filter(explicit: Option<&str>) -> Result<EnvFilter, String> {
+    let (text, from) = match explicit {
+        Some(t) => (t.to_string(), "--log"),
+        None => match std::env::var(LOG_ENV) {
+            Ok(t) => (t, LOG_ENV),
+            Err(_) => match std::env::var("RUST_LOG") {
+                Ok(t) => (t, "RUST_LOG"),
+                Err(_) => ("info".to_string(), "the default"),
+            },
+        },
+    };
+    EnvFilter::builder().parse(&text).map_err(|e| {
+        format!(
+            "log levels `{text}` (from {from}) do not parse: {e}; write e.g. \
+             `info,jumping_control::daemon=debug`"
+        )
+    })
+}
+
+/// Install the process's subscriber, writing to standard error.
+///
+/// # Errors
+/// Bad level directives (see [`filter`]).
+pub fn init(format: LogFormat, levels: Option<&str>) -> Result<(), String> {
+    let filter = filter(levels)?;
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    let r = match format.resolve() {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        _ => builder.try_init(),
+    };
+    r.map_err(|e| format!("cannot install the log subscriber: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_and_bad_ones_are_named() {
+        assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert_eq!("human".parse::<LogFormat>(), Ok(LogFormat::Human));
+        assert_eq!("auto".parse::<LogFormat>(), Ok(LogFormat::Auto));
+        let e = "xml".parse::<LogFormat>().unwrap_err();
+        assert!(e.contains("xml") && e.contains("json"), "{e}");
+        assert_eq!(LogFormat::Json.resolve(), LogFormat::Json);
+    }
+
+    #[test]
+    fn per_module_levels_parse_and_bad_levels_are_refused() {
+        assert!(filter(Some("info,jumping_control::daemon=debug")).is_ok());
+        let e = filter(Some("jumping_control=loud")).unwrap_err();
+        assert!(e.contains("loud") && e.contains("--log"), "{e}");
+    }
+}
