@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jumping_protocol::Policy;
+use observe::export::{facility_code, ExportConfig, FileTarget, SyslogTarget, Transport};
+use observe::log::LogFormat;
 use serde::Deserialize;
 
 /// The defaults, also printed by `--print-default-config`.
@@ -38,6 +40,29 @@ cookie_threshold = 1000
 activity_poll = "250ms"
 # How long to wait for the data plane at start-up.
 dataplane_wait = "30s"
+# Log levels per module, e.g. "info,jumping_control::daemon=debug" (`--log`, JUMPING_LOG and
+# RUST_LOG take precedence, in that order).
+log = "info"
+# "auto" (human on a terminal, JSON lines otherwise), "human" or "json".
+log_format = "auto"
+# Prometheus endpoint (GET /metrics), or "off". Loopback by default: an address reachable from
+# other hosts must be chosen on purpose.
+metrics_listen = "127.0.0.1:9470"
+
+# SIEM export of every event (SPEC.md section 8), off the decision path: each sink has a bounded
+# queue; when it is full, events are dropped and counted (jumping_export_dropped_total).
+[export]
+# JSON lines to this file ("" = none), rotated past file_max_bytes into FILE.1 … FILE.<file_keep>.
+file = ""
+file_max_bytes = 104857600
+file_keep = 10
+# Syslog receivers, RFC 5424: "udp://IP:PORT" (one message per datagram) or "tcp://IP:PORT"
+# (octet-counting framing, RFC 6587).
+syslog = []
+syslog_facility = "local0"
+syslog_app_name = "jumping"
+# Events held per sink while a receiver is slow or away.
+queue = 4096
 
 # Session policy (SPEC.md section 5). Empty: the defaults. Durations as "5s", "250ms", "24h".
 [policy]
@@ -73,8 +98,36 @@ pub struct Config {
     /// Start-up wait for the data plane.
     #[serde(deserialize_with = "de_duration")]
     pub dataplane_wait: Duration,
+    /// Log levels per module.
+    pub log: String,
+    /// Log format: auto, human, json.
+    pub log_format: String,
+    /// Prometheus endpoint ("off" = none).
+    pub metrics_listen: String,
+    /// SIEM export.
+    pub export: Export,
     /// Session policy.
     pub policy: Policy,
+}
+
+/// The `[export]` section as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Export {
+    /// Export file ("" = none).
+    pub file: PathBuf,
+    /// Rotation size.
+    pub file_max_bytes: u64,
+    /// Rotated files kept.
+    pub file_keep: usize,
+    /// `udp://IP:PORT` or `tcp://IP:PORT`.
+    pub syslog: Vec<String>,
+    /// Facility name.
+    pub syslog_facility: String,
+    /// APP-NAME.
+    pub syslog_app_name: String,
+    /// Queue per sink.
+    pub queue: usize,
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -191,10 +244,116 @@ impl Config {
                 });
             }
         }
+        self.check_observability()?;
         self.policy.validate().map_err(|e| ConfigError::Value {
             key: "policy",
             msg: e.to_string(),
         })
+    }
+}
+
+fn value(key: &'static str, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        key,
+        msg: msg.into(),
+    }
+}
+
+impl Config {
+    fn check_observability(&self) -> Result<(), ConfigError> {
+        observe::log::parse_levels(&self.log).map_err(|e| value("log", e))?;
+        self.log_format
+            .parse::<LogFormat>()
+            .map_err(|e| value("log_format", e))?;
+        self.metrics_addr()?;
+        self.export_config()?;
+        Ok(())
+    }
+
+    /// The Prometheus endpoint's address, if enabled.
+    ///
+    /// # Errors
+    /// Not an address.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        observe::metrics::parse_listen(&self.metrics_listen).map_err(|e| value("metrics_listen", e))
+    }
+
+    /// The log format.
+    #[must_use]
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format.parse().unwrap_or_default()
+    }
+
+    /// The `[export]` section, checked.
+    ///
+    /// # Errors
+    /// A value out of range, naming the key.
+    pub fn export_config(&self) -> Result<ExportConfig, ConfigError> {
+        let e = &self.export;
+        let mut out = ExportConfig::none();
+        if !e.file.as_os_str().is_empty() {
+            if !e.file.is_absolute() {
+                return Err(value(
+                    "export.file",
+                    format!("`{}` must be an absolute path", e.file.display()),
+                ));
+            }
+            if e.file_max_bytes < 4096 {
+                return Err(value("export.file_max_bytes", "must be at least 4096"));
+            }
+            if e.file_keep == 0 || e.file_keep > 1000 {
+                return Err(value("export.file_keep", "must be between 1 and 1000"));
+            }
+            out.file = Some(FileTarget {
+                path: e.file.clone(),
+                max_bytes: e.file_max_bytes,
+                keep: e.file_keep,
+            });
+        }
+        for s in &e.syslog {
+            let (transport, rest) = if let Some(r) = s.strip_prefix("udp://") {
+                (Transport::Udp, r)
+            } else if let Some(r) = s.strip_prefix("tcp://") {
+                (Transport::Tcp, r)
+            } else {
+                return Err(value(
+                    "export.syslog",
+                    format!("`{s}`: write \"udp://IP:PORT\" or \"tcp://IP:PORT\""),
+                ));
+            };
+            let addr: SocketAddr = rest.parse().map_err(|_| {
+                value(
+                    "export.syslog",
+                    format!("`{s}`: `{rest}` is not an IP address and port"),
+                )
+            })?;
+            if addr.port() == 0 {
+                return Err(value("export.syslog", format!("`{s}`: port 0")));
+            }
+            out.syslog.push(SyslogTarget { addr, transport });
+        }
+        out.facility = facility_code(&e.syslog_facility).ok_or_else(|| {
+            value(
+                "export.syslog_facility",
+                format!(
+                    "`{}` is not a facility (kern, user, daemon, auth, authpriv, local0 … local7, …)",
+                    e.syslog_facility
+                ),
+            )
+        })?;
+        let app = &e.syslog_app_name;
+        if app.is_empty() || app.len() > 48 || !app.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(value(
+                "export.syslog_app_name",
+                "1 to 48 printable ASCII characters without spaces",
+            ));
+        }
+        out.app_name.clone_from(app);
+        if e.queue == 0 || e.queue > 1_000_000 {
+            return Err(value("export.queue", "must be between 1 and 1000000"));
+        }
+        out.queue = e.queue;
+        Ok(out)
     }
 }
 
@@ -218,5 +377,50 @@ mod tests {
         let c = Config::parse("[policy]\npath_dead_after = \"2s\"\nrecovery_window = \"4s\"")
             .expect("policy override");
         assert_eq!(c.policy.path_dead_after, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn observability_keys_are_checked() {
+        let c = Config::parse("").expect("defaults");
+        assert_eq!(
+            c.metrics_addr().expect("addr"),
+            Some("127.0.0.1:9470".parse().expect("addr"))
+        );
+        let x = c.export_config().expect("export");
+        assert!(x.file.is_none() && x.syslog.is_empty());
+        let c = Config::parse(
+            "metrics_listen = \"off\"\n[export]\nfile = \"/var/log/jumping/events.jsonl\"\n\
+             syslog = [\"udp://192.0.2.9:514\", \"tcp://[2001:db8::1]:6514\"]\n\
+             syslog_facility = \"authpriv\"",
+        )
+        .expect("export");
+        assert_eq!(c.metrics_addr().expect("off"), None);
+        let x = c.export_config().expect("export");
+        assert_eq!(x.syslog.len(), 2);
+        assert_eq!(x.syslog[1].transport, Transport::Tcp);
+        assert_eq!(x.facility, 10);
+        for (text, key) in [
+            ("log = \"jumping=loud\"", "`log`"),
+            ("log_format = \"xml\"", "`log_format`"),
+            ("metrics_listen = \"localhost\"", "`metrics_listen`"),
+            (
+                "[export]\nsyslog = [\"syslog.example:514\"]",
+                "`export.syslog`",
+            ),
+            (
+                "[export]\nsyslog = [\"tcp://example.org:514\"]",
+                "`export.syslog`",
+            ),
+            ("[export]\nfile = \"events.jsonl\"", "`export.file`"),
+            (
+                "[export]\nsyslog_facility = \"local9\"",
+                "`export.syslog_facility`",
+            ),
+            ("[export]\nqueue = 0", "`export.queue`"),
+            ("[export]\nbogus = 1", "bogus"),
+        ] {
+            let e = Config::parse(text).expect_err(text).to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

@@ -34,8 +34,13 @@ use jumping_protocol::wire::{self, MessageType};
 use jumping_protocol::{Instant, Path, Policy, SessionId, State};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
+use observe::export::Exporter;
+use observe::metrics::MetricsServer;
 use rand_core::OsRng;
 use tracing::{info, warn};
+
+use crate::events::Cid;
+use crate::metrics::{self, ControlMetrics, Published, Snapshot};
 use zeroize::Zeroizing;
 
 use crate::allowlist::AllowList;
@@ -46,6 +51,8 @@ use crate::store::Store;
 
 const UDP: Token = Token(0);
 const WAKE: Token = Token(1);
+/// How often the metrics endpoint gets a fresh copy of the counters.
+const METRICS_PERIOD: Duration = Duration::from_secs(1);
 
 /// This process's clock: `CLOCK_BOOTTIME` (counts suspend; persisted instants stay valid
 /// across a restart of the process within one boot).
@@ -114,6 +121,12 @@ pub struct Daemon {
     summaries: HashMap<SessionId, SessionSummary>,
     next_poll: Instant,
     counters: Counters,
+    /// Counted from the events, copied to the endpoint about once a second.
+    metrics: ControlMetrics,
+    published: Published,
+    next_publish: Instant,
+    export: Arc<Exporter>,
+    _metrics_server: Option<MetricsServer>,
     stop: Arc<AtomicBool>,
 }
 
@@ -158,6 +171,25 @@ impl Daemon {
         let allow = AllowList::load(&cfg.clients_file).with_context(|| {
             "configuration key `clients_file` (one `<public key> <inner address>` per line)"
         })?;
+        let export = Arc::new(
+            Exporter::start(&cfg.export_config()?).context("configuration section `[export]`")?,
+        );
+        let published = Published::default();
+        let metrics_server = match cfg.metrics_addr()? {
+            None => None,
+            Some(addr) => {
+                if !observe::metrics::is_local(&addr) {
+                    warn!(%addr, "metrics are served on an address other hosts can reach");
+                }
+                let (p, x) = (published.clone(), Arc::clone(&export));
+                let render: observe::metrics::Render =
+                    Arc::new(move || metrics::render(p.latest().as_ref(), &x));
+                let server = MetricsServer::start(addr, render)
+                    .context("configuration key `metrics_listen`")?;
+                info!(addr = %server.addr(), "metrics on http://{}/metrics", server.addr());
+                Some(server)
+            }
+        };
         let mut rng = OsRng;
         jumping_protocol::crypto::rng_health_check(&mut rng)
             .context("the OS random generator failed its health check")?;
@@ -220,7 +252,7 @@ impl Daemon {
         }
         for rec in &loaded.sessions {
             if let Err(e) = gw.restore_session(rec) {
-                warn!(session = %rec.id, "state: not restored: {e}");
+                warn!(session = %rec.id, correlation_id = %Cid(cfg.node_id, rec.id), "state: not restored: {e}");
             }
         }
         // Resynchronise with the data plane.
@@ -228,14 +260,14 @@ impl Daemon {
         let restored: Vec<(SessionId, State)> = gw.sessions().map(|s| (s.id, s.state())).collect();
         for (id, state) in &restored {
             if *state != State::Terminated && !held.contains(id) {
-                warn!(session = %id, "the data plane no longer holds this session (its send \
+                warn!(session = %id, correlation_id = %Cid(cfg.node_id, *id), "the data plane no longer holds this session (its send \
                        counter is lost): terminating it");
                 let _ = gw.terminate(t0, *id);
             }
         }
         let known: HashSet<SessionId> = restored.iter().map(|(id, _)| *id).collect();
         for id in held.difference(&known) {
-            warn!(session = %id, "the data plane holds a session this process has no record of: retiring it");
+            warn!(session = %id, correlation_id = %Cid(cfg.node_id, *id), "the data plane holds a session this process has no record of: retiring it");
             let _ = dp.command(&ToDataplane::Retire { id: *id });
         }
         info!(
@@ -282,6 +314,11 @@ impl Daemon {
             started: t0,
             summaries: HashMap::new(),
             counters: Counters::default(),
+            metrics: ControlMetrics::default(),
+            published,
+            next_publish: t0,
+            export,
+            _metrics_server: metrics_server,
             stop,
         };
         d.flush(t0);
@@ -411,7 +448,7 @@ impl Daemon {
                         .or_default() += u64::from(count);
                 }
                 FromDataplane::Event(DpEvent::Refused { id, what }) => {
-                    warn!(session = %id, "the data plane refused {what:?}: terminating the session");
+                    warn!(session = %id, correlation_id = %Cid(self.cfg.node_id, id), "the data plane refused {what:?}: terminating the session");
                     self.counters.installs_refused += 1;
                     let _ = self.gw.terminate(t, id);
                 }
@@ -441,7 +478,7 @@ impl Daemon {
             .map(|s| s.id)
             .collect();
         for id in ours.iter().filter(|id| !held.contains(id)) {
-            warn!(session = %id, "the data plane lost this session: terminating it");
+            warn!(session = %id, correlation_id = %Cid(self.cfg.node_id, *id), "the data plane lost this session: terminating it");
             let _ = self.gw.terminate(t, *id);
         }
         let ours: HashSet<SessionId> = ours.into_iter().collect();
@@ -472,7 +509,7 @@ impl Daemon {
         for id in dirty {
             if let Some(rec) = self.gw.export_session(t, id) {
                 if let Err(e) = self.store.save_session(&rec) {
-                    warn!(session = %id, "state: cannot persist: {e}");
+                    warn!(session = %id, correlation_id = %Cid(self.cfg.node_id, id), "state: cannot persist: {e}");
                 }
             }
         }
@@ -488,10 +525,36 @@ impl Daemon {
             self.send(tx.dst, tx.payload);
         }
         while let Some(e) = self.gw.poll_event() {
+            self.metrics.observe(&e);
             let v = events::to_json(&e, self.cfg.node_id, self.policy_version);
             println!("{v}");
             self.ctl.publish(&v);
+            self.export.push(&v);
         }
+        if t >= self.next_publish {
+            self.publish_metrics();
+            self.next_publish = t + METRICS_PERIOD;
+        }
+    }
+
+    /// Hand the endpoint a copy of the counters (never waits for a scrape).
+    fn publish_metrics(&mut self) {
+        let mut sessions = [0u64; 6];
+        for s in self.gw.sessions() {
+            if let Some(i) = State::ALL.iter().position(|x| *x == s.state()) {
+                sessions[i] += 1;
+            }
+        }
+        self.published.offer(Snapshot {
+            metrics: self.metrics.clone(),
+            counters: self.gw.counters().clone(),
+            sessions,
+            refused_no_dataplane: self.counters.handshakes_refused_no_dataplane,
+            follower_drops: self.ctl.events_dropped(),
+            dataplane_connected: self.dp.is_some(),
+            policy_version: self.policy_version,
+            allowed_clients: self.allow.clients.len() as u64,
+        });
     }
 
     fn send(&mut self, dst: Path, payload: Vec<u8>) {
@@ -517,7 +580,7 @@ impl Daemon {
                 client_public,
             } => {
                 let Some(inner) = self.allow.clients.get(&client_public).copied() else {
-                    warn!(session = %handoff.id, "client no longer allowed: terminating");
+                    warn!(session = %handoff.id, correlation_id = %Cid(self.cfg.node_id, handoff.id), "client no longer allowed: terminating");
                     let _ = self.gw.terminate(t, handoff.id);
                     return;
                 };
@@ -548,7 +611,7 @@ impl Daemon {
             DataPlaneUpdate::RequestRekey { id } => (id, ToDataplane::RequestRekey { id }),
             DataPlaneUpdate::Retire { id } => {
                 if let Err(e) = self.store.remove_session(id) {
-                    warn!(session = %id, "state: cannot remove: {e}");
+                    warn!(session = %id, correlation_id = %Cid(self.cfg.node_id, id), "state: cannot remove: {e}");
                 }
                 (id, ToDataplane::Retire { id })
             }
@@ -565,7 +628,7 @@ impl Daemon {
             None => Err(DpError::Lost("not connected".into())),
         };
         if let Err(e) = r {
-            warn!(session = %id, "data plane: {e}");
+            warn!(session = %id, correlation_id = %Cid(self.cfg.node_id, id), "data plane: {e}");
             let harmless =
                 optional && matches!(e, DpError::Refused(Refusal::Busy | Refusal::NoSuchWorker));
             if !harmless && (is_install || matches!(e, DpError::Refused(_))) {

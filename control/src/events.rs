@@ -14,6 +14,17 @@ pub fn correlation_id(node_id: u8, id: SessionId) -> String {
     format!("n{node_id}-{id}")
 }
 
+/// A session's correlation id for log fields (`correlation_id = %Cid(node, id)`), written
+/// without allocating; the same text as [`correlation_id`].
+#[derive(Debug, Clone, Copy)]
+pub struct Cid(pub u8, pub SessionId);
+
+impl core::fmt::Display for Cid {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "n{}-{}", self.0, self.1)
+    }
+}
+
 /// The current wall-clock time, RFC 3339 with milliseconds.
 #[must_use]
 pub fn timestamp() -> String {
@@ -54,13 +65,14 @@ pub fn to_json(e: &Event, node_id: u8, policy_version: u64) -> Value {
             from_path,
             to_path,
             recovery_ms,
+            reattach_ms,
             version,
         } => (
             Some(*session_id),
             Some(*version),
             json!({"from_path": from_path.map(|p| p.to_string()),
                    "to_path": to_path.to_string(), "recovery_ms": recovery_ms,
-                   "reason_code": "REATTACH_OK"}),
+                   "reattach_ms": reattach_ms, "reason_code": "REATTACH_OK"}),
         ),
         Event::ReattachRejected {
             session_id,
@@ -183,5 +195,9 @@ mod tests {
         assert_eq!(v["session_id"], "0100000000000001");
         assert_eq!(v["reason_code"], "HANDSHAKE_OK");
         assert_eq!(v["to_state"], "ATTACHED");
+        assert_eq!(
+            v["correlation_id"],
+            Cid(3, SessionId(0x0100_0000_0000_0001)).to_string()
+        );
     }
 }

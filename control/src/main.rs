@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::Parser;
 use jumping_control::config::{Config, DEFAULT_TOML};
 use jumping_control::daemon::Daemon;
+use observe::log::LogFormat;
 
 /// The Jumping control process: handshakes, reattach, timers, policy and keys; programs the
 /// data plane and answers `jumpctl`.
@@ -23,6 +24,13 @@ struct Args {
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Log levels per module (over JUMPING_LOG, RUST_LOG and the `log` key), e.g.
+    /// `info,jumping_control::daemon=debug`.
+    #[arg(long)]
+    log: Option<String>,
+    /// Log format: auto (human on a terminal, JSON otherwise), human, json (over `log_format`).
+    #[arg(long)]
+    log_format: Option<LogFormat>,
 }
 
 fn main() -> ExitCode {
@@ -31,12 +39,6 @@ fn main() -> ExitCode {
         print!("{DEFAULT_TOML}");
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let cfg = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -44,6 +46,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let format = args.log_format.unwrap_or_else(|| cfg.log_format());
+    if let Err(e) = observe::log::init(format, args.log.as_deref(), &cfg.log) {
+        eprintln!("jumping-control: {e}");
+        return ExitCode::from(2);
+    }
     if args.check_config {
         println!("configuration ok");
         return ExitCode::SUCCESS;

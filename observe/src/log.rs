@@ -50,24 +50,33 @@ impl LogFormat {
     }
 }
 
-/// The level directives: `explicit` if given, else `JUMPING_LOG`, else `RUST_LOG`, else `info`.
+/// The level directives: `cli` (`--log`) if given, else `JUMPING_LOG`, else `RUST_LOG`, else
+/// `configured` (the configuration file's `log`).
 ///
 /// # Errors
-/// A directive that does not parse, with what to fix.
-pub fn filter(explicit: Option<&str>) -> Result<EnvFilter, String> {
-    let (text, from) = match explicit {
+/// A directive that does not parse, with where it came from and what to write.
+pub fn filter(cli: Option<&str>, configured: &str) -> Result<EnvFilter, String> {
+    let (text, from) = match cli {
         Some(t) => (t.to_string(), "--log"),
         None => match std::env::var(LOG_ENV) {
             Ok(t) => (t, LOG_ENV),
             Err(_) => match std::env::var("RUST_LOG") {
                 Ok(t) => (t, "RUST_LOG"),
-                Err(_) => ("info".to_string(), "the default"),
+                Err(_) => (configured.to_string(), "the configuration key `log`"),
             },
         },
     };
-    EnvFilter::builder().parse(&text).map_err(|e| {
+    parse_levels(&text).map_err(|e| format!("{e} (from {from})"))
+}
+
+/// Parse level directives such as `info,jumping_control::daemon=debug`.
+///
+/// # Errors
+/// What does not parse, and an example of what does.
+pub fn parse_levels(text: &str) -> Result<EnvFilter, String> {
+    EnvFilter::builder().parse(text).map_err(|e| {
         format!(
-            "log levels `{text}` (from {from}) do not parse: {e}; write e.g. \
+            "log levels `{text}` do not parse: {e}; write e.g. \
              `info,jumping_control::daemon=debug`"
         )
     })
@@ -77,8 +86,8 @@ pub fn filter(explicit: Option<&str>) -> Result<EnvFilter, String> {
 ///
 /// # Errors
 /// Bad level directives (see [`filter`]).
-pub fn init(format: LogFormat, levels: Option<&str>) -> Result<(), String> {
-    let filter = filter(levels)?;
+pub fn init(format: LogFormat, cli: Option<&str>, configured: &str) -> Result<(), String> {
+    let filter = filter(cli, configured)?;
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
@@ -110,8 +119,8 @@ mod tests {
 
     #[test]
     fn per_module_levels_parse_and_bad_levels_are_refused() {
-        assert!(filter(Some("info,jumping_control::daemon=debug")).is_ok());
-        let e = filter(Some("jumping_control=loud")).unwrap_err();
+        assert!(filter(Some("info,jumping_control::daemon=debug"), "info").is_ok());
+        let e = filter(Some("jumping_control=loud"), "info").unwrap_err();
         assert!(e.contains("loud") && e.contains("--log"), "{e}");
     }
 }

@@ -31,7 +31,7 @@ pub const REATTACH_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// A latency distribution: HdrHistogram (microseconds, 3 significant digits, up to an hour)
+/// A latency distribution: HdrHistogram (microseconds, 2 significant digits — 1 % — up to an hour, about 26 KiB)
 /// plus the exact sum, rendered as a Prometheus histogram with fixed bucket bounds.
 #[derive(Debug, Clone)]
 pub struct LatencyHistogram {
@@ -48,7 +48,7 @@ impl LatencyHistogram {
     #[must_use]
     pub fn new(buckets: &'static [f64]) -> Self {
         #[allow(clippy::unwrap_used)] // constant, valid bounds
-        let hdr = Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        let hdr = Histogram::new_with_bounds(1, 3_600_000_000, 2).unwrap();
         LatencyHistogram {
             hdr,
             sum_us: 0,
@@ -81,7 +81,7 @@ impl LatencyHistogram {
         out.push((f64::MAX, 0));
         for v in self.hdr.iter_recorded() {
             // The value HdrHistogram reports for the cell is its highest equivalent value;
-            // at 3 significant digits that moves a bucket edge by at most 0.1 %.
+            // at 2 significant digits that moves a bucket edge by at most 1 %.
             #[allow(clippy::cast_precision_loss)]
             let secs = v.value_iterated_to() as f64 / 1e6;
             let i = out

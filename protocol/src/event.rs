@@ -183,6 +183,8 @@ pub enum Event {
         to_path: Path,
         /// Path lost → new path active, if the old path was lost (ms).
         recovery_ms: Option<u64>,
+        /// Reattach request (or new path seen) → new path bound (ms): one validation.
+        reattach_ms: Option<u64>,
         /// Version after the switch.
         version: u64,
     },

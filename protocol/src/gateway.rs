@@ -1327,6 +1327,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             bytes_in: req_len,
             bytes_out: 0,
             last_sent: now,
+            started: now,
         };
         send_challenge(s, &mut self.out, now, &mut pending);
         s.pending = Some(pending);
@@ -1484,6 +1485,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         }
         let from_path = s.active;
         let recovery_ms = s.lost_at.map(|t| millis(now - t));
+        let reattach_ms = s.pending.as_ref().map(|p| millis(now - p.started));
         s.pending = None;
         s.active = Some(path);
         s.last_rx_active = now;
@@ -1508,6 +1510,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             from_path,
             to_path: path,
             recovery_ms,
+            reattach_ms,
             version: tr.version,
         });
         self.counters.reattaches += 1;
@@ -1839,6 +1842,7 @@ fn start_unsolicited_validation<R: RngCore>(
         bytes_in: received,
         bytes_out: 0,
         last_sent: now,
+        started: now,
     };
     send_challenge(s, out, now, &mut p);
     s.pending = Some(p);

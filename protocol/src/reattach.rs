@@ -67,6 +67,9 @@ pub struct PendingValidation {
     pub bytes_out: usize,
     /// When the last challenge was sent.
     pub last_sent: Instant,
+    /// When validation started: the request arrived, or the new path was seen (for
+    /// `reattach_ms`).
+    pub started: Instant,
 }
 
 /// The gateway sends an unvalidated address at most this many times the bytes it received from

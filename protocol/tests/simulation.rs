@@ -165,12 +165,16 @@ fn nat_rebind_repaired_by_reattach_within_one_round_trip() {
             Event::PathSwitched {
                 to_path,
                 recovery_ms,
+                reattach_ms,
                 ..
-            } => Some((*to_path, *recovery_ms)),
+            } => Some((*to_path, *recovery_ms, *reattach_ms)),
             _ => None,
         })
         .expect("PATH_SWITCHED");
     assert_eq!(switched.0, Path::udp(new_addr));
+    // The validation started when the new address was seen, which is also when the old
+    // binding counted as lost: both latencies are the same round trip.
+    assert_eq!(switched.2, switched.1, "reattach_ms");
     // The gateway saw the new address one one-way latency after the rebind; the bind needs one
     // round trip (challenge out, request with the echo back): 40 ms here.
     let recovery = switched.1.expect("recovery_ms");
