@@ -18,7 +18,7 @@ PACKAGES=(
   build-essential pkg-config cmake
   clang-19 llvm-19 libelf-dev zlib1g-dev m4 make libbpf-dev linux-libc-dev bpftool
   iproute2 nftables conntrack procps
-  iperf3 ethtool
+  iperf3 ethtool curl
 )
 
 if [ "$(id -u)" -ne 0 ]; then

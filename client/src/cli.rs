@@ -22,6 +22,14 @@ use zeroize::Zeroizing;
 #[command(name = "jumping-client", version)]
 #[command(group(ArgGroup::new("gateway_key").args(["gateway_public", "gateway_public_file"])))]
 pub struct Args {
+    /// Log levels per module (over JUMPING_LOG and RUST_LOG), e.g. `info,jumping_client=debug`.
+    #[arg(long, value_name = "LEVELS")]
+    pub log: Option<String>,
+
+    /// Log format: auto (human on a terminal, JSON lines otherwise), human or json.
+    #[arg(long, value_name = "FORMAT", default_value = "auto")]
+    pub log_format: observe::log::LogFormat,
+
     /// The gateway's tunnel UDP address, IP:PORT (IPv6 as [ADDR]:PORT). Required to run.
     #[arg(long, value_name = "IP:PORT")]
     pub gateway: Option<String>,

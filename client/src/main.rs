@@ -57,13 +57,9 @@ fn main() -> ExitCode {
     if args.status || args.switch.is_some() {
         return operator(&args);
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    if let Err(e) = observe::log::init(args.log_format, args.log.as_deref(), "info") {
+        return fail(EXIT_USAGE, &e);
+    }
     let cfg = match Config::from_args(&args) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, &e.0),

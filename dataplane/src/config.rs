@@ -29,6 +29,17 @@ key_cache_entries = 8192
 control_socket = "/run/jumping/dataplane.sock"
 # Where the XDP program's maps are pinned (a bpffs).
 bpf_pin_dir = "/sys/fs/bpf/jumping"
+# The node id of the control process this data plane serves (its `node_id`): used only to
+# write correlation ids (`n<node>-<SessionId>`) in log lines about a session.
+node_id = 0
+# Log levels per module, e.g. "info,jumping_dataplane::control=debug" (`--log`, JUMPING_LOG
+# and RUST_LOG take precedence, in that order).
+log = "info"
+# "auto" (human on a terminal, JSON lines otherwise), "human" or "json".
+log_format = "auto"
+# Prometheus endpoint (GET /metrics): per-worker packets, bytes and drops by reason, and the
+# XDP program's counters, summed on each scrape. "off" disables it. Loopback by default.
+metrics_listen = "127.0.0.1:9471"
 
 [inside]
 # The inside interface: "tun" (a multi-queue TUN device, driven by io_uring) or "af_xdp" (an
@@ -146,6 +157,14 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// bpffs pin directory.
     pub bpf_pin_dir: PathBuf,
+    /// The control process's node id (log correlation ids).
+    pub node_id: u8,
+    /// Log levels per module.
+    pub log: String,
+    /// Log format: auto, human, json.
+    pub log_format: String,
+    /// Prometheus endpoint ("off" = none).
+    pub metrics_listen: String,
     /// Inside interface.
     pub inside: Inside,
     /// AF_XDP sizes.
@@ -264,6 +283,11 @@ impl Config {
                 ));
             }
         }
+        observe::log::parse_levels(&self.log).map_err(|e| invalid("log", e))?;
+        self.log_format
+            .parse::<observe::log::LogFormat>()
+            .map_err(|e| invalid("log_format", e))?;
+        self.metrics_addr()?;
         let x = &self.af_xdp;
         if !x.frames.is_power_of_two() || x.frames < 64 {
             return Err(invalid("af_xdp.frames", "a power of two, at least 64"));
@@ -287,6 +311,15 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The Prometheus endpoint's address, if enabled.
+    ///
+    /// # Errors
+    /// Not an address.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        observe::metrics::parse_listen(&self.metrics_listen)
+            .map_err(|e| invalid("metrics_listen", e))
     }
 
     /// The configured next-hop MAC, if any.
@@ -338,6 +371,9 @@ mod tests {
         for (text, key) in [
             ("cpus = []", "cpus"),
             ("cpus = [1, 1]", "cpus"),
+            ("log = \"jumping=loud\"", "log"),
+            ("log_format = \"xml\"", "log_format"),
+            ("metrics_listen = \"localhost:9471\"", "metrics_listen"),
             ("listen = \"10.0.0.1:0\"", "listen"),
             ("[af_xdp]\nframes = 1000", "af_xdp.frames"),
             ("[af_xdp]\nnext_hop_mac = \"zz\"", "af_xdp.next_hop_mac"),

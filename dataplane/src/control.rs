@@ -484,7 +484,7 @@ impl ControlServer {
             }
             None => {
                 // Gone: forget it entirely; the control process ends the session.
-                tracing::warn!(session = %id, "a moving session was lost; it must be ended");
+                tracing::warn!(session = %id, correlation_id = %observe::log::Correlation(id), "a moving session was lost; it must be ended");
                 if self.inner_of.contains_key(&id) {
                     self.per_worker[to] = self.per_worker[to].saturating_sub(1);
                 }

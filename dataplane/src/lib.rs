@@ -24,6 +24,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod keys;
+pub mod metrics;
 pub mod runtime;
 #[allow(unsafe_code)]
 pub mod sys;

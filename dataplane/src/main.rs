@@ -18,6 +18,7 @@ use clap::Parser;
 use jumping_dataplane::commands;
 use jumping_dataplane::config::{BackendChoice, Config, InsideKind, XdpMode};
 use jumping_dataplane::control::{ControlServer, WorkerHandle};
+use jumping_dataplane::metrics;
 use jumping_dataplane::runtime::{
     handoff_mesh, Clock, Inside, Links, NextHop, SharedStats, WorkerIo, WorkerLoop,
 };
@@ -26,6 +27,8 @@ use jumping_dataplane::uring::{bind_steered, UringUdp};
 use jumping_dataplane::worker::Worker;
 use jumping_dataplane::xsk::{EthTemplate, L2Template, XskConfig, XskRx};
 use jumping_dataplane_api::Backend;
+use observe::log::LogFormat;
+use observe::metrics::MetricsServer;
 
 #[derive(Parser, Debug)]
 #[command(name = "jumping-dataplane", version, about = "Jumping data plane")]
@@ -39,6 +42,12 @@ struct Args {
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Log levels per module (over JUMPING_LOG, RUST_LOG and the `log` key).
+    #[arg(long)]
+    log: Option<String>,
+    /// Log format: auto (human on a terminal, JSON otherwise), human, json.
+    #[arg(long)]
+    log_format: Option<LogFormat>,
 }
 
 /// What stays alive while AF_XDP is in use: dropping it detaches the program.
@@ -54,13 +63,6 @@ enum PendingInside {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     if let Err(e) = run() {
         eprintln!("jumping-dataplane: {e:#}");
         std::process::exit(1);
@@ -81,6 +83,12 @@ fn run() -> Result<()> {
         }
         None => Config::defaults(),
     };
+    let format = match args.log_format {
+        Some(f) => f,
+        None => config.log_format.parse().unwrap_or_default(),
+    };
+    observe::log::init(format, args.log.as_deref(), &config.log).map_err(anyhow::Error::msg)?;
+    observe::log::set_node_id(config.node_id);
     if let Some(ids) = core_affinity::get_core_ids() {
         if let Some(cpu) = config
             .cpus
@@ -172,6 +180,7 @@ fn run() -> Result<()> {
     let clock = Clock::start();
     let grace = jumping_protocol::policy::Policy::default().key_grace;
     let mut handles = Vec::with_capacity(n);
+    let mut all_stats = Vec::with_capacity(n);
     let mut threads = Vec::with_capacity(n);
     let mesh = handoff_mesh(n);
     for (i, ((io, pending), (from_peers, to_peers))) in
@@ -181,6 +190,7 @@ fn run() -> Result<()> {
         let (to_worker, control_in) = rtrb::RingBuffer::new(4096);
         let (control_out, from_worker) = rtrb::RingBuffer::new(4096);
         let stats = Arc::new(SharedStats::default());
+        all_stats.push(Arc::clone(&stats));
         handles.push(WorkerHandle {
             commands: cmd_tx,
             to_worker,
@@ -234,6 +244,24 @@ fn run() -> Result<()> {
             )
         })?;
     server.set_capacity(config.session_capacity);
+    let _metrics = match config.metrics_addr()? {
+        None => None,
+        Some(addr) => {
+            if !observe::metrics::is_local(&addr) {
+                tracing::warn!(%addr, "metrics are served on an address other hosts can reach");
+            }
+            let sources = metrics::Sources {
+                workers: all_stats,
+                backend: backend.as_str(),
+                xdp_pin_dir: attachment.as_ref().map(|_| config.bpf_pin_dir.clone()),
+            };
+            let render: observe::metrics::Render = Arc::new(move || metrics::render(&sources));
+            let m =
+                MetricsServer::start(addr, render).context("configuration key `metrics_listen`")?;
+            tracing::info!(addr = %m.addr(), "metrics on http://{}/metrics", m.addr());
+            Some(m)
+        }
+    };
     if let Some(routes) = inside_routes {
         server.set_inside_routes(routes);
     }

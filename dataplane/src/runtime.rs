@@ -768,7 +768,7 @@ impl Lane {
             // The control thread checks room before a move; if the table filled up
             // meanwhile the session cannot be carried here and is reported gone (the
             // control process ends it explicitly).
-            tracing::warn!(session = %id, from, "no room to adopt a moved session");
+            tracing::warn!(session = %id, correlation_id = %observe::log::Correlation(id), from, "no room to adopt a moved session");
             self.event(FromWorker::Moved { id, held_by: None });
         }
     }

@@ -410,6 +410,21 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<[u64; Counter::COUNT], Error> {
     Ok(out)
 }
 
+/// Every counter summed over all CPUs, read from the map pinned under `pin_dir` (for a
+/// thread that does not hold the loaded object, such as the metrics endpoint's).
+///
+/// # Errors
+/// [`Error`] if nothing is pinned there (no XDP program loaded) or the map cannot be read.
+pub fn read_pinned_counters(pin_dir: &Path) -> Result<[u64; Counter::COUNT], Error> {
+    let data = MapData::from_pin(pin_dir.join(map_names::COUNTERS))?;
+    let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))?;
+    let mut out = [0u64; Counter::COUNT];
+    for (c, slot) in Counter::ALL.iter().zip(out.iter_mut()) {
+        *slot = counters.get(&c.index(), 0)?.iter().sum();
+    }
+    Ok(out)
+}
+
 /// The `last_queue` slot of every CPU.
 ///
 /// # Errors

@@ -4,12 +4,32 @@
 
 use std::io::IsTerminal;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tracing_subscriber::EnvFilter;
 
 /// The environment variable holding per-module levels when no `--log` is given
 /// (`RUST_LOG` is read after it).
 pub const LOG_ENV: &str = "JUMPING_LOG";
+
+static NODE_ID: AtomicU8 = AtomicU8::new(0);
+
+/// Set the node id used by [`Correlation`] (once, at start-up).
+pub fn set_node_id(node: u8) {
+    NODE_ID.store(node, Ordering::Relaxed);
+}
+
+/// The correlation id of a session for a log field, `n<node>-<session id>` — the same text as
+/// the events' `correlation_id`: `tracing::warn!(session = %id, correlation_id =
+/// %Correlation(id), "…")`.
+#[derive(Debug, Clone, Copy)]
+pub struct Correlation<T>(pub T);
+
+impl<T: std::fmt::Display> std::fmt::Display for Correlation<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "n{}-{}", NODE_ID.load(Ordering::Relaxed), self.0)
+    }
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -115,6 +135,15 @@ mod tests {
         let e = "xml".parse::<LogFormat>().unwrap_err();
         assert!(e.contains("xml") && e.contains("json"), "{e}");
         assert_eq!(LogFormat::Json.resolve(), LogFormat::Json);
+    }
+
+    #[test]
+    fn correlation_ids_name_the_node() {
+        set_node_id(7);
+        assert_eq!(
+            Correlation("0100000000000001").to_string(),
+            "n7-0100000000000001"
+        );
     }
 
     #[test]
