@@ -527,9 +527,10 @@ impl Daemon {
         while let Some(e) = self.gw.poll_event() {
             self.metrics.observe(&e);
             let v = events::to_json(&e, self.cfg.node_id, self.policy_version);
-            println!("{v}");
+            let line: Arc<str> = Arc::from(v.to_string());
+            println!("{line}");
             self.ctl.publish(&v);
-            self.export.push(&v);
+            self.export.push_line(&line);
         }
         if t >= self.next_publish {
             self.publish_metrics();

@@ -263,16 +263,19 @@ impl Exporter {
         self.sinks.is_empty()
     }
 
-    /// Hand `event` to every sink. Never blocks: a full queue drops the event for that sink
-    /// and counts it.
+    /// Hand `event` to every sink (serialising it; see [`Exporter::push_line`]).
     pub fn push(&self, event: &Value) {
-        if self.sinks.is_empty() {
-            return;
+        if !self.sinks.is_empty() {
+            self.push_line(&Arc::from(event.to_string()));
         }
-        let line: Arc<str> = Arc::from(event.to_string());
+    }
+
+    /// Hand an event already written as its JSON line to every sink. Never blocks: a full
+    /// queue drops the event for that sink and counts it. The line is shared, not copied.
+    pub fn push_line(&self, line: &Arc<str>) {
         for s in &self.sinks {
             let Some(tx) = &s.tx else { continue };
-            match tx.try_send(Arc::clone(&line)) {
+            match tx.try_send(Arc::clone(line)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                     s.stats.dropped.fetch_add(1, Ordering::Relaxed);

@@ -132,8 +132,11 @@ fn bench(which: &str) -> Result<()> {
         "aead" => &["aead"],
         "protocol" => &["protocol"],
         "dataplane" => &["dataplane"],
-        "all" => &["aead", "protocol", "dataplane"],
-        other => bail!("unknown benchmark set `{other}`: use aead, protocol, dataplane or all"),
+        "observe" => &["observe"],
+        "all" => &["aead", "protocol", "observe", "dataplane"],
+        other => {
+            bail!("unknown benchmark set `{other}`: use aead, protocol, observe, dataplane or all")
+        }
     };
     // One run id for every report file of this run (bench-report and netns-throughput).
     let run_id = run_id();
