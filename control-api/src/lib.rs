@@ -69,7 +69,7 @@ pub const MAX_REQUEST_LINE: usize = 64 * 1024;
 pub const EVENT_RING: usize = 1024;
 
 /// The event names of SPEC §8, the only values accepted by the `event` filter.
-pub const EVENT_NAMES: [&str; 10] = [
+pub const EVENT_NAMES: [&str; 11] = [
     "SESSION_CREATED",
     "SESSION_STATE_CHANGED",
     "PATH_SWITCHED",
@@ -80,6 +80,7 @@ pub const EVENT_NAMES: [&str; 10] = [
     "KEY_EXPIRED",
     "REKEY_DENIED",
     "SESSION_TERMINATED",
+    "INVALID_STATE_TRANSITION",
 ];
 
 // ---------------------------------------------------------------------------------------------

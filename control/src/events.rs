@@ -25,6 +25,18 @@ impl core::fmt::Display for Cid {
     }
 }
 
+/// `PathDead` → `PATH_DEAD`: triggers written like every other code in the events.
+fn upper_snake(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
 /// The current wall-clock time, RFC 3339 with milliseconds.
 #[must_use]
 pub fn timestamp() -> String {
@@ -144,7 +156,7 @@ pub fn to_json(e: &Event, node_id: u8, policy_version: u64) -> Value {
         } => (
             Some(*session_id),
             Some(*version),
-            json!({"state": state.as_str(), "trigger": format!("{trigger:?}"),
+            json!({"state": state.as_str(), "trigger": upper_snake(&format!("{trigger:?}")),
                    "reason_code": "INVALID_STATE_TRANSITION"}),
         ),
     };
@@ -195,6 +207,10 @@ mod tests {
         assert_eq!(v["session_id"], "0100000000000001");
         assert_eq!(v["reason_code"], "HANDSHAKE_OK");
         assert_eq!(v["to_state"], "ATTACHED");
+        assert_eq!(
+            upper_snake("CooldownOverPathHealthy"),
+            "COOLDOWN_OVER_PATH_HEALTHY"
+        );
         assert_eq!(
             v["correlation_id"],
             Cid(3, SessionId(0x0100_0000_0000_0001)).to_string()

@@ -1134,3 +1134,49 @@ impl Drop for Capture {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+impl Net {
+    /// Send `payload` `count` times as UDP datagrams through the tunnel, from the client's inner
+    /// address to the echo server behind the gateway ([`SERVER`], started by [`Traffic`]),
+    /// `pause` apart, then wait up to `listen` for the echoes. Returns how many echoes equal to
+    /// `payload` came back.
+    ///
+    /// # Errors
+    /// The namespace or the socket could not be used.
+    pub fn send_inner(
+        &self,
+        payload: &[u8],
+        count: usize,
+        pause: Duration,
+        listen: Duration,
+    ) -> Result<usize> {
+        let cl = self.cl.clone();
+        let payload = payload.to_vec();
+        std::thread::spawn(move || -> Result<usize> {
+            enter(&cl)?;
+            let s = UdpSocket::bind(format!("{CLIENT_INNER}:0"))?;
+            let dst: SocketAddr = SERVER.parse()?;
+            s.set_read_timeout(Some(Duration::from_millis(20)))?;
+            let mut buf = [0u8; 2048];
+            let mut echo = || {
+                s.recv_from(&mut buf)
+                    .is_ok_and(|(n, _)| buf[..n] == payload[..])
+            };
+            let mut echoed = 0;
+            for _ in 0..count {
+                s.send_to(&payload, dst)?;
+                let next = Instant::now() + pause;
+                while Instant::now() < next {
+                    echoed += usize::from(echo());
+                }
+            }
+            let end = Instant::now() + listen;
+            while echoed < count && Instant::now() < end {
+                echoed += usize::from(echo());
+            }
+            Ok(echoed)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sending thread panicked"))?
+    }
+}
