@@ -8,11 +8,14 @@
 //! stderr) or a local failure (RNG); 2 usage error or invalid argument; 3 the control socket
 //! could not be used (not there, nobody listening, no permission, no answer).
 
+mod top;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use jumping_control_api::client::{self, ClientError};
@@ -22,6 +25,7 @@ use jumping_control_api::{
 };
 use jumping_protocol::handshake::StaticKeypair;
 use jumping_protocol::keyfmt;
+use jumping_protocol::{Reason, RejectCode};
 use rand_core::OsRng;
 use serde_json::Value;
 use zeroize::Zeroizing;
@@ -83,6 +87,24 @@ enum Command {
         /// Only events with this reason code, e.g. TRANSPORT_DEAD.
         #[arg(long, value_name = "CODE")]
         reason: Option<String>,
+    },
+    /// Live view: sessions with packet rates, per-worker rates, control counters that changed.
+    ///
+    /// Samples `sessions` and `stats` every --interval and shows the difference as rates. On a
+    /// terminal it redraws in place; otherwise it prints one frame after another.
+    Top {
+        /// Time between two samples: a whole number with ms, s or m (e.g. 500ms, 2s).
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = top::parse_interval)]
+        interval: Duration,
+        /// Print one frame (two samples --interval apart) and exit. With --json: one JSON object.
+        #[arg(long, conflicts_with = "iterations")]
+        once: bool,
+        /// Stop after N frames.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        iterations: Option<u64>,
+        /// Show at most N sessions, the busiest first (0: all).
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        limit: usize,
     },
     /// Print a new private key (base64) on stdout.
     Genkey,
@@ -175,6 +197,15 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     let request = match &cli.command {
         Command::Genkey => return genkey(),
         Command::Pubkey => return pubkey(),
+        Command::Top {
+            interval,
+            once,
+            iterations,
+            limit,
+        } => {
+            let frames = if *once { Some(1) } else { *iterations };
+            return run_top(cli, *interval, frames, *limit);
+        }
         Command::Status => Request::Status,
         Command::Sessions => Request::Sessions,
         Command::Session(SessionCommand::Show { id }) => Request::SessionShow { id: id.clone() },
@@ -202,7 +233,10 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     request
         .validate()
         .map_err(|e| Failure::Argument(format!("invalid argument: {e}")))?;
-    if let Request::Events { .. } = request {
+    if let Request::Events { reason, .. } = &request {
+        if let Some(r) = reason {
+            check_reason_code(r).map_err(Failure::Argument)?;
+        }
         return events(cli, &request);
     }
     let payload = client::call(&cli.socket, &request)
@@ -282,6 +316,136 @@ fn events(cli: &Cli, request: &Request) -> Result<(), Failure> {
         return Err(Failure::Local(format!("cannot write to stdout: {e}")));
     }
     end.map_err(Failure::Api)
+}
+
+/// Every `reason_code` an event can carry: the transition reasons (SPEC §3, also the
+/// termination reasons), the reattach reject codes (SPEC §4) and INVALID_STATE_TRANSITION.
+fn reason_codes() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = Reason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .chain(RejectCode::ALL.iter().map(|r| r.as_str()))
+        .chain(["INVALID_STATE_TRANSITION"])
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// `events --reason CODE`: the server accepts any well-formed code (so a filter on a code
+/// that can never match would wait forever); jumpctl refuses codes no event carries.
+fn check_reason_code(code: &str) -> Result<(), String> {
+    if reason_codes().contains(&code) {
+        return Ok(());
+    }
+    let list = |codes: &mut dyn Iterator<Item = &'static str>| codes.collect::<Vec<_>>().join(", ");
+    Err(format!(
+        "invalid argument: reason: {code:?} is not a reason code. Valid: transition and \
+         termination reasons: {}; reattach reject codes: {}; and INVALID_STATE_TRANSITION",
+        list(&mut Reason::ALL.iter().map(|r| r.as_str())),
+        list(&mut RejectCode::ALL.iter().map(|r| r.as_str())),
+    ))
+}
+
+/// Asks for `sessions` then `stats`.
+fn top_sample(socket: &Path) -> Result<top::Sample, Failure> {
+    let ask = |request: &Request| {
+        client::call(socket, request)
+            .map_err(|e| unreachable(socket, &e))?
+            .map_err(Failure::Api)
+    };
+    let sessions = match ask(&Request::Sessions)? {
+        Payload::Sessions { sessions } => sessions,
+        other => {
+            return Err(Failure::Local(format!(
+                "unexpected answer to sessions: {other:?}"
+            )))
+        }
+    };
+    let stats = match ask(&Request::Stats)? {
+        Payload::Stats(s) => s,
+        other => {
+            return Err(Failure::Local(format!(
+                "unexpected answer to stats: {other:?}"
+            )))
+        }
+    };
+    Ok(top::Sample { sessions, stats })
+}
+
+/// `jumpctl top`: sample, wait, sample, show the difference; `frames` frames (None: until
+/// interrupted). A failed first sample ends it (exit code as for any command); a later failure
+/// is shown and retried, the next good sample becoming the new baseline.
+fn run_top(
+    cli: &Cli,
+    interval: Duration,
+    frames: Option<u64>,
+    limit: usize,
+) -> Result<(), Failure> {
+    let terminal = io::stdout().is_terminal();
+    let redraw = terminal && !cli.json && frames != Some(1);
+    let mut prev = Some((Instant::now(), top_sample(&cli.socket)?));
+    let mut shown = 0u64;
+    loop {
+        std::thread::sleep(interval);
+        let at = Instant::now();
+        let mut text = String::new();
+        if redraw {
+            text.push_str(top::CLEAR);
+        }
+        match (top_sample(&cli.socket), prev.take()) {
+            (Ok(cur), Some((t0, before))) => {
+                let secs = at.duration_since(t0).as_secs_f64();
+                let f = top::frame(&before, &cur, secs, limit);
+                if cli.json {
+                    let v = top::to_json(&f);
+                    let j = if frames == Some(1) {
+                        serde_json::to_string_pretty(&v)
+                    } else {
+                        serde_json::to_string(&v)
+                    };
+                    text.push_str(
+                        &j.map_err(|e| Failure::Local(format!("cannot print JSON: {e}")))?,
+                    );
+                    text.push('\n');
+                } else {
+                    text.push_str(&top::render_text(&f));
+                    if !redraw && frames != Some(1) {
+                        text.push('\n');
+                    }
+                }
+                prev = Some((at, cur));
+            }
+            (Ok(cur), None) => {
+                // First good sample after a failure: the baseline for the next frame.
+                let _ = writeln!(text, "jumpctl top: sampling again; rates at the next frame");
+                prev = Some((at, cur));
+            }
+            (Err(e), _) if frames == Some(1) => return Err(e),
+            (Err(e), _) => {
+                let msg = match e {
+                    Failure::Api(e) => format!("{}: {}", e.code, e.message),
+                    Failure::Local(m) | Failure::Argument(m) | Failure::Unreachable(m) => m,
+                };
+                if cli.json {
+                    let _ = writeln!(text, "{}", serde_json::json!({ "error": msg }));
+                } else {
+                    let _ = writeln!(text, "jumpctl top: sample failed: {msg}");
+                }
+            }
+        }
+        // A closed pipe (`| head`) ends the view quietly.
+        let mut out = io::stdout().lock();
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(Failure::Local(format!("cannot write to stdout: {e}"))),
+        }
+        shown += 1;
+        if frames.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+    }
 }
 
 fn genkey() -> Result<(), Failure> {
@@ -631,6 +795,35 @@ mod tests {
             t,
             "ID    STATE     X\na     ATTACHED  1\nbbbb  B         22\n"
         );
+    }
+
+    #[test]
+    fn reason_filter_is_checked_against_the_known_codes() {
+        for ok in [
+            "TRANSPORT_DEAD",
+            "REATTACH_OK",
+            "OPERATOR_TERMINATED",
+            "BAD_PROOF",
+            "PATH_VALIDATION_FAILED",
+            "KEY_EXPIRED",
+            "INVALID_STATE_TRANSITION",
+        ] {
+            assert_eq!(check_reason_code(ok), Ok(()), "{ok}");
+        }
+        let e = check_reason_code("TRANSPORT_DAED").expect_err("typo");
+        assert!(e.contains("\"TRANSPORT_DAED\" is not a reason code"), "{e}");
+        // The message lists what is valid.
+        for listed in [
+            "TRANSPORT_DEAD",
+            "RECOVERY_WINDOW_EXPIRED",
+            "UNKNOWN_SESSION",
+            "ATOMICITY_FAILED",
+        ] {
+            assert!(e.contains(listed), "{listed} missing from: {e}");
+        }
+        // No duplicates (KEY_EXPIRED is both a reason and a reject code).
+        let codes = reason_codes();
+        assert_eq!(codes.iter().filter(|c| **c == "KEY_EXPIRED").count(), 1);
     }
 
     #[test]
