@@ -598,6 +598,26 @@ pub struct ControlCounters {
     pub rejects: BTreeMap<String, u64>,
     /// Events not delivered to a control-socket follower (queue full).
     pub events_dropped: u64,
+    /// The SIEM export's sinks (absent from older servers).
+    #[serde(default)]
+    pub exports: Vec<ExportInfo>,
+}
+
+/// Counters of one SIEM export sink.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportInfo {
+    /// `file`, `syslog_udp` or `syslog_tcp`.
+    pub sink: String,
+    /// The file or the receiver.
+    pub target: String,
+    /// Events written or sent.
+    pub sent: u64,
+    /// Events dropped (queue full, or lost with a failed write).
+    pub dropped: u64,
+    /// Failed writes, sends or connections.
+    pub errors: u64,
+    /// Open (TCP: connected).
+    pub connected: bool,
 }
 
 /// Counters of one data-plane worker.

@@ -113,6 +113,14 @@ fn all_payloads() -> Vec<Payload> {
                 drops: drops.clone(),
                 rejects: BTreeMap::new(),
                 events_dropped: 4,
+                exports: vec![ExportInfo {
+                    sink: "syslog_tcp".into(),
+                    target: "192.0.2.9:6514".into(),
+                    sent: 7,
+                    dropped: 8,
+                    errors: 1,
+                    connected: false,
+                }],
             },
             workers: vec![WorkerInfo {
                 cpu: 2,

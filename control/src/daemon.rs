@@ -19,8 +19,9 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use jumping_control_api::server::Server;
 use jumping_control_api::{
-    ApiError, ControlCounters, DataplaneStatus, Drained, ErrorCode, Killed, Payload, PolicyInfo,
-    PolicyReloaded, Rekeyed, Request, Revoked, SessionInfo, StatsInfo, Status, WorkerInfo,
+    ApiError, ControlCounters, DataplaneStatus, Drained, ErrorCode, ExportInfo, Killed, Payload,
+    PolicyInfo, PolicyReloaded, Rekeyed, Request, Revoked, SessionInfo, StatsInfo, Status,
+    WorkerInfo,
 };
 use jumping_dataplane_api::{
     Backend, DropReason as DpDrop, Event as DpEvent, FromDataplane, Install, Refusal,
@@ -895,6 +896,19 @@ impl Daemon {
             drops,
             rejects,
             events_dropped: self.ctl.events_dropped(),
+            exports: self
+                .export
+                .snapshot()
+                .into_iter()
+                .map(|x| ExportInfo {
+                    sink: x.kind.into(),
+                    target: x.target,
+                    sent: x.sent,
+                    dropped: x.dropped,
+                    errors: x.errors,
+                    connected: x.connected,
+                })
+                .collect(),
         };
         let (workers, lost) = match &mut self.dp {
             Some(dp) => {

@@ -46,6 +46,36 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Whether an end-to-end test can run: as root, after building the binaries once per test
+/// binary (unless `JUMPING_BIN_DIR` names binaries built beforehand). Without root it says so
+/// and returns false, or panics when `JUMPING_REQUIRE_BPF_TESTS` is set (CI), so a CI run
+/// cannot skip them silently.
+///
+/// # Panics
+/// Not root while `JUMPING_REQUIRE_BPF_TESTS` is set, or the build failed.
+#[must_use]
+pub fn root_or_skip() -> bool {
+    if !is_root() {
+        assert!(
+            std::env::var_os("JUMPING_REQUIRE_BPF_TESTS").is_none(),
+            "JUMPING_REQUIRE_BPF_TESTS is set but this test is not running as root"
+        );
+        eprintln!("skipped: needs root");
+        return false;
+    }
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    if std::env::var_os("JUMPING_BIN_DIR").is_none() {
+        BUILD.call_once(|| build_binaries().expect("build"));
+    }
+    true
+}
+
+/// The events named `name` among `events`.
+#[must_use]
+pub fn of<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == name).collect()
+}
+
 /// Where the workspace's binaries are: `JUMPING_BIN_DIR`, else `target/debug`.
 #[must_use]
 pub fn bin(name: &str) -> PathBuf {

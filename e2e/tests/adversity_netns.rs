@@ -5,36 +5,15 @@
 //! rebind. Skipped without root (unless JUMPING_REQUIRE_BPF_TESTS is set: then it fails).
 
 use std::net::SocketAddrV4;
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use jumping_e2e::{build_binaries, is_root, wait_for, Capture, Net, Traffic, GATEWAY};
+use jumping_e2e::{of, root_or_skip, wait_for, Capture, Net, Traffic, GATEWAY};
 use serde_json::Value;
 
 /// Wire type codes (protocol/src/wire.rs `MessageType`), at UDP payload offset 1.
 const TYPE_DATA: u8 = 4;
 const TYPE_REATTACH_REQUEST: u8 = 7;
 const TYPE_REATTACH_CHALLENGE: u8 = 8;
-
-fn root_or_skip() -> bool {
-    if !is_root() {
-        if std::env::var_os("JUMPING_REQUIRE_BPF_TESTS").is_some() {
-            panic!("JUMPING_REQUIRE_BPF_TESTS is set but this test is not running as root");
-        }
-        eprintln!("skipped: needs root");
-        return false;
-    }
-    // JUMPING_BIN_DIR names binaries built beforehand: use them as they are.
-    static BUILD: Once = Once::new();
-    if std::env::var_os("JUMPING_BIN_DIR").is_none() {
-        BUILD.call_once(|| build_binaries().expect("build"));
-    }
-    true
-}
-
-fn of<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == name).collect()
-}
 
 fn transitions(events: &[Value]) -> Vec<(String, String, String, u64)> {
     of(events, "SESSION_STATE_CHANGED")

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use jumping_e2e::{build_binaries, in_ns, is_root, wait_for, Net, Traffic};
+use jumping_e2e::{in_ns, root_or_skip, wait_for, Net, Traffic};
 use serde_json::Value;
 
 /// `name{labels} value` lines of an exposition, keyed by everything before the value.
@@ -37,14 +37,9 @@ fn get(m: &BTreeMap<String, f64>, key: &str) -> f64 {
 
 #[test]
 fn metrics_count_what_happened_and_a_gone_siem_receiver_changes_nothing() {
-    if !is_root() {
-        if std::env::var_os("JUMPING_REQUIRE_BPF_TESTS").is_some() {
-            panic!("JUMPING_REQUIRE_BPF_TESTS is set but this test is not running as root");
-        }
-        eprintln!("skipped: needs root");
+    if !root_or_skip() {
         return;
     }
-    build_binaries().expect("build");
     let mut net = Net::build("m").expect("topology");
     net.start_dataplane().expect("data plane");
     net.configure_control("").expect("configure");
@@ -157,6 +152,18 @@ fn metrics_count_what_happened_and_a_gone_siem_receiver_changes_nothing() {
         ),
         0.0
     );
+    // `jumpctl stats` shows the same export counters.
+    let stats = net.jumpctl_json(&["stats"]).expect("jumpctl stats");
+    let exports = stats["control"]["exports"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let tcp = exports
+        .iter()
+        .find(|x| x["sink"] == "syslog_tcp")
+        .unwrap_or_else(|| panic!("no syslog_tcp sink in jumpctl stats: {stats}"));
+    assert!(tcp["dropped"].as_u64().unwrap_or(0) > 0, "{tcp}");
+    assert_eq!(tcp["connected"], false, "{tcp}");
     let (sent, received) = traffic.stop();
     assert!(
         received > 0 && sent >= received,

@@ -18,14 +18,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use base64::Engine as _;
 use jsonschema::Validator;
 use jumping_control::events::to_json;
-use jumping_e2e::{build_binaries, is_root, wait_for, Capture, Net, Proc, Traffic, GATEWAY};
+use jumping_e2e::{of, root_or_skip, wait_for, Capture, Net, Proc, Traffic, GATEWAY};
 use jumping_protocol::state::{transition, Trigger};
 use jumping_protocol::{keyfmt, Event, Path, Reason, RejectCode, SecurityKind, SessionId, State};
 use serde_json::{json, Value};
@@ -628,25 +627,6 @@ fn grep_self_check(dir: &std::path::Path, client_public: &[u8], sid: &str) {
 // ---------------------------------------------------------------------------------------------
 // The run
 // ---------------------------------------------------------------------------------------------
-
-fn root_or_skip() -> bool {
-    if !is_root() {
-        if std::env::var_os("JUMPING_REQUIRE_BPF_TESTS").is_some() {
-            panic!("JUMPING_REQUIRE_BPF_TESTS is set but this test is not running as root");
-        }
-        eprintln!("skipped: needs root");
-        return false;
-    }
-    static BUILD: Once = Once::new();
-    if std::env::var_os("JUMPING_BIN_DIR").is_none() {
-        BUILD.call_once(|| build_binaries().expect("build"));
-    }
-    true
-}
-
-fn of<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == name).collect()
-}
 
 fn logs(net: &Net) -> String {
     format!(

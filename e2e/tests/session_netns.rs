@@ -5,12 +5,8 @@
 
 use std::time::Duration;
 
-use jumping_e2e::{build_binaries, is_root, Net, Traffic};
+use jumping_e2e::{of, root_or_skip, Net, Traffic};
 use serde_json::Value;
-
-fn of<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == name).collect()
-}
 
 /// Versions of one session's SESSION_STATE_CHANGED events are 1, 2, 3... with no gap.
 fn versions_without_gap(events: &[Value]) -> Vec<u64> {
@@ -26,14 +22,9 @@ fn versions_without_gap(events: &[Value]) -> Vec<u64> {
 
 #[test]
 fn a_session_survives_nat_rebind_path_switch_and_control_restart() {
-    if !is_root() {
-        if std::env::var_os("JUMPING_REQUIRE_BPF_TESTS").is_some() {
-            panic!("JUMPING_REQUIRE_BPF_TESTS is set but this test is not running as root");
-        }
-        eprintln!("skipped: needs root");
+    if !root_or_skip() {
         return;
     }
-    build_binaries().expect("build");
     let mut net = Net::build("s").expect("topology");
     net.start_dataplane().expect("data plane");
     net.configure_control("").expect("configure");

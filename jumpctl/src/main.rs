@@ -699,6 +699,20 @@ fn render_stats(s: &StatsInfo) -> String {
             s.dataplane_events_lost.to_string(),
         ),
     ]));
+    for x in &c.exports {
+        out.push_str(&key_values(&[(
+            "  export",
+            format!(
+                "{} {}: {} sent, {} dropped, {} errors{}",
+                x.sink,
+                x.target,
+                x.sent,
+                x.dropped,
+                x.errors,
+                if x.connected { "" } else { ", not connected" }
+            ),
+        )]));
+    }
     out.push_str("\nworkers\n");
     let rows: Vec<Vec<String>> = s
         .workers
