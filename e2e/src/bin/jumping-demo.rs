@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use jumping_e2e::{build_binaries, is_root, wait_for, Net, Traffic};
+use jumping_e2e::{build_binaries, in_ns, is_root, wait_for, Net, Traffic};
 use serde_json::Value;
 
 fn show(who: &'static str, line: &str) {
@@ -138,6 +138,45 @@ fn main() -> Result<()> {
     step("What the operator sees: jumpctl sessions");
     let out = net.jumpctl(&["sessions"])?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    step("What Prometheus scrapes (control 127.0.0.1:9470, data plane :9471; a selection)");
+    for (port, wanted) in [
+        (
+            9470,
+            &[
+                "jumping_handshakes_total",
+                "jumping_path_switches_total",
+                "jumping_sessions{state=\"ATTACHED\"}",
+                "jumping_recovery_latency_seconds_count",
+                "jumping_recovery_latency_seconds_sum",
+                "jumping_reattach_latency_seconds_sum",
+            ][..],
+        ),
+        (
+            9471,
+            &[
+                "jumping_worker_rx_packets_total",
+                "jumping_worker_tx_packets_total",
+                "jumping_dataplane_drops_total{reason=\"replay\"}",
+                "jumping_xdp_packets_total{counter=\"redirect_data\"}",
+            ][..],
+        ),
+    ] {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        match in_ns(&net.gw, &["curl", "-sf", "--max-time", "5", &url]) {
+            Ok(out) => {
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                for line in text.lines().filter(|l| {
+                    wanted.iter().any(|w| {
+                        l.starts_with(&format!("{w} ")) || l.starts_with(&format!("{w}{{"))
+                    })
+                }) {
+                    println!("  {line}");
+                }
+            }
+            Err(e) => println!("  (metrics at {url} not readable: {e:#})"),
+        }
+    }
 
     step("The client stops: it ends the session explicitly");
     let (sent, recv) = traffic.stop();
