@@ -2,9 +2,13 @@
 //! as root: after a session, traffic and a NAT rebind, both Prometheus endpoints (control and
 //! data plane, scraped from inside the gateway's namespace) count what happened — handshakes,
 //! sessions by state, the switch and its recovery and reattach latencies, per-worker packets,
-//! XDP outcomes — and the export file holds exactly the events the control process printed,
+//! XDP outcomes — and the export file holds the events the control process printed, in order,
 //! while a syslog receiver that is gone makes the export drop and count events and changes
-//! nothing else: the session and its traffic carry on. Skipped without root.
+//! nothing else: the session and its traffic carry on.
+//!
+//! Every sink gets a queue of one event here (`queue = 1`), so the file sink may drop too: what
+//! it wrote must be stdout in order, and what it wrote plus what it counted as dropped must be
+//! every event. Skipped without root.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -124,19 +128,44 @@ fn metrics_count_what_happened_and_a_gone_siem_receiver_changes_nothing() {
 
     // The export: the file holds exactly what the control process printed; the gone syslog
     // receiver's events were dropped and counted, and nothing else noticed.
+    // The file sink writes on its own thread, through the same one-event queue: what it wrote
+    // is stdout in order, and with what it counted as dropped, accounts for every event.
     let printed: Vec<Value> = net.control_events();
+    let file_key = |what: &str| {
+        format!(
+            "jumping_export_{what}_total{{sink=\"file\",target=\"{}\"}}",
+            export_file.display()
+        )
+    };
+    let mut c = BTreeMap::new();
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            c = scrape(&net, 9470);
+            c.get(&file_key("sent")).copied().unwrap_or(0.0)
+                + c.get(&file_key("dropped")).copied().unwrap_or(0.0)
+                >= printed.len() as f64
+        }),
+        "the file sink did not account for {} events: {c:#?}",
+        printed.len()
+    );
     let exported: Vec<Value> = std::fs::read_to_string(&export_file)
         .expect("export file")
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
-    assert_eq!(exported, printed, "the export file differs from stdout");
-    let c = scrape(&net, 9470);
-    let file_key = format!(
-        "jumping_export_sent_total{{sink=\"file\",target=\"{}\"}}",
-        export_file.display()
+    let mut rest = printed.iter();
+    for e in &exported {
+        assert!(
+            rest.any(|p| p == e),
+            "the export file is not stdout in order:\nfile: {exported:?}\nstdout: {printed:?}"
+        );
+    }
+    assert!(!exported.is_empty(), "nothing exported to the file");
+    assert_eq!(get(&c, &file_key("sent")), exported.len() as f64);
+    assert_eq!(
+        get(&c, &file_key("sent")) + get(&c, &file_key("dropped")),
+        printed.len() as f64
     );
-    assert_eq!(get(&c, &file_key), printed.len() as f64);
     let gone = "jumping_export_dropped_total{sink=\"syslog_tcp\",target=\"127.0.0.1:9\"}";
     // The sink holds one event while it retries, the queue one more: the rest is dropped.
     assert!(
