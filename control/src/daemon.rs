@@ -36,11 +36,11 @@ use jumping_protocol::{Instant, Path, Policy, SessionId, State};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use observe::export::Exporter;
+use observe::log::CorrelationId;
 use observe::metrics::MetricsServer;
 use rand_core::OsRng;
 use tracing::{info, warn};
 
-use crate::events::Cid;
 use crate::metrics::{self, ControlMetrics, Published, Snapshot};
 use zeroize::Zeroizing;
 
@@ -253,7 +253,7 @@ impl Daemon {
         }
         for rec in &loaded.sessions {
             if let Err(e) = gw.restore_session(rec) {
-                warn!(session = %rec.id, correlation_id = %Cid(cfg.node_id, rec.id), "state: not restored: {e}");
+                warn!(session = %rec.id, correlation_id = %CorrelationId(cfg.node_id, rec.id), "state: not restored: {e}");
             }
         }
         // Resynchronise with the data plane.
@@ -261,14 +261,14 @@ impl Daemon {
         let restored: Vec<(SessionId, State)> = gw.sessions().map(|s| (s.id, s.state())).collect();
         for (id, state) in &restored {
             if *state != State::Terminated && !held.contains(id) {
-                warn!(session = %id, correlation_id = %Cid(cfg.node_id, *id), "the data plane no longer holds this session (its send \
+                warn!(session = %id, correlation_id = %CorrelationId(cfg.node_id, *id), "the data plane no longer holds this session (its send \
                        counter is lost): terminating it");
                 let _ = gw.terminate(t0, *id);
             }
         }
         let known: HashSet<SessionId> = restored.iter().map(|(id, _)| *id).collect();
         for id in held.difference(&known) {
-            warn!(session = %id, correlation_id = %Cid(cfg.node_id, *id), "the data plane holds a session this process has no record of: retiring it");
+            warn!(session = %id, correlation_id = %CorrelationId(cfg.node_id, *id), "the data plane holds a session this process has no record of: retiring it");
             let _ = dp.command(&ToDataplane::Retire { id: *id });
         }
         info!(
@@ -449,7 +449,7 @@ impl Daemon {
                         .or_default() += u64::from(count);
                 }
                 FromDataplane::Event(DpEvent::Refused { id, what }) => {
-                    warn!(session = %id, correlation_id = %Cid(self.cfg.node_id, id), "the data plane refused {what:?}: terminating the session");
+                    warn!(session = %id, correlation_id = %CorrelationId(self.cfg.node_id, id), "the data plane refused {what:?}: terminating the session");
                     self.counters.installs_refused += 1;
                     let _ = self.gw.terminate(t, id);
                 }
@@ -479,7 +479,7 @@ impl Daemon {
             .map(|s| s.id)
             .collect();
         for id in ours.iter().filter(|id| !held.contains(id)) {
-            warn!(session = %id, correlation_id = %Cid(self.cfg.node_id, *id), "the data plane lost this session: terminating it");
+            warn!(session = %id, correlation_id = %CorrelationId(self.cfg.node_id, *id), "the data plane lost this session: terminating it");
             let _ = self.gw.terminate(t, *id);
         }
         let ours: HashSet<SessionId> = ours.into_iter().collect();
@@ -510,7 +510,7 @@ impl Daemon {
         for id in dirty {
             if let Some(rec) = self.gw.export_session(t, id) {
                 if let Err(e) = self.store.save_session(&rec) {
-                    warn!(session = %id, correlation_id = %Cid(self.cfg.node_id, id), "state: cannot persist: {e}");
+                    warn!(session = %id, correlation_id = %CorrelationId(self.cfg.node_id, id), "state: cannot persist: {e}");
                 }
             }
         }
@@ -582,7 +582,7 @@ impl Daemon {
                 client_public,
             } => {
                 let Some(inner) = self.allow.clients.get(&client_public).copied() else {
-                    warn!(session = %handoff.id, correlation_id = %Cid(self.cfg.node_id, handoff.id), "client no longer allowed: terminating");
+                    warn!(session = %handoff.id, correlation_id = %CorrelationId(self.cfg.node_id, handoff.id), "client no longer allowed: terminating");
                     let _ = self.gw.terminate(t, handoff.id);
                     return;
                 };
@@ -613,7 +613,7 @@ impl Daemon {
             DataPlaneUpdate::RequestRekey { id } => (id, ToDataplane::RequestRekey { id }),
             DataPlaneUpdate::Retire { id } => {
                 if let Err(e) = self.store.remove_session(id) {
-                    warn!(session = %id, correlation_id = %Cid(self.cfg.node_id, id), "state: cannot remove: {e}");
+                    warn!(session = %id, correlation_id = %CorrelationId(self.cfg.node_id, id), "state: cannot remove: {e}");
                 }
                 (id, ToDataplane::Retire { id })
             }
@@ -630,7 +630,7 @@ impl Daemon {
             None => Err(DpError::Lost("not connected".into())),
         };
         if let Err(e) = r {
-            warn!(session = %id, correlation_id = %Cid(self.cfg.node_id, id), "data plane: {e}");
+            warn!(session = %id, correlation_id = %CorrelationId(self.cfg.node_id, id), "data plane: {e}");
             let harmless =
                 optional && matches!(e, DpError::Refused(Refusal::Busy | Refusal::NoSuchWorker));
             if !harmless && (is_install || matches!(e, DpError::Refused(_))) {

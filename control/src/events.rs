@@ -5,24 +5,15 @@
 use std::time::SystemTime;
 
 use jumping_protocol::{Event, SessionId};
+use observe::log::CorrelationId;
 use serde_json::{json, Map, Value};
 
 /// The correlation id of a session: stable for its life (derived from the node and the
-/// SessionId, so it survives a control-process restart).
+/// SessionId, so it survives a control-process restart). Log lines write the same text with
+/// `correlation_id = %CorrelationId(node, id)`.
 #[must_use]
 pub fn correlation_id(node_id: u8, id: SessionId) -> String {
-    format!("n{node_id}-{id}")
-}
-
-/// A session's correlation id for log fields (`correlation_id = %Cid(node, id)`), written
-/// without allocating; the same text as [`correlation_id`].
-#[derive(Debug, Clone, Copy)]
-pub struct Cid(pub u8, pub SessionId);
-
-impl core::fmt::Display for Cid {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "n{}-{}", self.0, self.1)
-    }
+    CorrelationId(node_id, id).to_string()
 }
 
 /// `PathDead` → `PATH_DEAD`: triggers written like every other code in the events.
@@ -211,9 +202,6 @@ mod tests {
             upper_snake("CooldownOverPathHealthy"),
             "COOLDOWN_OVER_PATH_HEALTHY"
         );
-        assert_eq!(
-            v["correlation_id"],
-            Cid(3, SessionId(0x0100_0000_0000_0001)).to_string()
-        );
+        assert_eq!(v["correlation_id"], "n3-0100000000000001");
     }
 }

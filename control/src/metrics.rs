@@ -14,6 +14,9 @@ use jumping_protocol::{Event, RejectCode, State};
 use observe::export::Exporter;
 use observe::metrics::{LatencyHistogram, MetricSet, REATTACH_BUCKETS, RECOVERY_BUCKETS};
 
+const EXPORT_DROPPED_HELP: &str =
+    "Events an export sink dropped (queue full, or lost with a failed write); never blocks a decision.";
+
 /// What the decision thread counts from its own events.
 #[derive(Debug, Clone)]
 pub struct ControlMetrics {
@@ -87,12 +90,6 @@ impl ControlMetrics {
             Event::SessionCreated { .. } | Event::ReattachRejected { .. } => {}
         }
     }
-
-    /// The recovery-latency histogram.
-    #[must_use]
-    pub fn recovery(&self) -> &LatencyHistogram {
-        &self.recovery
-    }
 }
 
 /// One copy of everything the endpoint shows, taken on the decision thread.
@@ -159,7 +156,7 @@ pub fn render(snapshot: Option<&Snapshot>, export: &Exporter) -> String {
         );
         m.counter(
             "jumping_export_dropped",
-            "Events an export sink dropped (queue full, or lost with a failed write); never blocks a decision.",
+            EXPORT_DROPPED_HELP,
             l(),
             s.dropped,
         );
@@ -181,8 +178,11 @@ pub fn render(snapshot: Option<&Snapshot>, export: &Exporter) -> String {
     };
     m.counter(
         "jumping_export_dropped",
-        "Events an export sink dropped (queue full, or lost with a failed write); never blocks a decision.",
-        vec![("sink", "jumpctl".into()), ("target", "events --follow".into())],
+        EXPORT_DROPPED_HELP,
+        vec![
+            ("sink", "jumpctl".into()),
+            ("target", "events --follow".into()),
+        ],
         s.follower_drops,
     );
     for (state, n) in State::ALL.iter().zip(s.sessions) {

@@ -1210,3 +1210,38 @@ impl Net {
         .map_err(|_| anyhow::anyhow!("the sending thread panicked"))?
     }
 }
+
+impl Net {
+    /// Everything a failing assertion should show: both sides' events and every process's log.
+    #[must_use]
+    pub fn diagnostics(&self) -> String {
+        format!(
+            "\n--- client events: {:?}\n--- control events: {:?}\n--- client log:\n{}\n--- control log:\n{}\n--- data plane log:\n{}",
+            self.client_events(),
+            self.control_events(),
+            self.client.as_ref().map(Proc::log).unwrap_or_default(),
+            self.control.as_ref().map(Proc::log).unwrap_or_default(),
+            self.dataplane.as_ref().map(Proc::log).unwrap_or_default(),
+        )
+    }
+
+    /// Ask the client to move to `path` and wait until the gateway has emitted `switches`
+    /// PATH_SWITCHED events in all and the client reports `path` as current.
+    ///
+    /// # Panics
+    /// The client refused the request, or the switch did not happen within 10 s.
+    pub fn switch_and_wait(&self, path: u32, switches: usize) {
+        let answer = self.client_switch(path).expect("switch");
+        assert_eq!(answer["ok"], true, "{answer}");
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                of(&self.control_events(), "PATH_SWITCHED").len() == switches
+                    && self
+                        .client_status()
+                        .is_ok_and(|s| s["current_path"] == path)
+            }),
+            "no switch to path {path}:{}",
+            self.diagnostics()
+        );
+    }
+}

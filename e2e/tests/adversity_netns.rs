@@ -37,17 +37,6 @@ fn assert_versions_without_gap(events: &[Value]) {
     }
 }
 
-fn logs(net: &Net) -> String {
-    format!(
-        "\n--- client events: {:?}\n--- control events: {:?}\n--- client log:\n{}\n--- control log:\n{}\n--- data plane log:\n{}",
-        net.client_events(),
-        net.control_events(),
-        net.client.as_ref().map(|p| p.log()).unwrap_or_default(),
-        net.control.as_ref().map(|p| p.log()).unwrap_or_default(),
-        net.dataplane.as_ref().map(|p| p.log()).unwrap_or_default(),
-    )
-}
-
 /// Start the data plane (`backend`), the control process with `policy`, and the client (with
 /// `client_policy` if given); wait for ATTACHED and return the session id.
 fn session(net: &mut Net, backend: &str, policy: &str, client_policy: Option<&str>) -> String {
@@ -61,7 +50,7 @@ fn session(net: &mut Net, backend: &str, policy: &str, client_policy: Option<&st
     assert!(
         net.client_in_state("ATTACHED", Duration::from_secs(20)),
         "no session:{}",
-        logs(net)
+        net.diagnostics()
     );
     net.client_status().expect("status")["session_id"]
         .as_str()
@@ -115,19 +104,10 @@ fn replayed_datagrams_from_a_third_namespace_change_nothing() {
     assert!(
         traffic.flowing(50, Duration::from_secs(10)),
         "no echoes:{}",
-        logs(&net)
+        net.diagnostics()
     );
     // A reattach: the client moves to path 1.
-    let answer = net.client_switch(1).expect("switch");
-    assert_eq!(answer["ok"], true, "{answer}");
-    assert!(
-        wait_for(Duration::from_secs(10), || {
-            of(&net.control_events(), "PATH_SWITCHED").len() == 1
-                && net.client_status().is_ok_and(|s| s["current_path"] == 1)
-        }),
-        "no switch to path 1:{}",
-        logs(&net)
-    );
+    net.switch_and_wait(1, 1);
     assert!(
         traffic.flowing(30, Duration::from_secs(10)),
         "traffic on path 1"
@@ -201,7 +181,7 @@ fn replayed_datagrams_from_a_third_namespace_change_nothing() {
         traffic.server_count(),
         server_before,
         "replayed data reached the server:{}",
-        logs(&net)
+        net.diagnostics()
     );
     let after = show(&net, &sid);
     for key in ["state", "version", "active_path", "switches", "key_epoch"] {
@@ -283,7 +263,7 @@ fn both_paths_dead_recovering_then_terminated() {
         transitions(&net.control_events()).len(),
         1,
         "only BIRTH -> ATTACHED while healthy:{}",
-        logs(&net)
+        net.diagnostics()
     );
     let down = Instant::now();
     net.client_link("c0", false).expect("c0 down");
@@ -296,7 +276,7 @@ fn both_paths_dead_recovering_then_terminated() {
     assert!(
         wait_for(Duration::from_secs(6), || recovering(&net)),
         "no RECOVERING:{}",
-        logs(&net)
+        net.diagnostics()
     );
     let t_recovering = down.elapsed();
     assert!(
@@ -306,7 +286,7 @@ fn both_paths_dead_recovering_then_terminated() {
                 .any(|t| t.1 == "TERMINATED")
         }),
         "no TERMINATED:{}",
-        logs(&net)
+        net.diagnostics()
     );
     let t_terminated = down.elapsed();
     eprintln!("RECOVERING after {t_recovering:?}, TERMINATED after {t_terminated:?}");
@@ -373,7 +353,7 @@ fn switch_budget_spent_degrades_then_recovers() {
     assert!(
         traffic.flowing(20, Duration::from_secs(10)),
         "no echoes:{}",
-        logs(&net)
+        net.diagnostics()
     );
     for (i, to) in [1u32, 0].into_iter().enumerate() {
         let answer = net.client_switch(to).expect("switch");
@@ -386,7 +366,7 @@ fn switch_budget_spent_degrades_then_recovers() {
                         .is_ok_and(|s| s["current_path"] == to && s["switching_to"].is_null())
             }),
             "switch {i} to path {to} did not complete:{}",
-            logs(&net)
+            net.diagnostics()
         );
     }
     let before = show(&net, &sid);
@@ -402,7 +382,7 @@ fn switch_budget_spent_degrades_then_recovers() {
                 .any(|t| t.1 == "DEGRADED")
         }),
         "no DEGRADED:{}",
-        logs(&net)
+        net.diagnostics()
     );
     let shown = show(&net, &sid);
     assert_eq!(shown["state"], "DEGRADED", "{shown}");
@@ -425,7 +405,7 @@ fn switch_budget_spent_degrades_then_recovers() {
                 .is_some_and(|t| t.1 == "ATTACHED" && t.0 == "DEGRADED")
         }),
         "DEGRADED did not end:{}",
-        logs(&net)
+        net.diagnostics()
     );
     let exited_after = degraded_at.elapsed();
     let events = net.control_events();
@@ -467,7 +447,7 @@ fn switch_budget_spent_degrades_then_recovers() {
             of(&net.control_events(), "REATTACH_REJECTED").len() > n_rejected
         }),
         "the fourth switch was not refused:{}",
-        logs(&net)
+        net.diagnostics()
     );
     std::thread::sleep(Duration::from_millis(500));
     let shown = show(&net, &sid);
@@ -505,7 +485,7 @@ fn key_rotation_under_traffic_loses_nothing() {
         wait_for(Duration::from_secs(25), || rekeyed(&net) >= 2),
         "{} rekeys in 25 s:{}",
         rekeyed(&net),
-        logs(&net)
+        net.diagnostics()
     );
     // A little traffic under the newest key, then drain.
     std::thread::sleep(Duration::from_millis(500));
@@ -521,8 +501,8 @@ fn key_rotation_under_traffic_loses_nothing() {
         started.elapsed()
     );
     assert!(sent > 1500, "only {sent} datagrams sent");
-    assert_eq!(server, sent, "lost on the way in:{}", logs(&net));
-    assert_eq!(received, sent, "lost on the way back:{}", logs(&net));
+    assert_eq!(server, sent, "lost on the way in:{}", net.diagnostics());
+    assert_eq!(received, sent, "lost on the way back:{}", net.diagnostics());
     assert!(
         shown["key_epoch"].as_u64().unwrap_or(0) >= 2,
         "gateway key epoch: {shown}"
@@ -555,7 +535,7 @@ fn io_uring_backend_handshake_traffic_and_nat_rebind() {
         traffic.flowing(50, Duration::from_secs(10)),
         "no echoes through the tunnel: {:?}{}",
         traffic.counts(),
-        logs(&net)
+        net.diagnostics()
     );
     let t_rebind = traffic.now_ms();
     net.nat_rebind().expect("conntrack flush");
@@ -564,12 +544,12 @@ fn io_uring_backend_handshake_traffic_and_nat_rebind() {
             of(&net.control_events(), "PATH_SWITCHED").len() == 1
         }),
         "no PATH_SWITCHED after the NAT rebind:{}",
-        logs(&net)
+        net.diagnostics()
     );
     assert!(
         traffic.flowing(50, Duration::from_secs(10)),
         "traffic after the rebind:{}",
-        logs(&net)
+        net.diagnostics()
     );
     let (gap, _) = traffic.longest_gap_after(t_rebind);
     assert_eq!(
@@ -645,7 +625,7 @@ fn core_drain_and_operator_rekey_under_traffic() {
     assert!(
         net.client_in_state("ATTACHED", Duration::from_secs(20)),
         "no session:{}",
-        logs(&net)
+        net.diagnostics()
     );
     let sid = net.client_status().expect("status")["session_id"]
         .as_str()
@@ -655,7 +635,7 @@ fn core_drain_and_operator_rekey_under_traffic() {
     assert!(
         traffic.flowing(50, Duration::from_secs(10)),
         "no traffic:{}",
-        logs(&net)
+        net.diagnostics()
     );
     let first = owner(&net, &sid);
     let version = show(&net, &sid)["version"].clone();
@@ -664,8 +644,13 @@ fn core_drain_and_operator_rekey_under_traffic() {
     let drained_out = net
         .jumpctl_json(&["core", "drain", &first.to_string()])
         .expect("jumpctl core drain");
-    assert_eq!(drained_out["moved"], 1, "{drained_out}{}", logs(&net));
-    assert_eq!(owner(&net, &sid), 1 - first, "{}", logs(&net));
+    assert_eq!(
+        drained_out["moved"],
+        1,
+        "{drained_out}{}",
+        net.diagnostics()
+    );
+    assert_eq!(owner(&net, &sid), 1 - first, "{}", net.diagnostics());
     // Drain the other core too: there is nowhere to go, so it is refused, nothing moves.
     let refused = net
         .jumpctl(&["core", "drain", &(1 - first).to_string()])
@@ -687,7 +672,7 @@ fn core_drain_and_operator_rekey_under_traffic() {
     assert!(
         wait_for(Duration::from_secs(10), || rekeyed(&net) >= 1),
         "no rekey after jumpctl rekey:{}",
-        logs(&net)
+        net.diagnostics()
     );
     let unknown = net
         .jumpctl(&["rekey", "0123456789abcdef"])
@@ -705,8 +690,8 @@ fn core_drain_and_operator_rekey_under_traffic() {
         shown["key_epoch"],
         started.elapsed()
     );
-    assert_eq!(server, sent, "lost on the way in:{}", logs(&net));
-    assert_eq!(received, sent, "lost on the way back:{}", logs(&net));
+    assert_eq!(server, sent, "lost on the way in:{}", net.diagnostics());
+    assert_eq!(received, sent, "lost on the way back:{}", net.diagnostics());
     assert_eq!(shown["key_epoch"], 1, "{shown}");
     assert_eq!(
         shown["version"], version,

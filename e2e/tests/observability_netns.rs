@@ -628,16 +628,6 @@ fn grep_self_check(dir: &std::path::Path, client_public: &[u8], sid: &str) {
 // The run
 // ---------------------------------------------------------------------------------------------
 
-fn logs(net: &Net) -> String {
-    format!(
-        "\n--- control events: {:?}\n--- client log:\n{}\n--- control log:\n{}\n--- data plane log:\n{}",
-        net.control_events(),
-        net.client.as_ref().map(Proc::log).unwrap_or_default(),
-        net.control.as_ref().map(Proc::log).unwrap_or_default(),
-        net.dataplane.as_ref().map(Proc::log).unwrap_or_default(),
-    )
-}
-
 /// jumpctl, its whole output kept for the grep; its stdout.
 fn jumpctl(net: &Net, captured: &mut Vec<(String, Vec<u8>)>, args: &[&str]) -> String {
     let out = net.jumpctl(args).expect("jumpctl runs");
@@ -805,7 +795,7 @@ fn every_event_matches_the_schema_and_nothing_secret_is_written() {
     assert!(
         net.client_in_state("ATTACHED", Duration::from_secs(20)),
         "no session:{}",
-        logs(&net)
+        net.diagnostics()
     );
     let sid = net.client_status().expect("status")["session_id"]
         .as_str()
@@ -818,7 +808,7 @@ fn every_event_matches_the_schema_and_nothing_secret_is_written() {
     assert!(
         traffic.flowing(30, Duration::from_secs(10)),
         "no echoes:{}",
-        logs(&net)
+        net.diagnostics()
     );
     let echoed = net
         .send_inner(MARKER, 5, Duration::from_millis(20), Duration::from_secs(2))
@@ -832,7 +822,7 @@ fn every_event_matches_the_schema_and_nothing_secret_is_written() {
             of(&net.control_events(), "PATH_SWITCHED").len() == 1
         }),
         "no PATH_SWITCHED after the NAT rebind:{}",
-        logs(&net)
+        net.diagnostics()
     );
     assert!(
         traffic.flowing(30, Duration::from_secs(10)),
@@ -840,16 +830,7 @@ fn every_event_matches_the_schema_and_nothing_secret_is_written() {
     );
     // Past switch_cooldown (1 s), the client moves to its second path.
     std::thread::sleep(Duration::from_millis(1300));
-    let answer = net.client_switch(1).expect("switch");
-    assert_eq!(answer["ok"], true, "{answer}");
-    assert!(
-        wait_for(Duration::from_secs(10), || {
-            of(&net.control_events(), "PATH_SWITCHED").len() == 2
-                && net.client_status().is_ok_and(|s| s["current_path"] == 1)
-        }),
-        "no switch to path 1:{}",
-        logs(&net)
-    );
+    net.switch_and_wait(1, 2);
     assert!(
         traffic.flowing(30, Duration::from_secs(10)),
         "traffic on path 1"
@@ -894,7 +875,7 @@ fn every_event_matches_the_schema_and_nothing_secret_is_written() {
                 of(&net.control_events(), "SECURITY_EVENT").len() > security_before
             }),
             "no SECURITY_EVENT for a replayed reattach request:{}",
-            logs(&net)
+            net.diagnostics()
         );
     }
 
@@ -907,7 +888,7 @@ fn every_event_matches_the_schema_and_nothing_secret_is_written() {
             of(&net.control_events(), "KEY_ROTATED").len() > rotated_before
         }),
         "no KEY_ROTATED after jumpctl rekey --all:{}",
-        logs(&net)
+        net.diagnostics()
     );
     assert!(
         traffic.flowing(30, Duration::from_secs(10)),
@@ -930,7 +911,7 @@ fn every_event_matches_the_schema_and_nothing_secret_is_written() {
                 .any(|e| e["session_id"] == sid.as_str())
         }),
         "no SESSION_TERMINATED after jumpctl session kill:{}",
-        logs(&net)
+        net.diagnostics()
     );
     let (sent, received) = traffic.stop();
     eprintln!("traffic: {sent} sent, {received} echoed");
@@ -954,7 +935,7 @@ fn every_event_matches_the_schema_and_nothing_secret_is_written() {
     assert!(
         net.client_in_state("ATTACHED", Duration::from_secs(20)),
         "no second session:{}",
-        logs(&net)
+        net.diagnostics()
     );
     let sid2 = net.client_status().expect("status")["session_id"]
         .as_str()

@@ -24,7 +24,8 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest accepted `--interval`.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// Parses `--interval`: an integer with a unit, `ms`, `s` or `m` (e.g. `500ms`, `2s`), between
+/// Parses `--interval`: a duration as the configuration writes them
+/// ([`jumping_protocol::policy::parse_duration`]: `500ms`, `2s`, `1m`), between
 /// [`MIN_INTERVAL`] and [`MAX_INTERVAL`].
 ///
 /// # Errors
@@ -33,25 +34,12 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     const EXPECTED: &str = "expected a whole number with a unit, ms, s or m (e.g. 500ms, 2s, 1m), \
                             from 100ms to 1h";
     let t = text.trim();
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
-    let (num, unit) = t.split_at(digits);
-    if num.is_empty() {
-        return Err(format!("{text:?} is not a duration; {EXPECTED}"));
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{text:?} has no unit (did you mean {t}s?); {EXPECTED}"
+        ));
     }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is too large; {EXPECTED}"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
-        "" => {
-            return Err(format!(
-                "{text:?} has no unit (did you mean {n}s?); {EXPECTED}"
-            ))
-        }
-        _ => return Err(format!("{text:?} has an unknown unit {unit:?}; {EXPECTED}")),
-    };
+    let d = jumping_protocol::policy::parse_duration(t).map_err(|e| format!("{e}; {EXPECTED}"))?;
     if d < MIN_INTERVAL || d > MAX_INTERVAL {
         return Err(format!("{text:?} is out of range; {EXPECTED}"));
     }

@@ -487,6 +487,13 @@ fn run_udp(addr: SocketAddr, h: &Header, rx: &Receiver<Arc<str>>, stats: &SinkSt
     }
 }
 
+/// At shutdown with no receiver: count what is still queued as dropped.
+fn drop_queued(rx: &Receiver<Arc<str>>, stats: &SinkStats) {
+    while rx.try_recv().is_ok() {
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 fn connect_tcp(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_write_timeout(Some(TCP_WRITE_TIMEOUT))?;
@@ -514,9 +521,7 @@ fn run_tcp(
         while conn.is_none() {
             if stop.load(Ordering::Relaxed) {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
-                while rx.try_recv().is_ok() {
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+                drop_queued(rx, stats);
                 return;
             }
             let now = Instant::now();
@@ -549,9 +554,7 @@ fn run_tcp(
             stats.connected.store(false, Ordering::Relaxed);
             retry_at = Instant::now() + backoff;
             if stop.load(Ordering::Relaxed) {
-                while rx.try_recv().is_ok() {
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+                drop_queued(rx, stats);
                 return;
             }
         }

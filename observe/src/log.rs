@@ -19,15 +19,26 @@ pub fn set_node_id(node: u8) {
     NODE_ID.store(node, Ordering::Relaxed);
 }
 
-/// The correlation id of a session for a log field, `n<node>-<session id>` — the same text as
-/// the events' `correlation_id`: `tracing::warn!(session = %id, correlation_id =
-/// %Correlation(id), "…")`.
+/// The correlation id of a session, `n<node>-<session id>`: the events' `correlation_id`
+/// and the `correlation_id` field of every log line about the session.
+#[derive(Debug, Clone, Copy)]
+pub struct CorrelationId<T>(pub u8, pub T);
+
+impl<T: std::fmt::Display> std::fmt::Display for CorrelationId<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "n{}-{}", self.0, self.1)
+    }
+}
+
+/// [`CorrelationId`] with this process's node id (see [`set_node_id`]), for code that does not
+/// hold the configuration: `tracing::warn!(session = %id, correlation_id = %Correlation(id),
+/// "…")`.
 #[derive(Debug, Clone, Copy)]
 pub struct Correlation<T>(pub T);
 
 impl<T: std::fmt::Display> std::fmt::Display for Correlation<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "n{}-{}", NODE_ID.load(Ordering::Relaxed), self.0)
+        CorrelationId(NODE_ID.load(Ordering::Relaxed), &self.0).fmt(f)
     }
 }
 
