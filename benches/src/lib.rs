@@ -9,6 +9,9 @@
 //! The helpers are deterministic: a benchmark run never depends on a random generator.
 #![forbid(unsafe_code)]
 
+pub mod pilot;
+pub mod report;
+pub mod scenario;
 use std::time::Duration;
 
 /// Payload sizes, in bytes, measured by the data-packet benches: a small control-sized packet,

@@ -116,6 +116,50 @@ pub fn build_binaries() -> Result<()> {
     Ok(())
 }
 
+/// Build the binaries a run needs unless `JUMPING_BIN_DIR` names a directory that has them
+/// (`cargo xtask bench` builds release binaries and sets it): the gateway's four, the load
+/// generator and the impairment relay.
+///
+/// # Errors
+/// The build failed.
+pub fn build_binaries_if_missing() -> Result<()> {
+    let names = [
+        "jumping-dataplane",
+        "jumping-control",
+        "jumping-client",
+        "jumpctl",
+        "jumping-loadgen",
+        "jumping-impair",
+    ];
+    if std::env::var_os("JUMPING_BIN_DIR").is_some() && names.iter().all(|n| bin(n).exists()) {
+        return Ok(());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .args([
+            "build",
+            "--bins",
+            "-p",
+            "jumping-dataplane",
+            "-p",
+            "jumping-control",
+            "-p",
+            "jumping-client",
+            "-p",
+            "jumpctl",
+            "-p",
+            "jumping-loadgen",
+            "-p",
+            "jumping-impair",
+        ])
+        .status()?;
+    if !st.success() {
+        bail!("building the binaries failed");
+    }
+    Ok(())
+}
+
 fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
     if !out.status.success() {
@@ -157,7 +201,12 @@ impl core::fmt::Debug for Proc {
 }
 
 impl Proc {
-    fn spawn(
+    /// Start `program args...` in namespace `ns`, stderr to `log`, stdout lines collected (and
+    /// echoed through `echo` if given).
+    ///
+    /// # Errors
+    /// It could not start.
+    pub fn spawn(
         name: &'static str,
         ns: &str,
         program: &Path,
@@ -235,6 +284,34 @@ impl Proc {
         self.child.wait().ok()
     }
 
+    /// Its process id (the program's: `ip netns exec` execs it).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send it `signal` (it keeps running unless the signal ends it).
+    ///
+    /// # Errors
+    /// The signal could not be sent.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let pid = i32::try_from(self.child.id()).context("pid")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)?;
+        Ok(())
+    }
+
+    /// Wait until it exits by itself, at most `within` (then SIGTERM, as [`Proc::stop`]).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stop()
+    }
+
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -278,6 +355,8 @@ pub struct Net {
     atk_built: bool,
     /// Queues of the n2/g0 veth pair (one per data plane worker).
     gw_queues: u8,
+    /// The data plane's `session_capacity` (default 1024; load tests raise it).
+    pub session_capacity: usize,
 }
 
 impl core::fmt::Debug for Net {
@@ -328,6 +407,7 @@ impl Net {
             bpffs: false,
             atk_built: false,
             gw_queues: 1,
+            session_capacity: 1024,
         };
         write_private(
             &net.dir.join("gateway.key"),
@@ -579,8 +659,9 @@ impl Net {
         }
         let cfg = format!(
             "backend = \"{backend}\"\ninterface = \"g0\"\nlisten = \"{GATEWAY}\"\ncpus = [{cpus}]\n\
-             session_capacity = 1024\ncontrol_socket = \"{}\"\nbpf_pin_dir = \"{}\"\n\
+             session_capacity = {}\ncontrol_socket = \"{}\"\nbpf_pin_dir = \"{}\"\n\
              [inside]\ntun = \"jump0\"\n[af_xdp]\nframes = 1024\nring_size = 512\n",
+            self.session_capacity,
             self.path("dataplane.sock"),
             bpf.join("jumping").display()
         );
@@ -619,10 +700,19 @@ impl Net {
     /// # Errors
     /// Writing failed.
     pub fn configure_control(&self, policy: &str) -> Result<()> {
+        self.configure_control_with("", policy)
+    }
+
+    /// Write the control process's configuration with `top` (extra top-level TOML lines, e.g.
+    /// `cookie_threshold = 100`) and `policy` (TOML lines of `[policy]`).
+    ///
+    /// # Errors
+    /// Writing failed.
+    pub fn configure_control_with(&self, top: &str, policy: &str) -> Result<()> {
         let cfg = format!(
             "listen = \"{GATEWAY}\"\nprivate_key_file = \"{}\"\nclients_file = \"{}\"\n\
              dataplane_socket = \"{}\"\ncontrol_socket = \"{}\"\nstate_dir = \"{}\"\n\
-             [policy]\n{policy}\n",
+             {top}\n[policy]\n{policy}\n",
             self.path("gateway.key"),
             self.path("clients"),
             self.path("dataplane.sock"),

@@ -236,6 +236,18 @@ impl<R: RngCore + CryptoRng> Client<R> {
         }
     }
 
+    /// The id of the handshake in flight (the first one, or a rekey): the gateway's response
+    /// or cookie reply carries it as its receiver id, so a shell that multiplexes many clients
+    /// on one socket routes those replies by it.
+    #[must_use]
+    pub fn handshake_id(&self) -> Option<u64> {
+        match &self.phase {
+            Phase::Handshaking { init, .. } => Some(init.sender_id()),
+            Phase::Established(e) => e.rekey.as_ref().map(|(init, _)| init.sender_id()),
+            _ => None,
+        }
+    }
+
     /// The local path in use.
     #[must_use]
     pub fn current_path(&self) -> Option<LocalPath> {

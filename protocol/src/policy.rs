@@ -310,6 +310,30 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
+/// Parse a policy in the gateway's `[policy]` TOML format (the `[policy]` header optional) and
+/// validate it whole, with the protocol crate's own deserializer (unknown keys refused,
+/// durations as the gateway parses them) and [`Policy::validate`].
+///
+/// # Errors
+/// A message naming the key or the line.
+pub fn parse_policy(text: &str) -> Result<Policy, String> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    if let Some(inner) = table.remove("policy") {
+        if !table.is_empty() {
+            return Err("only a `[policy]` table is allowed here".into());
+        }
+        table = match inner {
+            toml::Value::Table(t) => t,
+            _ => return Err("`policy` must be a table".into()),
+        };
+    }
+    let policy: Policy = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string())?;
+    policy.validate().map_err(|e| e.to_string())?;
+    Ok(policy)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
