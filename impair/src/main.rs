@@ -475,8 +475,8 @@ fn run(args: &Args, config: Impairment) -> Result<()> {
         write_stats(path, &stats)?;
     }
     let stopped = serde_json::json!({ "impair": "stopped", "stats": stats });
+    // Nobody may be reading any more (closed pipe): that is no reason to fail.
     let mut out = io::stdout().lock();
-    writeln!(out, "{stopped}")?;
-    out.flush()?;
+    let _ = writeln!(out, "{stopped}").and_then(|()| out.flush());
     Ok(())
 }

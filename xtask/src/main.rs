@@ -25,12 +25,28 @@ enum Cmd {
     /// The demo: the real processes in network namespaces; a session surviving a NAT rebind
     /// and a path switch (root).
     Demo,
-    /// Run criterion benchmarks and write their numbers to target/bench/<run-id>/; `dataplane`
-    /// (and `all`) also measures receive throughput on a namespace topology (needs root).
+    /// Run benchmarks and load tests; every run writes its numbers to target/bench/<run-id>/.
+    /// `aead`, `protocol`, `observe`, `dataplane`: criterion (`dataplane` also measures receive
+    /// throughput in namespaces). `scenarios`: the seven load-test scenarios. `pilot --profile
+    /// NAME`: grade against a pilot profile. `peers`: Jumping against userspace WireGuard and
+    /// the untunnelled path. `all`: everything but `pilot`. `--quick`: a short run of the
+    /// harness (CI; implies `scenarios` and `peers` at small sizes, no criterion).
     Bench {
-        /// Which: `aead`, `protocol`, `dataplane`, or `all`.
+        /// Which: aead, protocol, observe, dataplane, scenarios, pilot, peers, or all.
         #[arg(default_value = "all")]
         which: String,
+        /// Small and short: keeps the harness working (CI); the numbers are not the issue's.
+        #[arg(long)]
+        quick: bool,
+        /// Pilot profile for `pilot`: mobile, fintech, edge, or a .toml path.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Scenarios to run (comma-separated) for `scenarios`.
+        #[arg(long)]
+        only: Option<String>,
+        /// Seed of impairment and sampling.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Run a cargo-fuzz target (needs the nightly toolchain and cargo-fuzz).
     Fuzz {
@@ -127,41 +143,124 @@ fn run_tests(cmd: &mut Command) -> Result<(u64, u64)> {
     Ok((passed, failed))
 }
 
-fn bench(which: &str) -> Result<()> {
-    let benches: &[&str] = match which {
-        "aead" => &["aead"],
-        "protocol" => &["protocol"],
-        "dataplane" => &["dataplane"],
-        "observe" => &["observe"],
-        "all" => &["aead", "protocol", "observe", "dataplane"],
-        other => {
-            bail!("unknown benchmark set `{other}`: use aead, protocol, observe, dataplane or all")
-        }
+/// Options of `cargo xtask bench`.
+struct BenchOpts {
+    quick: bool,
+    profile: Option<String>,
+    only: Option<String>,
+    seed: u64,
+}
+
+fn bench(which: &str, o: &BenchOpts) -> Result<()> {
+    let (criterion, load): (&[&str], &[&str]) = match (which, o.quick) {
+        (_, true) => (&[], &["scenarios", "peers"]),
+        ("aead" | "protocol" | "observe" | "dataplane", _) => (
+            match which {
+                "aead" => &["aead"],
+                "protocol" => &["protocol"],
+                "observe" => &["observe"],
+                _ => &["dataplane"],
+            },
+            &[],
+        ),
+        ("scenarios", _) => (&[], &["scenarios"]),
+        ("pilot", _) => (&[], &["pilot"]),
+        ("peers", _) => (&[], &["peers"]),
+        ("all", _) => (
+            &["aead", "protocol", "observe", "dataplane"],
+            &["scenarios", "peers"],
+        ),
+        (other, _) => bail!(
+            "unknown benchmark set `{other}`: use aead, protocol, observe, dataplane, scenarios, \
+             pilot, peers or all"
+        ),
     };
-    // One run id for every report file of this run (bench-report and netns-throughput).
+    if load.contains(&"pilot") && o.profile.is_none() {
+        bail!("`bench pilot` needs --profile NAME (mobile, fintech, edge, or a .toml path)");
+    }
+    // One run id for every report file of this run.
     let run_id = run_id();
     let mut netns_result = Ok(());
-    for b in benches {
+    for b in criterion {
         exec(cargo().args(["bench", "-p", "jumping-benches", "--bench", b]))?;
         if *b == "dataplane" {
             bench_bin("table-latency", &run_id)?;
             netns_result = netns_throughput(&run_id);
         }
     }
-    // The criterion results are reported even if the namespace measurement failed.
-    exec(
-        cargo()
-            .args([
-                "run",
-                "--quiet",
-                "-p",
-                "jumping-benches",
-                "--bin",
-                "bench-report",
-            ])
-            .env("JUMPING_BENCH_RUN_ID", &run_id),
-    )?;
-    netns_result
+    if !criterion.is_empty() {
+        // The criterion results are reported even if the namespace measurement failed.
+        exec(
+            cargo()
+                .args([
+                    "run",
+                    "--quiet",
+                    "-p",
+                    "jumping-benches",
+                    "--bin",
+                    "bench-report",
+                ])
+                .env("JUMPING_BENCH_RUN_ID", &run_id),
+        )?;
+    }
+    let mut load_result = Ok(());
+    if !load.is_empty() {
+        if !is_root() {
+            println!("xtask: load tests skipped: they need root (namespaces, XDP)");
+            return netns_result;
+        }
+        load_result = load_tests(load, o, &run_id);
+    }
+    netns_result.and(load_result)
+}
+
+/// The load tests: the scenarios (or a pilot) and the peers, with the binaries they drive
+/// (release builds, or debug ones for `--quick`, which CI has already built).
+fn load_tests(load: &[&str], o: &BenchOpts, run_id: &str) -> Result<()> {
+    let profile = if o.quick { "debug" } else { "release" };
+    let mut build = cargo();
+    build.args(["build", "--bins"]);
+    if !o.quick {
+        build.arg("--release");
+    }
+    for p in [
+        "jumping-dataplane",
+        "jumping-control",
+        "jumping-client",
+        "jumpctl",
+        "jumping-loadgen",
+        "jumping-impair",
+        "jumping-benches",
+    ] {
+        build.args(["-p", p]);
+    }
+    exec(&mut build)?;
+    let bin_dir = root().join("target").join(profile);
+    let mut result = Ok(());
+    for l in load {
+        let program = if *l == "peers" { "peers" } else { "scenarios" };
+        let mut cmd = Command::new(bin_dir.join(program));
+        cmd.env("JUMPING_BENCH_RUN_ID", run_id)
+            .env("JUMPING_BIN_DIR", &bin_dir);
+        if program == "scenarios" {
+            cmd.args(["--seed", &o.seed.to_string()]);
+        }
+        if o.quick {
+            cmd.arg("--quick");
+        }
+        if *l == "pilot" {
+            cmd.args(["--profile", o.profile.as_deref().unwrap_or_default()]);
+        }
+        if let (Some(only), "scenarios") = (&o.only, *l) {
+            cmd.args(["--only", only]);
+        }
+        // Keep going: one failed set must not hide the others' reports.
+        if let Err(e) = exec(&mut cmd) {
+            eprintln!("xtask: {e:#}");
+            result = Err(e);
+        }
+    }
+    result
 }
 
 /// Run one of the benches crate's measurement programs (release build) for run `run_id`.
@@ -216,7 +315,21 @@ fn main() -> Result<()> {
         Cmd::Setup => exec(Command::new("bash").arg("scripts/setup.sh")),
         Cmd::Ci => ci(),
         Cmd::Demo => exec(cargo().args(["run", "-p", "jumping-e2e", "--bin", "jumping-demo"])),
-        Cmd::Bench { which } => bench(&which),
+        Cmd::Bench {
+            which,
+            quick,
+            profile,
+            only,
+            seed,
+        } => bench(
+            &which,
+            &BenchOpts {
+                quick,
+                profile,
+                only,
+                seed,
+            },
+        ),
         Cmd::Fuzz { target, seconds } => exec(
             cargo()
                 .args([

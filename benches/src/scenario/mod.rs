@@ -258,11 +258,19 @@ fn judge(rig: &Rig, reports: &[&Value]) -> Result<Correctness> {
 }
 
 fn terminations(rig: &Rig) -> u64 {
-    rig.net
-        .control_events()
-        .iter()
-        .filter(|e| e["event"] == "SESSION_TERMINATED")
-        .count() as u64
+    termination_reasons(rig).values().sum()
+}
+
+/// SESSION_TERMINATED events by reason code.
+fn termination_reasons(rig: &Rig) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for e in rig.net.control_events() {
+        if e["event"] == "SESSION_TERMINATED" {
+            let r = e["reason_code"].as_str().unwrap_or("?").to_string();
+            *m.entry(r).or_default() += 1;
+        }
+    }
+    m
 }
 
 fn budget(d: Duration) -> Duration {
@@ -340,17 +348,30 @@ fn failover(k: &Knobs) -> Result<Outcome> {
 /// The audit trail: every event the control process wrote reached the SIEM file sink, and
 /// every session event carries a correlation id.
 fn audit(rig: &Rig, c: &mut Criteria) {
-    // The sink's thread may still be writing the last lines.
-    std::thread::sleep(Duration::from_millis(500));
+    // Sessions left open keep producing events (path dead, recovery), so the file is compared
+    // with stdout as a prefix: everything written before a pause must be in the file, in order.
+    let before = rig.net.control_events().len();
+    std::thread::sleep(Duration::from_secs(1));
+    let exported: Vec<Value> = std::fs::read_to_string(rig.file("siem.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     let events = rig.net.control_events();
-    let exported = std::fs::read_to_string(rig.file("siem.jsonl"))
-        .map(|t| t.lines().count())
-        .unwrap_or(0);
+    let in_order = exported.len() <= events.len() && exported[..] == events[..exported.len()];
     c.check(
-        "audit: events exported to the SIEM file",
-        &format!("{}", events.len()),
-        exported,
-        exported == events.len(),
+        "audit: events exported to the SIEM file, in order",
+        &format!("≥ {before}, same as stdout"),
+        format!(
+            "{}{}",
+            exported.len(),
+            if in_order {
+                ""
+            } else {
+                ", NOT the same as stdout"
+            }
+        ),
+        exported.len() >= before && in_order,
     );
     let missing = events
         .iter()
@@ -452,7 +473,8 @@ fn loss(k: &Knobs) -> Result<Outcome> {
         let expected = (1.0 - loss).powi(2) * (1.0 - burst_share);
         let ratio = if sent > 0.0 { back / sent } else { 0.0 };
         let established = f(&r, &["sessions", "established"]);
-        let term = terminations(&rig);
+        let reasons = termination_reasons(&rig);
+        let term: u64 = reasons.values().sum();
         let states = r["sessions"]["at_end"].clone();
         out.criteria.check(
             &format!("loss {:.0} %: sessions established", loss * 100.0),
@@ -537,7 +559,8 @@ fn nat_churn(k: &Knobs) -> Result<Outcome> {
         let r = rig.report(&mut lg, "clients", budget(Duration::from_secs_f64(run_s)))?;
         let c = judge(&rig, &[&r])?;
         out.correctness.add(&c);
-        let term = terminations(&rig);
+        let reasons = termination_reasons(&rig);
+        let term: u64 = reasons.values().sum();
         let p99 = f(&r, &["recovery_ms", "p99"]);
         let tag = format!("every {every} s");
         out.criteria.check(
@@ -558,8 +581,12 @@ fn nat_churn(k: &Knobs) -> Result<Outcome> {
             format!("{p99:.0} ms"),
             p99 <= 2000.0,
         );
-        out.criteria
-            .check(&format!("{tag}: sessions terminated"), "0", term, term == 0);
+        out.criteria.check(
+            &format!("{tag}: sessions terminated"),
+            "0",
+            format!("{term} {reasons:?}"),
+            term == 0,
+        );
         audit(&rig, &mut out.criteria);
         out.recovery_ms.push((tag.clone(), samples(&r)));
         out.switches.push((tag, switches_series(&r)));
@@ -639,15 +666,23 @@ fn scale(k: &Knobs) -> Result<Outcome> {
         out.criteria.check(
             &format!("{n}: sessions established"),
             &format!("{n}"),
-            f(&r, &["sessions", "established"]),
+            format!(
+                "{} (handshakes failed {}, at the end {})",
+                r["sessions"]["established"],
+                r["sessions"]["handshake_failed"],
+                r["sessions"]["at_end"]
+            ),
             up,
         );
-        out.criteria.check(
-            &format!("{n}: gateway memory per session"),
-            "≤ 16384 bytes",
-            format!("{bytes:.0} bytes"),
-            bytes <= 16_384.0,
-        );
+        // Resident memory moves in pages and allocator arenas: only judged from 10k sessions.
+        if n >= 10_000 {
+            out.criteria.check(
+                &format!("{n}: gateway memory per session"),
+                "≤ 16384 bytes",
+                format!("{bytes:.0} bytes"),
+                bytes <= 16_384.0,
+            );
+        }
         runs.push(json!({"sessions": n, "established_in_s": established_s,
             "handshakes_per_s": hs_rate, "memory_per_session_bytes": bytes,
             "control_bytes_per_session": per_session("control"),
