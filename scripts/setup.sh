@@ -13,12 +13,14 @@ set -euo pipefail
 #    bpftool inspects loaded programs and pinned maps.
 #  - network namespaces and NAT for tests and the demo: iproute2, nftables, conntrack, procps
 #    (sysctl, inside namespaces).
-#  - measurement and NIC settings (tests turn off checksum offload): iperf3, ethtool.
+#  - measurement and NIC settings (tests turn off checksum offload): iperf3, ethtool; the
+#    userspace WireGuard peer of `cargo xtask bench peers` (wireguard-go, wireguard-tools;
+#    boringtun and gotatun come from crates.io: scripts/setup-peers.sh).
 PACKAGES=(
   build-essential pkg-config cmake
   clang-19 llvm-19 libelf-dev zlib1g-dev m4 make libbpf-dev linux-libc-dev bpftool
   iproute2 nftables conntrack procps
-  iperf3 ethtool curl
+  iperf3 ethtool curl wireguard-go wireguard-tools
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -693,10 +693,7 @@ fn hex(b: &[u8]) -> String {
 fn socket(addr: Ipv4Addr) -> Result<UdpSocket> {
     let std = std::net::UdpSocket::bind((addr, 0)).with_context(|| format!("bind {addr}"))?;
     std.set_nonblocking(true)?;
-    for opt in [4 << 20] {
-        let _ = nix::sys::socket::setsockopt(&std, nix::sys::socket::sockopt::RcvBuf, &opt);
-        let _ = nix::sys::socket::setsockopt(&std, nix::sys::socket::sockopt::SndBuf, &opt);
-    }
+    stats::socket_buffers(&std, 4 << 20);
     Ok(UdpSocket::from_std(std))
 }
 

@@ -28,10 +28,7 @@ pub struct EchoStats {
 pub fn serve(listen: SocketAddr, stop: &AtomicBool) -> Result<EchoStats> {
     let sock = UdpSocket::bind(listen).with_context(|| format!("bind {listen}"))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
-    for opt in [8 << 20] {
-        let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &opt);
-        let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::SndBuf, &opt);
-    }
+    crate::stats::socket_buffers(&sock, 8 << 20);
     println!(
         "{}",
         serde_json::json!({ "echo": "listening", "addr": listen })

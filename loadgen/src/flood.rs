@@ -131,21 +131,33 @@ pub fn from_hex(list: &[String]) -> Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-/// Send `pool` round-robin to `gateway` at `rate` per second for `duration` (or until `stop`),
-/// from `sockets` source ports on `bind`.
+/// Where and how fast a flood goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Aim {
+    /// The gateway.
+    pub gateway: SocketAddr,
+    /// Local address to send from.
+    pub bind: Ipv4Addr,
+    /// Source ports to spread over.
+    pub sockets: usize,
+    /// Datagrams per second.
+    pub rate: f64,
+    /// How long.
+    pub duration: Duration,
+}
+
+/// Send `pool` round-robin as `aim` says (or until `stop`).
 ///
 /// # Errors
 /// No pool, a bad rate, or sockets could not be made.
-pub fn run(
-    kind: Kind,
-    pool: &[Vec<u8>],
-    gateway: SocketAddr,
-    bind: Ipv4Addr,
-    sockets: usize,
-    rate: f64,
-    duration: Duration,
-    stop: &AtomicBool,
-) -> Result<FloodReport> {
+pub fn run(kind: Kind, pool: &[Vec<u8>], aim: Aim, stop: &AtomicBool) -> Result<FloodReport> {
+    let Aim {
+        gateway,
+        bind,
+        sockets,
+        rate,
+        duration,
+    } = aim;
     if pool.is_empty() {
         bail!("nothing to send: the pool is empty");
     }

@@ -306,9 +306,14 @@ fn flood_cmd(a: FloodArgs) -> Result<()> {
         "{}",
         serde_json::json!({"flood": "started", "pool": pool.len()})
     );
-    let r = flood::run(
-        a.kind, &pool, a.gateway, a.bind, a.sockets, a.rate, a.duration, &stop,
-    )?;
+    let aim = flood::Aim {
+        gateway: a.gateway,
+        bind: a.bind,
+        sockets: a.sockets,
+        rate: a.rate,
+        duration: a.duration,
+    };
+    let r = flood::run(a.kind, &pool, aim, &stop)?;
     write_report(a.report.as_ref(), &r)
 }
 

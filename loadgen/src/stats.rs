@@ -4,6 +4,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+/// Ask for `bytes` of receive and send buffer on a socket (best effort: the kernel caps it at
+/// `net.core.[rw]mem_max` unless the process may override that).
+pub fn socket_buffers(sock: &impl std::os::fd::AsFd, bytes: usize) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(sock, sockopt::RcvBuf, &bytes);
+    let _ = setsockopt(sock, sockopt::SndBuf, &bytes);
+}
+
 /// Count, mean and percentiles of a sample set (nearest rank).
 #[derive(Debug, Default, Clone, Serialize, PartialEq)]
 pub struct Summary {

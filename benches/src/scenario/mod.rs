@@ -739,8 +739,8 @@ fn scale(k: &Knobs) -> Result<Outcome> {
     Ok(out.finish(t0))
 }
 
-/// 5. Reattach flood: random, forged and replayed reattach requests while sessions carry
-/// traffic.
+/// Scenario 5, reattach flood: random, forged and replayed reattach requests while sessions
+/// carry traffic.
 fn reattach_flood(k: &Knobs) -> Result<Outcome> {
     let t0 = Instant::now();
     let n = k.pick(20, 200);
@@ -994,8 +994,8 @@ fn switch_abuse(k: &Knobs) -> Result<Outcome> {
     Ok(out.finish(t0))
 }
 
-/// 7. Handshake flood, with cookies (threshold low) and without (threshold out of reach),
-/// while legitimate clients connect.
+/// Scenario 7, handshake flood, with cookies (threshold low) and without (threshold out of
+/// reach), while legitimate clients connect.
 fn handshake_flood(k: &Knobs) -> Result<Outcome> {
     let t0 = Instant::now();
     let legit = k.pick(20, 200);

@@ -380,6 +380,26 @@ impl Rig {
     }
 }
 
+impl Drop for Rig {
+    /// With `JUMPING_BENCH_KEEP=DIR`, the run's files (configurations, logs, reports) are
+    /// copied to `DIR/<namespace tag>/` before the topology is removed: for post-mortems.
+    fn drop(&mut self) {
+        if let Some(keep) = std::env::var_os("JUMPING_BENCH_KEEP") {
+            let _ = self.echo.stop();
+            if let Some(p) = &mut self.impair {
+                let _ = p.stop();
+            }
+            let to = PathBuf::from(keep).join(&self.net.gw);
+            let _ = fs::create_dir_all(&to);
+            let _ = Command::new("cp")
+                .arg("-r")
+                .arg(&self.net.dir)
+                .arg(&to)
+                .status();
+        }
+    }
+}
+
 /// Sum of the samples of metric `name` whose labels contain every `label="value"` of `want`.
 #[must_use]
 pub fn metric(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
