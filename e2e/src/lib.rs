@@ -94,23 +94,27 @@ pub fn bin(name: &str) -> PathBuf {
 /// # Errors
 /// The build failed.
 pub fn build_binaries() -> Result<()> {
+    cargo_build(&GATEWAY_PACKAGES)
+}
+
+/// The packages of the gateway's and client's binaries.
+const GATEWAY_PACKAGES: [&str; 4] = [
+    "jumping-dataplane",
+    "jumping-control",
+    "jumping-client",
+    "jumpctl",
+];
+
+/// `cargo build --bins -p <each package>` in the workspace (debug).
+fn cargo_build(packages: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .args([
-            "build",
-            "--bins",
-            "-p",
-            "jumping-dataplane",
-            "-p",
-            "jumping-control",
-            "-p",
-            "jumping-client",
-            "-p",
-            "jumpctl",
-        ])
-        .status()?;
-    if !st.success() {
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .args(["build", "--bins"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if !cmd.status()?.success() {
         bail!("building the binaries failed");
     }
     Ok(())
@@ -123,41 +127,13 @@ pub fn build_binaries() -> Result<()> {
 /// # Errors
 /// The build failed.
 pub fn build_binaries_if_missing() -> Result<()> {
-    let names = [
-        "jumping-dataplane",
-        "jumping-control",
-        "jumping-client",
-        "jumpctl",
-        "jumping-loadgen",
-        "jumping-impair",
-    ];
-    if std::env::var_os("JUMPING_BIN_DIR").is_some() && names.iter().all(|n| bin(n).exists()) {
+    let load = ["jumping-loadgen", "jumping-impair"];
+    let all: Vec<&str> = GATEWAY_PACKAGES.iter().chain(&load).copied().collect();
+    // Package and binary names are the same for these six.
+    if std::env::var_os("JUMPING_BIN_DIR").is_some() && all.iter().all(|n| bin(n).exists()) {
         return Ok(());
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .args([
-            "build",
-            "--bins",
-            "-p",
-            "jumping-dataplane",
-            "-p",
-            "jumping-control",
-            "-p",
-            "jumping-client",
-            "-p",
-            "jumpctl",
-            "-p",
-            "jumping-loadgen",
-            "-p",
-            "jumping-impair",
-        ])
-        .status()?;
-    if !st.success() {
-        bail!("building the binaries failed");
-    }
-    Ok(())
+    cargo_build(&all)
 }
 
 fn run(cmd: &mut Command) -> Result<Output> {
