@@ -254,10 +254,18 @@ fn load_tests(load: &[&str], o: &BenchOpts, run_id: &str) -> Result<()> {
         if let (Some(only), "scenarios") = (&o.only, *l) {
             cmd.args(["--only", only]);
         }
-        // Keep going: one failed set must not hide the others' reports.
+        // Keep going: one failed set must not hide the others' reports. In a quick run the
+        // peers comparison depends on third-party tunnels that may be missing or misbehave on
+        // the machine: its failure is reported loudly but does not fail the run.
         if let Err(e) = exec(&mut cmd) {
             eprintln!("xtask: {e:#}");
-            result = Err(e);
+            if o.quick && program == "peers" {
+                eprintln!(
+                    "xtask: WARNING: the quick peers comparison failed (not fatal in --quick)"
+                );
+            } else {
+                result = Err(e);
+            }
         }
     }
     result

@@ -334,24 +334,67 @@ fn cpu_jiffies(cpu: usize) -> Option<(u64, u64)> {
     Some((busy, total))
 }
 
-/// CPU busy fractions over a window.
+/// CPU time (ns) that task `pid` and, if `threads`, all its threads have run, from schedstat.
+fn task_ns(pid: u32, threads: bool) -> u64 {
+    let one = |p: &Path| {
+        fs::read_to_string(p)
+            .ok()
+            .and_then(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    if !threads {
+        return one(Path::new(&format!("/proc/{pid}/schedstat")));
+    }
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|rd| rd.flatten().map(|t| one(&t.path().join("schedstat"))).sum())
+        .unwrap_or(0)
+}
+
+/// The gateway's own tasks: its processes (every thread) and its NAPI kernel threads.
+#[derive(Clone, Debug, Default)]
+struct GwTasks {
+    processes: Vec<u32>,
+    napi: Vec<u32>,
+}
+
+impl GwTasks {
+    fn ns(&self) -> u64 {
+        self.processes
+            .iter()
+            .map(|p| task_ns(*p, true))
+            .sum::<u64>()
+            + self.napi.iter().map(|p| task_ns(*p, false)).sum::<u64>()
+    }
+}
+
+/// CPU busy fractions over a window: whole CPUs from /proc/stat (everything on the machine
+/// that ran there, other tenants included) and the gateway's own tasks (schedstat).
 struct CpuWindow {
     start: Instant,
     s: Vec<(u64, u64)>,
+    tasks: GwTasks,
+    tasks_ns: u64,
 }
 
 impl CpuWindow {
-    fn start() -> CpuWindow {
+    fn start(tasks: &GwTasks) -> CpuWindow {
         CpuWindow {
             start: Instant::now(),
             s: [CL_CPU, GW_CPU]
                 .map(|c| cpu_jiffies(c).unwrap_or((0, 0)))
                 .to_vec(),
+            tasks: tasks.clone(),
+            tasks_ns: tasks.ns(),
         }
     }
 
-    /// (busy fraction of wall time for CL_CPU and GW_CPU, steal-or-other fraction of GW_CPU).
+    /// Busy fraction of wall time of CL_CPU and GW_CPU, and the cores the gateway's tasks used.
     fn stop(self) -> Value {
+        let tasks_ns = self.tasks.ns().saturating_sub(self.tasks_ns);
         let wall = self.start.elapsed().as_secs_f64();
         // USER_HZ is 100 on Linux.
         let hz = 100.0;
@@ -368,6 +411,10 @@ impl CpuWindow {
             );
         }
         out.insert("wall_s".into(), json!(wall));
+        out.insert(
+            "gateway_tasks_cores".into(),
+            json!(tasks_ns as f64 / 1e9 / wall),
+        );
         Value::Object(out)
     }
 }
@@ -411,7 +458,13 @@ fn output_within(cmd: &mut Command, within: Duration) -> Result<String> {
 
 /// One iperf3 test: a one-off server in the server ns, the client in the client ns, both on
 /// CL_CPU. Returns the client's JSON and the CPU window over its middle.
-fn iperf(net: &Net, tunnelled: bool, extra: &[&str], seconds: u64) -> Result<(Value, Value)> {
+fn iperf(
+    net: &Net,
+    tasks: &GwTasks,
+    tunnelled: bool,
+    extra: &[&str],
+    seconds: u64,
+) -> Result<(Value, Value)> {
     let cpu = CL_CPU.to_string();
     let mut server = Command::new("ip")
         .args(["netns", "exec", &net.srv, "taskset", "-c", &cpu])
@@ -452,7 +505,7 @@ fn iperf(net: &Net, tunnelled: bool, extra: &[&str], seconds: u64) -> Result<(Va
         });
         // The middle of the test: skip the connection set-up and the end exchange.
         std::thread::sleep(Duration::from_millis(500));
-        let w = CpuWindow::start();
+        let w = CpuWindow::start(tasks);
         std::thread::sleep(Duration::from_secs_f64((seconds as f64 - 0.8).max(0.2)));
         let cpu = w.stop();
         let out = client
@@ -475,8 +528,8 @@ fn iperf(net: &Net, tunnelled: bool, extra: &[&str], seconds: u64) -> Result<(Va
 }
 
 /// TCP test: (summary, Gbit/s received, CPU window).
-fn tcp(net: &Net, tunnelled: bool, seconds: u64) -> Result<Value> {
-    let (v, cpu) = iperf(net, tunnelled, &[], seconds)?;
+fn tcp(net: &Net, tasks: &GwTasks, tunnelled: bool, seconds: u64) -> Result<Value> {
+    let (v, cpu) = iperf(net, tasks, tunnelled, &[], seconds)?;
     let end = &v["end"];
     let gbps = end["sum_received"]["bits_per_second"]
         .as_f64()
@@ -485,9 +538,12 @@ fn tcp(net: &Net, tunnelled: bool, seconds: u64) -> Result<Value> {
     let busy = cpu[format!("cpu{GW_CPU}")]["busy_fraction"]
         .as_f64()
         .unwrap_or(f64::NAN);
+    let tasks_cores = cpu["gateway_tasks_cores"].as_f64().unwrap_or(f64::NAN);
     Ok(json!({
         "gbps": gbps,
         "gateway_cpu_busy": busy,
+        "gateway_tasks_cores": tasks_cores,
+        "gateway_tasks_cores_per_gbps": if gbps > 0.0 { tasks_cores / gbps } else { f64::NAN },
         "cpu_per_gbps": if gbps > 0.0 { busy / gbps } else { f64::NAN },
         "cpu": cpu,
         "sum_sent": end["sum_sent"],
@@ -497,10 +553,54 @@ fn tcp(net: &Net, tunnelled: bool, seconds: u64) -> Result<Value> {
     }))
 }
 
+/// The kernel's UDP counters (`/proc/net/snmp`, `Udp:` lines) in each namespace of `net`
+/// (client, nat, gateway, server): where a flood's datagrams were dropped.
+fn udp_counters(net: &Net) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for (name, ns) in [
+        ("client", &net.cl),
+        ("nat", &net.nat),
+        ("gateway", &net.gw),
+        ("server", &net.srv),
+    ] {
+        let Ok(o) = in_ns(ns, &["cat", "/proc/net/snmp"]) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let udp: Vec<&str> = text.lines().filter(|l| l.starts_with("Udp:")).collect();
+        if let [names, values] = udp[..] {
+            let m = names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .skip(1)
+                .filter_map(|(k, v)| Some((k.to_owned(), v.parse::<u64>().ok()?)))
+                .collect();
+            out.insert(name.to_owned(), m);
+        }
+    }
+    out
+}
+
 /// UDP flood of `len`-byte payloads: received packets/s, Gbit/s, loss.
-fn udp(net: &Net, tunnelled: bool, len: usize, seconds: u64) -> Result<Value> {
+fn udp(net: &Net, tasks: &GwTasks, tunnelled: bool, len: usize, seconds: u64) -> Result<Value> {
     let l = len.to_string();
-    let (v, cpu) = iperf(net, tunnelled, &["-u", "-b", "0", "-l", &l], seconds)?;
+    let before = udp_counters(net);
+    let (v, cpu) = iperf(net, tasks, tunnelled, &["-u", "-b", "0", "-l", &l], seconds)?;
+    let after = udp_counters(net);
+    let mut kernel_udp = serde_json::Map::new();
+    for (ns, a) in &after {
+        let Some(b) = before.get(ns) else { continue };
+        let d: serde_json::Map<String, Value> = a
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    json!(v.saturating_sub(b.get(k).copied().unwrap_or(0))),
+                )
+            })
+            .collect();
+        kernel_udp.insert(ns.clone(), Value::Object(d));
+    }
     let end = &v["end"];
     // iperf3 3.12: `sum_received` is the server's count (bytes = received payload bytes);
     // older versions only have `sum`, with `packets` sent and `lost_packets`.
@@ -516,7 +616,19 @@ fn udp(net: &Net, tunnelled: bool, len: usize, seconds: u64) -> Result<Value> {
         .filter(|s| *s > 0.0)
         .unwrap_or(seconds as f64);
     let received = (packets - lost).max(0.0);
+    // What reached the server's UDP layer (delivered or dropped for a full socket buffer): what
+    // the gateway forwarded, whether or not the starved receiver read it.
+    let reached = kernel_udp
+        .get("server")
+        .map(|c| {
+            ["InDatagrams", "InErrors"]
+                .iter()
+                .filter_map(|k| c[*k].as_f64())
+                .sum::<f64>()
+        })
+        .unwrap_or(f64::NAN);
     Ok(json!({
+        "reached_server_pps": reached / secs,
         "payload": len,
         "sent_packets": packets,
         "received_packets": received,
@@ -524,6 +636,7 @@ fn udp(net: &Net, tunnelled: bool, len: usize, seconds: u64) -> Result<Value> {
         "received_gbps": received * len as f64 * 8.0 / secs / 1e9,
         "loss_percent": sum["lost_percent"],
         "cpu": cpu,
+        "kernel_udp_counters_delta": kernel_udp,
         "sum": sum,
         "sum_sent": end["sum_sent"],
         "sum_received": end["sum_received"],
@@ -943,6 +1056,16 @@ fn measure(sys: System, program: Option<&Path>, cfg: &Config) -> Result<Value> {
         .ok();
     let gw_pids = pin_ns(&net.gw, GW_CPU)?;
     let cl_pids = pin_ns(&net.cl, CL_CPU)?;
+    let tasks = GwTasks {
+        processes: gw_pids.clone(),
+        napi: napi_gw.clone().unwrap_or_default(),
+    };
+    // The gateway's own CPU with no traffic (a polling data plane is not idle).
+    let idle = {
+        let w = CpuWindow::start(&tasks);
+        std::thread::sleep(Duration::from_secs(1));
+        w.stop()
+    };
     let tunnelled = sys.tunnelled();
     if tunnelled {
         // A first exchange through the tunnel (WireGuard handshakes on demand), which also
@@ -952,11 +1075,11 @@ fn measure(sys: System, program: Option<&Path>, cfg: &Config) -> Result<Value> {
         probes.stop();
         ensure!(ok, "no echo through the tunnel");
     }
-    let tcp = tcp(&net, tunnelled, cfg.seconds).context("TCP")?;
+    let tcp = tcp(&net, &tasks, tunnelled, cfg.seconds).context("TCP")?;
     std::thread::sleep(Duration::from_secs(1));
-    let udp64 = udp(&net, tunnelled, 64, cfg.seconds).context("UDP 64")?;
+    let udp64 = udp(&net, &tasks, tunnelled, 64, cfg.seconds).context("UDP 64")?;
     std::thread::sleep(Duration::from_secs(1));
-    let udp_large = udp(&net, tunnelled, cfg.large, cfg.seconds).context("UDP large")?;
+    let udp_large = udp(&net, &tasks, tunnelled, cfg.large, cfg.seconds).context("UDP large")?;
     std::thread::sleep(Duration::from_secs(1));
     let rebind = if tunnelled && cfg.rebinds > 0 {
         Some(rebinds(&net, cfg.rebinds).context("rebinds")?)
@@ -972,6 +1095,7 @@ fn measure(sys: System, program: Option<&Path>, cfg: &Config) -> Result<Value> {
         "setup": setup,
         "napi_threads": { "g0": napi_gw, "s0": napi_srv },
         "pinned": { "gateway_pids": gw_pids, "client_pids": cl_pids },
+        "idle_cpu": idle,
         "tcp": tcp,
         "udp64": udp64,
         "udp_large": udp_large,
@@ -1109,13 +1233,13 @@ fn main() -> Result<()> {
                 (*name).to_owned(),
                 format!("not available: {}", v["reason"].as_str().unwrap_or("?")),
             ];
-            row.extend(std::iter::repeat_n("–".to_owned(), 9));
+            row.extend(std::iter::repeat_n("–".to_owned(), 11));
             rows.push(row);
             continue;
         }
         if let Some(e) = v["error"].as_str() {
             let mut row = vec![(*name).to_owned(), format!("failed: {e}")];
-            row.extend(std::iter::repeat_n("–".to_owned(), 9));
+            row.extend(std::iter::repeat_n("–".to_owned(), 11));
             rows.push(row);
             continue;
         }
@@ -1134,6 +1258,8 @@ fn main() -> Result<()> {
         };
         let busy = v["tcp"]["gateway_cpu_busy"].as_f64();
         let per = v["tcp"]["cpu_per_gbps"].as_f64();
+        let tasks = v["tcp"]["gateway_tasks_cores"].as_f64();
+        let tasks_per = v["tcp"]["gateway_tasks_cores_per_gbps"].as_f64();
         let (rec, lost) = match v["rebinds"].as_array() {
             Some(samples) => {
                 let ms: Vec<f64> = samples
@@ -1170,6 +1296,8 @@ fn main() -> Result<()> {
             udp_cell(&v["udp_large"], false),
             fmt(busy, 2),
             fmt(per, 2),
+            fmt(tasks, 2),
+            fmt(tasks_per, 2),
             rec,
             lost,
         ]);
@@ -1185,6 +1313,8 @@ fn main() -> Result<()> {
             &large_h,
             "gateway CPU busy",
             "CPU per Gbit/s",
+            "gateway tasks CPU",
+            "tasks CPU per Gbit/s",
             "rebind recovery median / max ms",
             "probes lost median / max",
         ],
