@@ -616,6 +616,14 @@ fn udp(net: &Net, tasks: &GwTasks, tunnelled: bool, len: usize, seconds: u64) ->
         .filter(|s| *s > 0.0)
         .unwrap_or(seconds as f64);
     let received = (packets - lost).max(0.0);
+    // iperf3's own loss is relative to the highest sequence number the server saw, so a tail
+    // that never arrived is not counted: take the loss against what the client sent.
+    let sent = end["sum_sent"]["packets"].as_f64().unwrap_or(packets);
+    let loss = if sent > 0.0 {
+        100.0 * (1.0 - received / sent).max(0.0)
+    } else {
+        f64::NAN
+    };
     // What reached the server's UDP layer (delivered or dropped for a full socket buffer): what
     // the gateway forwarded, whether or not the starved receiver read it.
     let reached = kernel_udp
@@ -630,11 +638,12 @@ fn udp(net: &Net, tasks: &GwTasks, tunnelled: bool, len: usize, seconds: u64) ->
     Ok(json!({
         "reached_server_pps": reached / secs,
         "payload": len,
-        "sent_packets": packets,
+        "sent_packets": sent,
         "received_packets": received,
         "received_pps": received / secs,
         "received_gbps": received * len as f64 * 8.0 / secs / 1e9,
-        "loss_percent": sum["lost_percent"],
+        "loss_percent": loss,
+        "iperf3_lost_percent": sum["lost_percent"],
         "cpu": cpu,
         "kernel_udp_counters_delta": kernel_udp,
         "sum": sum,
