@@ -242,7 +242,6 @@ pub fn grade(p: &Profile, outcomes: &[Outcome]) -> (Grade, Vec<Line>) {
             let graded_below = c.what.contains("recovery p99")
                 || c.what.contains("echoes / probes")
                 || c.what.contains("switches granted");
-            let audit_check = c.what.starts_with("audit:");
             let wanted = |name: &str| p.requirements.audit.iter().any(|a| a == name);
             let skip = graded_below
                 || (c.what.contains("exported") && !wanted("events_exported"))
@@ -251,7 +250,6 @@ pub fn grade(p: &Profile, outcomes: &[Outcome]) -> (Grade, Vec<Line>) {
             if skip {
                 continue;
             }
-            let _ = audit_check;
             line(
                 &format!("{}: {}", o.name, c.what),
                 c.required.clone(),

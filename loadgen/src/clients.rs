@@ -284,7 +284,6 @@ struct Sess {
     seen: Dedup,
     ended: Option<String>,
     marks_done: usize,
-    by_us: bool,
 }
 
 type Heap = BinaryHeap<Reverse<(Instant, u32)>>;
@@ -299,6 +298,8 @@ struct Engine {
     by_hs: HashMap<u64, u32>,
     heap: Heap,
     buf: Vec<u8>,
+    /// The probe being sealed (kept between turns: no allocation per send).
+    tx_buf: Vec<u8>,
     report: Report,
     rtt_samples: Vec<f64>,
     rtt_seen: u64,
@@ -599,7 +600,8 @@ impl Engine {
         let mut sent = 0;
         let mut tried = 0;
         let len = self.cfg.packet_len;
-        let mut buf = vec![0u8; DATA_HEADER_LEN + len + TAG_LEN];
+        let mut buf = std::mem::take(&mut self.tx_buf);
+        buf.resize(DATA_HEADER_LEN + len + TAG_LEN, 0);
         while sent < count && tried < n {
             let i = self.cursor;
             self.cursor = (self.cursor + 1) % n;
@@ -638,6 +640,7 @@ impl Engine {
             }
             sent += 1;
         }
+        self.tx_buf = buf;
     }
 
     fn flaps(&mut self, now: Instant) {
@@ -757,7 +760,6 @@ pub fn run(
             seen: Dedup::default(),
             ended: None,
             marks_done: 0,
-            by_us: false,
         });
     }
     let seed = cfg.seed;
@@ -791,6 +793,7 @@ pub fn run(
         by_hs: HashMap::new(),
         heap: BinaryHeap::new(),
         buf: vec![0; RX_BUF],
+        tx_buf: Vec::new(),
         rtt_samples: Vec::new(),
         rtt_seen: 0,
         hs_samples: Vec::new(),
@@ -888,8 +891,8 @@ pub fn run(
             Err(e) => return Err(e.into()),
         }
         let now = e.now();
-        let ready: Vec<usize> = events.iter().map(|ev| ev.token().0).collect();
-        for t in ready {
+        for ev in &events {
+            let t = ev.token().0;
             let (p, s) = (t / e.cfg.sockets_per_path, t % e.cfg.sockets_per_path);
             e.receive(p, s, now);
         }
@@ -910,20 +913,18 @@ pub fn run(
         }
     }
     e.report.session_list = list;
-    if let Some(&last_mark) = e.marks_ns.last() {
-        let n = e.marks_ns.len();
+    let n = e.marks_ns.len();
+    if n > 0 {
         e.report.unrecovered_last_mark = e
             .sessions
             .iter()
             .filter(|s| s.sid.is_some() && s.ended.is_none() && s.marks_done < n)
             .count() as u64;
-        let _ = last_mark;
     }
     if e.cfg.terminate_at_end {
         for i in 0..e.sessions.len() {
             let s = &mut e.sessions[i];
             if s.sid.is_some() && s.ended.is_none() {
-                s.by_us = true;
                 s.client.terminate(now);
                 e.service(u32::try_from(i).unwrap_or(u32::MAX), now);
             }

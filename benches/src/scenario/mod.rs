@@ -177,6 +177,16 @@ impl Knobs {
             .unwrap_or(8)
     }
 
+    /// Rig options: `identities` clients, `policy`, this run's backend, defaults otherwise.
+    fn rig(&self, identities: usize, policy: &str) -> Options {
+        Options {
+            identities,
+            policy: policy.into(),
+            backend: self.backend,
+            ..Options::default()
+        }
+    }
+
     fn pick<T>(&self, quick: T, full: T) -> T {
         if self.quick {
             quick
@@ -287,15 +297,7 @@ fn failover(k: &Knobs) -> Result<Outcome> {
     let params = json!({"sessions": n, "pps": pps, "run_s": run_s, "fail_at_s": fail_at,
                         "policy": k.policy});
     let mut out = Outcome::new("failover", params, k.seed);
-    let rig = Rig::start(
-        "bf",
-        &Options {
-            identities: n,
-            policy: k.policy.clone(),
-            backend: k.backend,
-            ..Options::default()
-        },
-    )?;
+    let rig = Rig::start("bf", &k.rig(n, &k.policy))?;
     let dur = Duration::from_secs(run_s);
     let mut lg = rig.loadgen(
         "clients",
@@ -438,11 +440,8 @@ fn loss(k: &Knobs) -> Result<Outcome> {
         let rig = Rig::start(
             "bl",
             &Options {
-                identities: n,
-                policy: k.policy.clone(),
                 impair: Some(imp),
-                backend: k.backend,
-                ..Options::default()
+                ..k.rig(n, &k.policy)
             },
         )?;
         let mut lg = rig.loadgen(
@@ -526,15 +525,7 @@ fn nat_churn(k: &Knobs) -> Result<Outcome> {
     let mut runs = Vec::new();
     for &every in &k.churn_every_s {
         let flushes = k.pick(4, if every >= 30.0 { 2 } else { 6 });
-        let rig = Rig::start(
-            "bn",
-            &Options {
-                identities: n,
-                policy: k.policy.clone(),
-                backend: k.backend,
-                ..Options::default()
-            },
-        )?;
+        let rig = Rig::start("bn", &k.rig(n, &k.policy))?;
         let connect = k.pick(500.0, 2000.0);
         let ramp = (n as f64 / connect).ceil() + 3.0;
         let run_s = ramp + every * f64::from(flushes) + 5.0;
@@ -612,15 +603,7 @@ fn scale(k: &Knobs) -> Result<Outcome> {
         // packets/s of keepalives alone on this two-core machine.
         let policy = "heartbeat_interval = \"20s\"\npath_dead_after = \"60s\"\n\
                       volatile_heartbeat_age = \"45s\"\nrecovery_window = \"120s\"";
-        let rig = Rig::start(
-            "bs",
-            &Options {
-                identities: n,
-                policy: policy.into(),
-                backend: k.backend,
-                ..Options::default()
-            },
-        )?;
+        let rig = Rig::start("bs", &k.rig(n, policy))?;
         std::thread::sleep(Duration::from_secs(1));
         let before = rig.gateway_usage();
         let connect = k.pick(1000.0, 4000.0);
@@ -650,8 +633,6 @@ fn scale(k: &Knobs) -> Result<Outcome> {
         let idle = rig.gateway_usage();
         let st = rig.status("clients").unwrap_or(Value::Null);
         lg.stop();
-        // Active: a second load generator can't reuse the identities, so traffic is driven by
-        // the same sessions' heartbeats above and by a fresh active run below.
         let r = rig.report(&mut lg, "clients", Duration::from_secs(30))?;
         let c = judge(&rig, &[&r])?;
         out.correctness.add(&c);
@@ -691,15 +672,7 @@ fn scale(k: &Knobs) -> Result<Outcome> {
             "loadgen": summary(&r), "correctness": c, "pps_active": pps, "active_s": active_s}));
         drop(rig);
         // Active: the same number of sessions carrying traffic, on a fresh gateway.
-        let rig = Rig::start(
-            "bs",
-            &Options {
-                identities: n,
-                policy: policy.into(),
-                backend: k.backend,
-                ..Options::default()
-            },
-        )?;
+        let rig = Rig::start("bs", &k.rig(n, policy))?;
         let mut lg = rig.loadgen(
             "active",
             &args(&[
@@ -749,15 +722,7 @@ fn reattach_flood(k: &Knobs) -> Result<Outcome> {
     let phase_s = k.pick(3u64, 8);
     let params = json!({"sessions": n, "pps": pps, "flood_rate": rate, "phase_s": phase_s});
     let mut out = Outcome::new("reattach-flood", params, k.seed);
-    let mut rig = Rig::start(
-        "br",
-        &Options {
-            identities: n + 2,
-            policy: k.policy.clone(),
-            backend: k.backend,
-            ..Options::default()
-        },
-    )?;
+    let mut rig = Rig::start("br", &k.rig(n + 2, &k.policy))?;
     // Genuine reattach requests to replay: two extra sessions flap for a moment.
     let mut cap = rig.loadgen(
         "capture",
@@ -918,15 +883,7 @@ fn switch_abuse(k: &Knobs) -> Result<Outcome> {
     } else {
         format!("{}\nmax_switches_per_min = {limit}", k.policy)
     };
-    let rig = Rig::start(
-        "bw",
-        &Options {
-            identities: n + 1,
-            policy: policy.clone(),
-            backend: k.backend,
-            ..Options::default()
-        },
-    )?;
+    let rig = Rig::start("bw", &k.rig(n + 1, &policy))?;
     let mut flapper = rig.loadgen(
         "flapper",
         &args(&[
@@ -1008,11 +965,8 @@ fn handshake_flood(k: &Knobs) -> Result<Outcome> {
         let mut rig = Rig::start(
             "bh",
             &Options {
-                identities: legit,
-                policy: k.policy.clone(),
                 control: format!("cookie_threshold = {threshold}"),
-                backend: k.backend,
-                ..Options::default()
+                ..k.rig(legit, &k.policy)
             },
         )?;
         let u0 = rig.gateway_usage();
