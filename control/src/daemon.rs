@@ -451,7 +451,7 @@ impl Daemon {
                 FromDataplane::Event(DpEvent::Refused { id, what }) => {
                     warn!(session = %id, correlation_id = %CorrelationId(self.cfg.node_id, id), "the data plane refused {what:?}: terminating the session");
                     self.counters.installs_refused += 1;
-                    let _ = self.gw.terminate(t, id);
+                    let _ = self.gw.dataplane_failed(t, id);
                 }
                 FromDataplane::ControlDatagram { from, mut datagram } => {
                     self.datagram(from, &mut datagram);
@@ -480,7 +480,7 @@ impl Daemon {
             .collect();
         for id in ours.iter().filter(|id| !held.contains(id)) {
             warn!(session = %id, correlation_id = %CorrelationId(self.cfg.node_id, *id), "the data plane lost this session: terminating it");
-            let _ = self.gw.terminate(t, *id);
+            let _ = self.gw.dataplane_failed(t, *id);
         }
         let ours: HashSet<SessionId> = ours.into_iter().collect();
         for id in held.difference(&ours) {
@@ -637,7 +637,7 @@ impl Daemon {
                 // Correctness over liveness: a session the workers cannot carry as decided
                 // ends explicitly.
                 self.counters.installs_refused += u64::from(is_install);
-                let _ = self.gw.terminate(t, id);
+                let _ = self.gw.dataplane_failed(t, id);
             }
         }
     }

@@ -289,6 +289,9 @@ struct ClientEntry {
     /// In the allow-list. An entry can exist without it: a restored handshake timestamp, or
     /// a revocation.
     allowed: bool,
+    /// The session this identity last created (it may have ended since): a new session
+    /// handshake supersedes it, so one identity holds at most one live session.
+    session: Option<SessionId>,
 }
 
 /// Counters of the gateway protocol object.
@@ -592,6 +595,9 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         };
         let slot = usize::from(s.owner) % self.per_core.len();
         self.per_core[slot] += 1;
+        if s.state() != State::Terminated {
+            self.clients.entry(s.client_public).or_default().session = Some(rec.id);
+        }
         self.sessions.insert(rec.id, s);
         Ok(())
     }
@@ -758,6 +764,20 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 let Ok((keys, response)) = accepted.respond(sid, 0) else {
                     return self.drop_(DropReason::HandshakeAuth);
                 };
+                // One live session per identity. A fresh, authenticated new-session handshake
+                // means the client no longer holds its previous session: it restarted, or the
+                // response that created it was lost and it retried. The old session ends
+                // explicitly (SUPERSEDED) before the new one exists, so the data plane retires
+                // it before it installs the new one (same inner address).
+                if let Some(old) = self
+                    .clients
+                    .get_mut(&client)
+                    .and_then(|e| e.session.replace(sid))
+                    .and_then(|old| self.sessions.get_mut(&old))
+                    .filter(|o| o.state() != State::Terminated && ct_eq(&o.client_public, &client))
+                {
+                    apply(old, &mut self.out, now, Trigger::Superseded, &self.policy);
+                }
                 let epoch = EpochKeys::derive(&keys, 0, Role::Gateway, now);
                 let mut s = GatewaySession {
                     id: sid,
@@ -1546,18 +1566,24 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
     /// # Errors
     /// `UnknownSession` if there is no live session `sid`.
     pub fn terminate(&mut self, now: Instant, sid: SessionId) -> Result<(), DropReason> {
+        self.end(now, sid, Trigger::OperatorTerminated)
+    }
+
+    /// End a session the data plane refused or lost (`DATAPLANE_FAILED`).
+    ///
+    /// # Errors
+    /// `UnknownSession` if there is no live session `sid`.
+    pub fn dataplane_failed(&mut self, now: Instant, sid: SessionId) -> Result<(), DropReason> {
+        self.end(now, sid, Trigger::DataplaneFailed)
+    }
+
+    fn end(&mut self, now: Instant, sid: SessionId, trigger: Trigger) -> Result<(), DropReason> {
         let s = self
             .sessions
             .get_mut(&sid)
             .filter(|s| s.state() != State::Terminated)
             .ok_or(DropReason::UnknownSession)?;
-        apply(
-            s,
-            &mut self.out,
-            now,
-            Trigger::OperatorTerminated,
-            &self.policy,
-        );
+        apply(s, &mut self.out, now, trigger, &self.policy);
         Ok(())
     }
 

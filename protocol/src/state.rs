@@ -95,11 +95,16 @@ pub enum Trigger {
     PeerTerminated,
     /// The version cannot grow further without overflow.
     VersionExhausted,
+    /// The same client identity completed a new session handshake (it restarted, or never
+    /// received the response to the handshake that created this session).
+    Superseded,
+    /// The data plane refused the session (install or update) or lost it (restart).
+    DataplaneFailed,
 }
 
 impl Trigger {
     /// All triggers.
-    pub const ALL: [Trigger; 18] = [
+    pub const ALL: [Trigger; 20] = [
         Trigger::HandshakeCompleted,
         Trigger::HandshakeFailed,
         Trigger::QualityThresholdCrossed,
@@ -118,6 +123,8 @@ impl Trigger {
         Trigger::OperatorTerminated,
         Trigger::PeerTerminated,
         Trigger::VersionExhausted,
+        Trigger::Superseded,
+        Trigger::DataplaneFailed,
     ];
 
     /// Tie-break rank when triggers coincide; lower wins. SPEC.md section 3 orders
@@ -133,8 +140,8 @@ impl Trigger {
             Trigger::KeysExpired => 1,
             Trigger::OwnershipConflict => 2,
             Trigger::Revoked | Trigger::OperatorTerminated => 3,
-            Trigger::PeerTerminated => 4,
-            Trigger::VersionExhausted => 5,
+            Trigger::PeerTerminated | Trigger::Superseded => 4,
+            Trigger::VersionExhausted | Trigger::DataplaneFailed => 5,
             Trigger::RecoveryWindowElapsed
             | Trigger::DegradedMaxElapsed
             | Trigger::HandshakeFailed => 6,
@@ -188,11 +195,16 @@ pub enum Reason {
     /// → TERMINATED, the version would overflow (SPEC.md section 1: "overflow risk terminates
     /// the session"; the code is this project's).
     VersionExhausted,
+    /// → TERMINATED, the client's identity completed a new session handshake, which replaces
+    /// this session (project code: one live session per client identity).
+    Superseded,
+    /// → TERMINATED, the data plane refused or lost the session (project code).
+    DataplaneFailed,
 }
 
 impl Reason {
     /// All reasons.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 20] = [
         Reason::HandshakeOk,
         Reason::HandshakeFailed,
         Reason::QualityThresholdExceeded,
@@ -211,6 +223,8 @@ impl Reason {
         Reason::OperatorTerminated,
         Reason::PeerTerminated,
         Reason::VersionExhausted,
+        Reason::Superseded,
+        Reason::DataplaneFailed,
     ];
 
     /// Name as in SPEC.md and in events.
@@ -235,6 +249,8 @@ impl Reason {
             Reason::OperatorTerminated => "OPERATOR_TERMINATED",
             Reason::PeerTerminated => "PEER_TERMINATED",
             Reason::VersionExhausted => "VERSION_EXHAUSTED",
+            Reason::Superseded => "SUPERSEDED",
+            Reason::DataplaneFailed => "DATAPLANE_FAILED",
         }
     }
 
@@ -303,6 +319,8 @@ pub const fn transition(
         (_, T::OperatorTerminated) if live => (Terminated, Reason::OperatorTerminated),
         (_, T::PeerTerminated) if live => (Terminated, Reason::PeerTerminated),
         (_, T::VersionExhausted) if live => (Terminated, Reason::VersionExhausted),
+        (_, T::Superseded) if live => (Terminated, Reason::Superseded),
+        (_, T::DataplaneFailed) if live => (Terminated, Reason::DataplaneFailed),
         _ => return Err(InvalidTransition { from, trigger }),
     })
 }
@@ -499,6 +517,8 @@ mod tests {
             ));
             rows.push((s, T::PeerTerminated, Terminated, Reason::PeerTerminated));
             rows.push((s, T::VersionExhausted, Terminated, Reason::VersionExhausted));
+            rows.push((s, T::Superseded, Terminated, Reason::Superseded));
+            rows.push((s, T::DataplaneFailed, Terminated, Reason::DataplaneFailed));
         }
         rows
     }
@@ -530,7 +550,7 @@ mod tests {
             }
         }
         assert_eq!(legal, table.len());
-        assert_eq!(State::ALL.len() * Trigger::ALL.len(), 108);
+        assert_eq!(State::ALL.len() * Trigger::ALL.len(), 120);
     }
 
     #[test]

@@ -423,3 +423,44 @@ fn an_operator_rekey_request_reaches_the_data_plane_and_clears_on_rekey() {
         "{ups:?}"
     );
 }
+
+/// A client that restarts (or never saw its handshake response) and handshakes again: the old
+/// session is retired on the data plane before the new one is installed, since both carry the
+/// identity's inner address.
+#[test]
+fn a_new_handshake_from_the_same_identity_retires_the_old_session_first() {
+    let mut p = Pair::new();
+    let old = p.connect();
+    let _ = p.updates();
+    let client_kp = StaticKeypair::from_secret_bytes(p.client_key);
+    p.client = Client::new(
+        ClientConfig::new(
+            client_kp,
+            StaticKeypair::from_secret_bytes(p.gw_key).public(),
+        ),
+        ChaCha20Rng::seed_from_u64(3),
+    );
+    p.advance(Duration::from_secs(1));
+    // The restarted client's wall clock has moved on by that second.
+    p.client
+        .connect(p.now, LocalPath(0), 1_700_000_001_000_000_000);
+    p.exchange();
+    let new = p.client.session_id().expect("established");
+    assert_ne!(new, old);
+    let ups = p.updates();
+    let retire = ups
+        .iter()
+        .position(|u| matches!(u, DataPlaneUpdate::Retire { id } if *id == old));
+    let install = ups
+        .iter()
+        .position(|u| matches!(u, DataPlaneUpdate::Install { handoff, .. } if handoff.id == new));
+    assert!(
+        matches!((retire, install), (Some(r), Some(i)) if r < i),
+        "retire the old session, then install the new one: {ups:?}"
+    );
+    assert_eq!(
+        p.gw.session(old).map(|s| s.state()),
+        Some(State::Terminated)
+    );
+    assert_eq!(p.gw.session(new).map(|s| s.state()), Some(State::Attached));
+}

@@ -521,3 +521,72 @@ fn a_retry_crossing_the_ack_still_completes_the_switch() {
     );
     assert_eq!(sim.session(sid).switches_total(), 1);
 }
+
+/// The gateway's handshake response is lost: the client retries with a fresh initiation. The
+/// session the lost response named ends explicitly (SUPERSEDED) and the retry's session is the
+/// one the client holds: one live session per identity, none orphaned, none killed under the
+/// client.
+#[test]
+fn a_lost_handshake_response_supersedes_the_unseen_session() {
+    let mut sim = Sim::new(31, Policy::default());
+    sim.client
+        .connect(sim.now, LocalPath(0), 1_700_000_000_000_000_000);
+    // The initiation arrives at 20 ms; the response is in flight until 40 ms. Lose it.
+    sim.run_for(Duration::from_millis(30));
+    let lost: Vec<_> = sim.gw.sessions().map(|s| s.id).collect();
+    assert_eq!(lost.len(), 1, "the first initiation created a session");
+    let before = sim.net.in_flight.len();
+    sim.net
+        .in_flight
+        .retain(|_, (d, _)| !matches!(d, Dir::ToClient { .. }));
+    assert_eq!(sim.net.in_flight.len(), before - 1, "one response dropped");
+    sim.run_for(Duration::from_secs(5));
+    let sid = sim
+        .client
+        .session_id()
+        .expect("the retry established a session");
+    assert_ne!(sid, lost[0]);
+    assert_eq!(
+        sim.state_changes(lost[0]),
+        vec![
+            (State::Birth, State::Attached, Reason::HandshakeOk, 1),
+            (State::Attached, State::Terminated, Reason::Superseded, 2),
+        ]
+    );
+    let live: Vec<_> = sim
+        .gw
+        .sessions()
+        .filter(|s| s.state() != State::Terminated)
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(live, vec![sid], "exactly one live session, the client's");
+    sim.traffic(sid, Duration::from_secs(1), Duration::from_millis(10));
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.gw_delivered.len() as u64, sim.sent_c2g);
+    assert_eq!(sim.session(sid).state(), State::Attached);
+}
+
+/// A replayed initiation (the same bytes again) creates nothing and ends nothing.
+#[test]
+fn a_replayed_initiation_neither_creates_nor_supersedes() {
+    let mut sim = Sim::new(32, Policy::default());
+    let sid = sim.connect();
+    let init = sim
+        .net
+        .captured
+        .iter()
+        .find(|(d, b)| {
+            matches!(d, Dir::ToGateway { .. })
+                && wire::peek_type(b).ok() == Some(MessageType::HandshakeInit)
+        })
+        .map(|(_, b)| b.clone())
+        .expect("captured initiation");
+    let from = sim.net.nat[&LocalPath(0)];
+    let mut again = init;
+    assert!(matches!(
+        sim.gw.handle_datagram(sim.now, Path::udp(from), &mut again),
+        Output::Dropped(DropReason::HandshakeReplay)
+    ));
+    assert_eq!(sim.gw.sessions().count(), 1);
+    assert_eq!(sim.session(sid).state(), State::Attached);
+}
