@@ -30,7 +30,7 @@ enum Cmd {
     /// throughput in namespaces). `scenarios`: the seven load-test scenarios. `pilot --profile
     /// NAME`: grade against a pilot profile. `peers`: Jumping against userspace WireGuard and
     /// the untunnelled path. `all`: everything but `pilot`. `--quick`: a short run of the
-    /// harness (CI; implies `scenarios` and `peers` at small sizes, no criterion).
+    /// harness at small sizes, no criterion (CI: `scenarios` and `peers`, or just the one named).
     Bench {
         /// Which: aead, protocol, observe, dataplane, scenarios, pilot, peers, or all.
         #[arg(default_value = "all")]
@@ -153,6 +153,8 @@ struct BenchOpts {
 
 fn bench(which: &str, o: &BenchOpts) -> Result<()> {
     let (criterion, load): (&[&str], &[&str]) = match (which, o.quick) {
+        ("scenarios", true) => (&[], &["scenarios"]),
+        ("peers", true) => (&[], &["peers"]),
         (_, true) => (&[], &["scenarios", "peers"]),
         ("aead" | "protocol" | "observe" | "dataplane", _) => (
             match which {

@@ -267,20 +267,46 @@ fn judge(rig: &Rig, reports: &[&Value]) -> Result<Correctness> {
     Ok(check::correctness(reports, &sessions, &events))
 }
 
-fn terminations(rig: &Rig) -> u64 {
-    termination_reasons(rig).values().sum()
+fn terminations(rig: &Rig, reports: &[&Value]) -> u64 {
+    termination_reasons(rig, reports).values().sum()
 }
 
-/// SESSION_TERMINATED events by reason code.
-fn termination_reasons(rig: &Rig) -> std::collections::BTreeMap<String, u64> {
+/// SESSION_TERMINATED events by reason code, of sessions a load-generator client held. A
+/// session whose handshake response was lost never reached its client; the client's retry
+/// supersedes it (SUPERSEDED). Those are not counted here: [`unseen_superseded`] counts them.
+fn termination_reasons(rig: &Rig, reports: &[&Value]) -> std::collections::BTreeMap<String, u64> {
+    let held = held_sessions(reports);
     let mut m = std::collections::BTreeMap::new();
     for e in rig.net.control_events() {
-        if e["event"] == "SESSION_TERMINATED" {
+        if e["event"] == "SESSION_TERMINATED" && !unseen(&e, &held) {
             let r = e["reason_code"].as_str().unwrap_or("?").to_string();
             *m.entry(r).or_default() += 1;
         }
     }
     m
+}
+
+/// Sessions created for a handshake whose response was lost, ended when the retry arrived.
+fn unseen_superseded(rig: &Rig, reports: &[&Value]) -> u64 {
+    let held = held_sessions(reports);
+    rig.net
+        .control_events()
+        .iter()
+        .filter(|e| e["event"] == "SESSION_TERMINATED" && unseen(e, &held))
+        .count() as u64
+}
+
+/// A SUPERSEDED termination of a session no client held.
+fn unseen(e: &Value, held: &std::collections::HashSet<String>) -> bool {
+    e["reason_code"] == "SUPERSEDED" && !held.contains(e["session_id"].as_str().unwrap_or(""))
+}
+
+fn held_sessions(reports: &[&Value]) -> std::collections::HashSet<String> {
+    reports
+        .iter()
+        .flat_map(|r| r["session_list"].as_array().cloned().unwrap_or_default())
+        .filter_map(|s| s[0].as_str().map(str::to_string))
+        .collect()
 }
 
 fn budget(d: Duration) -> Duration {
@@ -337,7 +363,7 @@ fn failover(k: &Knobs) -> Result<Outcome> {
         format!("{p99:.0} ms"),
         p99 <= window.as_secs_f64() * 1e3 && p99 > 0.0,
     );
-    let term = terminations(&rig);
+    let term = terminations(&rig, &[&r]);
     out.criteria
         .check("sessions terminated", "0", term, term == 0);
     audit(&rig, &mut out.criteria);
@@ -472,8 +498,9 @@ fn loss(k: &Knobs) -> Result<Outcome> {
         let expected = (1.0 - loss).powi(2) * (1.0 - burst_share);
         let ratio = if sent > 0.0 { back / sent } else { 0.0 };
         let established = f(&r, &["sessions", "established"]);
-        let reasons = termination_reasons(&rig);
+        let reasons = termination_reasons(&rig, &[&r]);
         let term: u64 = reasons.values().sum();
+        let superseded = unseen_superseded(&rig, &[&r]);
         let states = r["sessions"]["at_end"].clone();
         out.criteria.check(
             &format!("loss {:.0} %: sessions established", loss * 100.0),
@@ -495,7 +522,9 @@ fn loss(k: &Knobs) -> Result<Outcome> {
             } else {
                 "0"
             },
-            term,
+            format!(
+                "{term} {reasons:?}; besides, {superseded} superseded before their client saw them"
+            ),
             terminated_ok,
         );
         audit(&rig, &mut out.criteria);
@@ -505,7 +534,7 @@ fn loss(k: &Knobs) -> Result<Outcome> {
             .unwrap_or(Value::Null);
         levels.push(
             json!({"loss": loss, "expected_delivery": expected, "delivery": ratio,
-            "terminated": term, "states_at_end": states, "loadgen": summary(&r),
+            "terminated": term, "terminations": reasons, "unseen_superseded": superseded, "states_at_end": states, "loadgen": summary(&r),
             "impair": stats, "correctness": c}),
         );
         out.switches
@@ -550,7 +579,7 @@ fn nat_churn(k: &Knobs) -> Result<Outcome> {
         let r = rig.report(&mut lg, "clients", budget(Duration::from_secs_f64(run_s)))?;
         let c = judge(&rig, &[&r])?;
         out.correctness.add(&c);
-        let reasons = termination_reasons(&rig);
+        let reasons = termination_reasons(&rig, &[&r]);
         let term: u64 = reasons.values().sum();
         let p99 = f(&r, &["recovery_ms", "p99"]);
         let tag = format!("every {every} s");
