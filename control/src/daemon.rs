@@ -362,14 +362,17 @@ impl Daemon {
                 }
             }
             self.receive_udp(&mut buf);
+            self.flush(now());
             self.service_dataplane();
             let t = now();
-            if self.gw.poll_timeout().is_some_and(|d| d <= t) {
-                self.gw.handle_timeout(t);
-            }
+            // Activity first: after a busy turn the path-dead timers must judge the data
+            // plane's fresh idle times, not ones older than `path_dead_after`.
             if t >= self.next_poll {
                 self.poll_activity(t);
                 self.next_poll = t + self.cfg.activity_poll;
+            }
+            if self.gw.poll_timeout().is_some_and(|d| d <= t) {
+                self.gw.handle_timeout(t);
             }
             while let Some(call) = self.ctl.try_call() {
                 let r = self.handle_call(&call.request);
@@ -409,8 +412,8 @@ impl Daemon {
             self.counters.handshakes_refused_no_dataplane += 1;
             return;
         }
+        // Persisted and answered by the caller's flush, once per batch of datagrams.
         let _ = self.gw.handle_datagram(t, Path::udp(from), datagram);
-        self.flush(t);
     }
 
     fn service_dataplane(&mut self) {
@@ -458,8 +461,9 @@ impl Daemon {
                 }
                 _ => {}
             }
-            self.flush(t);
         }
+        // One flush for the batch: its records persisted with one sync.
+        self.flush(now());
     }
 
     /// After a reconnection: the data plane may have restarted (and lost its sessions).
@@ -507,16 +511,15 @@ impl Daemon {
     /// Persist, program the data plane, then send and publish (in that order).
     fn flush(&mut self, t: Instant) {
         let (dirty, node) = self.gw.take_dirty();
-        for id in dirty {
-            if let Some(rec) = self.gw.export_session(t, id) {
-                if let Err(e) = self.store.save_session(&rec) {
-                    warn!(session = %id, correlation_id = %CorrelationId(self.cfg.node_id, id), "state: cannot persist: {e}");
-                }
-            }
-        }
-        if node {
-            if let Err(e) = self.store.save_node(&self.gw.export_node()) {
-                warn!("state: cannot persist the node record: {e}");
+        let records: Vec<_> = dirty
+            .iter()
+            .filter_map(|id| self.gw.export_session(t, *id))
+            .collect();
+        let refs: Vec<_> = records.iter().collect();
+        let node = node.then(|| self.gw.export_node());
+        if let Err(failed) = self.store.save_batch(&refs, node.as_ref()) {
+            for f in failed {
+                warn!("state: cannot persist {f}");
             }
         }
         while let Some(u) = self.gw.poll_data_plane() {

@@ -4,8 +4,8 @@
 //! One file per session (`sessions/<id>`) and one for the node (`node`), each sealed with
 //! ChaCha20-Poly1305 under a key derived from the gateway's static key (the files hold session
 //! keys: they are no more exposing than the key file itself), the file name as associated data
-//! (a record cannot be swapped for another's). Written atomically: a temporary file, `fsync`,
-//! `rename`, `fsync` of the directory. Records are taken on `CLOCK_BOOTTIME`: `boot_id` tells
+//! (a record cannot be swapped for another's). Written atomically and in batches: temporary
+//! files, one `syncfs`, `rename`s, `fsync` of the directories ([`Store::save_batch`]). Records are taken on `CLOCK_BOOTTIME`: `boot_id` tells
 //! whether they are from this boot; records of another boot are discarded (the data plane's
 //! sessions died with that boot).
 
@@ -113,24 +113,6 @@ impl Store {
         Some(body)
     }
 
-    fn write_atomic(&self, rel: &str, bytes: &[u8]) -> std::io::Result<()> {
-        let path = self.dir.join(rel);
-        let tmp = path.with_extension("tmp");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        if let Some(parent) = path.parent() {
-            fs::File::open(parent)?.sync_all()?;
-        }
-        Ok(())
-    }
-
     fn session_name(id: SessionId) -> String {
         format!("sessions/{id}")
     }
@@ -138,11 +120,100 @@ impl Store {
     /// Persist a session.
     ///
     /// # Errors
-    /// Writing failed.
-    pub fn save_session(&self, rec: &SessionRecord) -> std::io::Result<()> {
-        let name = Self::session_name(rec.id);
-        let sealed = self.seal(&name, &rec.encode());
-        self.write_atomic(&name, &sealed)
+    /// What could not be written, one line per file.
+    pub fn save_session(&self, rec: &SessionRecord) -> Result<(), Vec<String>> {
+        self.save_batch(&[rec], None)
+    }
+
+    /// Persist the node record and this boot's id.
+    ///
+    /// # Errors
+    /// What could not be written, one line per file.
+    pub fn save_node(&self, rec: &NodeRecord) -> Result<(), Vec<String>> {
+        self.save_batch(&[], Some(rec))
+    }
+
+    /// Persist `sessions` (and the node record with this boot's id) as one batch, atomically
+    /// per file, with one filesystem sync and one sync per directory for the whole batch
+    /// instead of two per file: every temporary file is written, the filesystem is synced
+    /// (`syncfs`), the files are renamed into place, and the directories are synced. A crash
+    /// at any point leaves each record either as it was or as written, never torn. A failover
+    /// or a NAT churn changes thousands of sessions at once; two `fsync`s per record stalled
+    /// the control process for seconds.
+    ///
+    /// # Errors
+    /// What could not be written, one line per file; the others are persisted.
+    pub fn save_batch(
+        &self,
+        sessions: &[&SessionRecord],
+        node: Option<&NodeRecord>,
+    ) -> Result<(), Vec<String>> {
+        let mut items: Vec<(String, Vec<u8>)> = sessions
+            .iter()
+            .map(|r| {
+                let name = Self::session_name(r.id);
+                let sealed = self.seal(&name, &r.encode());
+                (name, sealed)
+            })
+            .collect();
+        if let Some(n) = node {
+            items.push(("node".into(), self.seal("node", &n.encode())));
+            items.push(("boot_id".into(), boot_id().into_bytes()));
+        }
+        let mut failed = Vec::new();
+        let mut staged = Vec::with_capacity(items.len());
+        for (name, bytes) in items {
+            let tmp = self.dir.join(&name).with_extension("tmp");
+            let written = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| f.write_all(&bytes));
+            match written {
+                Ok(()) => staged.push((name, tmp)),
+                Err(e) => failed.push(format!("{name}: {e}")),
+            }
+        }
+        if staged.is_empty() {
+            return if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(failed)
+            };
+        }
+        // Every temporary file durable before any rename exposes it.
+        let synced = fs::File::open(&self.dir)
+            .and_then(|d| nix::unistd::syncfs(&d).map_err(std::io::Error::from));
+        if let Err(e) = synced {
+            // Nothing renamed: every record stays as it was.
+            for (name, tmp) in staged {
+                let _ = fs::remove_file(tmp);
+                failed.push(format!("{name}: sync: {e}"));
+            }
+            return Err(failed);
+        }
+        let mut dirs = std::collections::BTreeSet::new();
+        for (name, tmp) in staged {
+            let path = self.dir.join(&name);
+            match fs::rename(&tmp, &path) {
+                Ok(()) => {
+                    dirs.insert(path.parent().map(Path::to_path_buf).unwrap_or_default());
+                }
+                Err(e) => failed.push(format!("{name}: {e}")),
+            }
+        }
+        for d in dirs {
+            if let Err(e) = fs::File::open(&d).and_then(|f| f.sync_all()) {
+                failed.push(format!("{}: {e}", d.display()));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
     }
 
     /// Forget a session.
@@ -154,16 +225,6 @@ impl Store {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
-    }
-
-    /// Persist the node record and this boot's id.
-    ///
-    /// # Errors
-    /// Writing failed.
-    pub fn save_node(&self, rec: &NodeRecord) -> std::io::Result<()> {
-        let sealed = self.seal("node", &rec.encode());
-        self.write_atomic("node", &sealed)?;
-        self.write_atomic("boot_id", boot_id().as_bytes())
     }
 
     /// Everything persisted, sessions only if they are from this boot.
@@ -241,5 +302,46 @@ mod tests {
         fs::write(dir.join("node"), bytes).expect("write");
         assert!(s.load().node.is_none());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_batch_is_persisted_whole_and_a_torn_write_is_discarded() {
+        let dir = std::env::temp_dir().join(format!("jumping-batch-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let s = Store::open(&dir, &[9; 32]).expect("open");
+        let mut records = Vec::new();
+        let mut node = None;
+        for seed in 0..20 {
+            let mut sim =
+                jumping_protocol::testing::Sim::new(seed, jumping_protocol::Policy::default());
+            let sid = sim.connect();
+            records.push(sim.gw.export_session(sim.now, sid).expect("record"));
+            node = Some(sim.gw.export_node());
+        }
+        let refs: Vec<_> = records.iter().collect();
+        s.save_batch(&refs, node.as_ref()).expect("save");
+        let loaded = s.load();
+        assert_eq!(loaded.node, node);
+        assert!(loaded.discarded.is_empty(), "{:?}", loaded.discarded);
+        let mut got: Vec<_> = loaded
+            .sessions
+            .iter()
+            .map(|r| r.encode().to_vec())
+            .collect();
+        let mut want: Vec<_> = records.iter().map(|r| r.encode().to_vec()).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "every record of the batch, as written");
+        // A crash between writing a temporary file and renaming it: the record on disk is
+        // the previous one, the temporary file is discarded at the next start.
+        let name = format!("sessions/{}", records[0].id);
+        fs::write(dir.join(&name).with_extension("tmp"), b"torn").expect("write");
+        let loaded = s.load();
+        assert_eq!(loaded.sessions.len(), records.len());
+        assert!(!dir.join(&name).with_extension("tmp").exists());
+        // Nothing written when the directory is gone: every file is reported.
+        fs::remove_dir_all(&dir).expect("rm");
+        let err = s.save_batch(&refs[..2], None).expect_err("no directory");
+        assert_eq!(err.len(), 2, "{err:?}");
     }
 }

@@ -196,6 +196,8 @@ pub struct Correctness {
     /// Data from the gateway on a path the session had left more than `stale_grace` before,
     /// with no request for that path pending.
     pub dual_active: u64,
+    /// The first `dual_active` incidents in detail, for a post-mortem.
+    pub dual_active_detail: Vec<String>,
 }
 
 /// Counts of one second of the run.
@@ -557,7 +559,22 @@ impl Engine {
             && s.pending_to != Some(path)
             && now - s.switched_at > self.cfg.stale_grace
         {
-            self.report.correctness.dual_active += 1;
+            let c = &mut self.report.correctness;
+            c.dual_active += 1;
+            if c.dual_active_detail.len() < 32 {
+                c.dual_active_detail.push(format!(
+                    "session {} ({}): data on path {path}, bound {} since {:.0} ms, previous {:?}, \
+                     pending {:?}, client path {:?}, state {}",
+                    s.sid.map(|x| x.to_string()).unwrap_or_default(),
+                    idx,
+                    s.bound,
+                    ms(now - s.switched_at),
+                    s.previous,
+                    s.pending_to,
+                    s.client.current_path().map(|p| p.0),
+                    s.client.state().as_str(),
+                ));
+            }
         }
     }
 
