@@ -32,7 +32,7 @@ use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use jumping_protocol::client::{Client, ClientConfig, ClientEvent, ClientOutput, LocalPath};
 use jumping_protocol::wire::{self, Message, SessionId, DATA_HEADER_LEN, TAG_LEN};
-use jumping_protocol::{Instant, Policy, State};
+use jumping_protocol::{Instant, Policy, RejectCode, State};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use rand_chacha::ChaCha8Rng;
@@ -481,7 +481,12 @@ impl Engine {
                 };
                 *self.report.reattach.rejected.entry(key).or_default() += 1;
                 let s = &mut self.sessions[idx];
-                if authenticated {
+                // The client keeps a retryable attempt pending (it retries on its timer).
+                let retryable = matches!(
+                    code,
+                    Some(RejectCode::AtomicityFailed | RejectCode::PathValidationFailed)
+                );
+                if authenticated && !retryable {
                     s.pending_to = None;
                     if idx < self.cfg.flap {
                         // Ask again soon: as fast as the budget lets us, without spinning.

@@ -1293,11 +1293,14 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         // The request is genuine: consume its counter.
         let _ = s.reattach_window.accept(counter);
         self.out.dirty(sid);
-        // Re-validating the path that is already active and healthy is not a switch: confirm
-        // it without a transition, so it costs neither budget nor a version.
+        // A request from the path that is already active asks for no switch: confirm it
+        // without a transition, so it costs neither budget nor a version. In VOLATILE too: it
+        // is typically the retry of a request whose bind happened and whose ack was lost, and
+        // refusing it (inside the cooldown) would end the client's attempt with the client on
+        // the old path and the gateway on the new one.
         let owner_ok = self.config.local_core.is_none_or(|c| c == s.owner);
         if s.active == Some(from)
-            && s.state() == State::Attached
+            && matches!(s.state(), State::Attached | State::Volatile)
             && transport.is_some_and(|t| self.policy.allows(t))
             && owner_ok
         {

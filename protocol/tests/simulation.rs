@@ -590,3 +590,47 @@ fn a_replayed_initiation_neither_creates_nor_supersedes() {
     assert_eq!(sim.gw.sessions().count(), 1);
     assert_eq!(sim.session(sid).state(), State::Attached);
 }
+
+/// The gateway binds the new path but its ack is lost; by the time the client's retry arrives
+/// the session is VOLATILE and inside the switch cooldown. The retry asks for no switch (it
+/// comes from the path now active), so it is acknowledged, not refused: a refusal would end
+/// the client's attempt and leave it sending on the old path while the gateway sends on the
+/// new one.
+#[test]
+fn a_retry_from_the_active_path_after_a_lost_ack_is_acknowledged_even_when_volatile() {
+    let policy = Policy {
+        switch_cooldown: Duration::from_secs(10),
+        ..Policy::default()
+    };
+    let mut sim = Sim::new(33, policy);
+    let sid = sim.connect();
+    sim.run_for(Duration::from_secs(1));
+    sim.client.reattach(sim.now, LocalPath(1));
+    // Request (20 ms), challenge back (40), response (60): bound at 60 ms, ack due at 80.
+    sim.run_for(Duration::from_millis(70));
+    let new_path = Path::udp(sim.net.nat[&LocalPath(1)]);
+    assert_eq!(sim.session(sid).active, Some(new_path), "bound");
+    let before = sim.net.in_flight.len();
+    sim.net.in_flight.retain(|_, (d, b)| {
+        !(matches!(d, Dir::ToClient { .. })
+            && wire::peek_type(b).ok() == Some(MessageType::ReattachAck))
+    });
+    assert_eq!(sim.net.in_flight.len(), before - 1, "the ack is lost");
+    // Silence long enough for VOLATILE (heartbeat age 2.5 s), not for TRANSPORT_DEAD (5 s).
+    sim.net.up = false;
+    sim.run_for(Duration::from_millis(2800));
+    assert_eq!(sim.session(sid).state(), State::Volatile);
+    sim.net.up = true;
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(
+        sim.client.current_path(),
+        Some(LocalPath(1)),
+        "the client learned where it is bound"
+    );
+    let s = sim.session(sid);
+    assert_eq!((s.active, s.switches_total()), (Some(new_path), 1));
+    assert!(!sim
+        .gw_events
+        .iter()
+        .any(|e| matches!(e, Event::ReattachRejected { .. })));
+}

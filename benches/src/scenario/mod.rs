@@ -477,6 +477,9 @@ fn loss(k: &Knobs) -> Result<Outcome> {
                 ("pps", s(pps)),
                 ("duration", format!("{run_s}s")),
                 ("seed", s(k.seed)),
+                // A handshake succeeds with probability (1 - loss)^2 per attempt: at 40 % five
+                // attempts fail for 11 % of clients. Mobile clients keep trying; so do these.
+                ("handshake-attempts", s(20)),
                 // Jittered packets arrive late on a path just left: allow for it.
                 (
                     "stale-grace",
