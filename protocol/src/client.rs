@@ -585,6 +585,12 @@ impl<R: RngCore + CryptoRng> Client<R> {
             if via != e.via {
                 return ClientOutput::Dropped("challenge_for_old_path");
             }
+            // Our own request to another path is pending: the gateway may have bound it already
+            // (its ack lost) and now sees our packets on this path as a new address. Answering
+            // would replace that request by one back to this path; the retry settles it.
+            if e.pending.as_ref().is_some_and(|p| p.via != via) {
+                return ClientOutput::Dropped("challenge_while_switching");
+            }
             let token = ch.token();
             if token == e.answered_token {
                 return ClientOutput::Dropped("challenge_replayed");

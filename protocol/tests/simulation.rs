@@ -634,3 +634,32 @@ fn a_retry_from_the_active_path_after_a_lost_ack_is_acknowledged_even_when_volat
         .iter()
         .any(|e| matches!(e, Event::ReattachRejected { .. })));
 }
+
+/// The gateway binds the new path and its ack is lost; the client, still sending on the old
+/// path, is challenged there (an authenticated packet from a non-active address). It must
+/// not answer: its own request to the new path is pending, and answering would replace it by a
+/// request back to the old path, refused inside the cooldown, leaving the client on the old
+/// path and the gateway on the new one. Its retry to the new path is acknowledged instead.
+#[test]
+fn a_challenge_on_the_old_path_while_a_switch_is_pending_is_not_answered() {
+    let mut sim = Sim::new(34, Policy::default());
+    let sid = sim.connect();
+    sim.run_for(Duration::from_millis(500));
+    sim.client.reattach(sim.now, LocalPath(1));
+    sim.run_for(Duration::from_millis(70));
+    let new_path = Path::udp(sim.net.nat[&LocalPath(1)]);
+    assert_eq!(sim.session(sid).active, Some(new_path), "bound");
+    sim.net.in_flight.retain(|_, (d, b)| {
+        !(matches!(d, Dir::ToClient { .. })
+            && wire::peek_type(b).ok() == Some(MessageType::ReattachAck))
+    });
+    // Data keeps going out on the old path until the client learns of the bind.
+    sim.traffic(sid, Duration::from_secs(3), Duration::from_millis(10));
+    assert_eq!(sim.client.current_path(), Some(LocalPath(1)));
+    let s = sim.session(sid);
+    assert_eq!((s.active, s.switches_total()), (Some(new_path), 1));
+    assert!(!sim
+        .gw_events
+        .iter()
+        .any(|e| matches!(e, Event::ReattachRejected { .. })));
+}
