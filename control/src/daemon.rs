@@ -462,7 +462,7 @@ impl Daemon {
                 _ => {}
             }
         }
-        // One flush for the batch: its records persisted with one sync.
+        // One flush for the batch (the node record synced once).
         self.flush(now());
     }
 

@@ -4,8 +4,9 @@
 //! One file per session (`sessions/<id>`) and one for the node (`node`), each sealed with
 //! ChaCha20-Poly1305 under a key derived from the gateway's static key (the files hold session
 //! keys: they are no more exposing than the key file itself), the file name as associated data
-//! (a record cannot be swapped for another's). Written atomically and in batches: temporary
-//! files, one `syncfs`, `rename`s, `fsync` of the directories ([`Store::save_batch`]). Records are taken on `CLOCK_BOOTTIME`: `boot_id` tells
+//! (a record cannot be swapped for another's). Written atomically (a temporary file, then
+//! `rename`); the node record is synced to disk, session records are not (they are valid only
+//! within one boot): see [`Store::save_batch`]. Records are taken on `CLOCK_BOOTTIME`: `boot_id` tells
 //! whether they are from this boot; records of another boot are discarded (the data plane's
 //! sessions died with that boot).
 
@@ -133,13 +134,18 @@ impl Store {
         self.save_batch(&[], Some(rec))
     }
 
-    /// Persist `sessions` (and the node record with this boot's id) as one batch, atomically
-    /// per file, with one filesystem sync and one sync per directory for the whole batch
-    /// instead of two per file: every temporary file is written, the filesystem is synced
-    /// (`syncfs`), the files are renamed into place, and the directories are synced. A crash
-    /// at any point leaves each record either as it was or as written, never torn. A failover
-    /// or a NAT churn changes thousands of sessions at once; two `fsync`s per record stalled
-    /// the control process for seconds.
+    /// Persist `sessions` (and the node record with this boot's id), each file atomically: a
+    /// temporary file, then `rename`.
+    ///
+    /// Session records are not synced to disk, on purpose: they are read back only within the
+    /// same boot (`boot_id`), and a crash or restart of the process leaves the page cache
+    /// intact, so a renamed record is complete and visible to the next start; a power loss,
+    /// the only thing a sync would guard against, discards them anyway (the data plane's
+    /// sessions die with the boot). Two `fsync`s per record capped the control process at a
+    /// few hundred reattaches a second and stalled it for seconds when a thousand sessions
+    /// failed over at once. The node record outlives the boot (handshake timestamps against
+    /// replays, revocations, the SessionId allocator): it is synced, file and directory, once
+    /// per batch.
     ///
     /// # Errors
     /// What could not be written, one line per file; the others are persisted.
@@ -148,65 +154,20 @@ impl Store {
         sessions: &[&SessionRecord],
         node: Option<&NodeRecord>,
     ) -> Result<(), Vec<String>> {
-        let mut items: Vec<(String, Vec<u8>)> = sessions
-            .iter()
-            .map(|r| {
-                let name = Self::session_name(r.id);
-                let sealed = self.seal(&name, &r.encode());
-                (name, sealed)
-            })
-            .collect();
-        if let Some(n) = node {
-            items.push(("node".into(), self.seal("node", &n.encode())));
-            items.push(("boot_id".into(), boot_id().into_bytes()));
-        }
         let mut failed = Vec::new();
-        let mut staged = Vec::with_capacity(items.len());
-        for (name, bytes) in items {
-            let tmp = self.dir.join(&name).with_extension("tmp");
-            let written = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .and_then(|mut f| f.write_all(&bytes));
-            match written {
-                Ok(()) => staged.push((name, tmp)),
-                Err(e) => failed.push(format!("{name}: {e}")),
+        for r in sessions {
+            let name = Self::session_name(r.id);
+            let sealed = self.seal(&name, &r.encode());
+            if let Err(e) = self.write_atomic(&name, &sealed, false) {
+                failed.push(format!("{name}: {e}"));
             }
         }
-        if staged.is_empty() {
-            return if failed.is_empty() {
-                Ok(())
-            } else {
-                Err(failed)
-            };
-        }
-        // Every temporary file durable before any rename exposes it.
-        let synced = fs::File::open(&self.dir)
-            .and_then(|d| nix::unistd::syncfs(&d).map_err(std::io::Error::from));
-        if let Err(e) = synced {
-            // Nothing renamed: every record stays as it was.
-            for (name, tmp) in staged {
-                let _ = fs::remove_file(tmp);
-                failed.push(format!("{name}: sync: {e}"));
-            }
-            return Err(failed);
-        }
-        let mut dirs = std::collections::BTreeSet::new();
-        for (name, tmp) in staged {
-            let path = self.dir.join(&name);
-            match fs::rename(&tmp, &path) {
-                Ok(()) => {
-                    dirs.insert(path.parent().map(Path::to_path_buf).unwrap_or_default());
+        if let Some(n) = node {
+            let sealed = self.seal("node", &n.encode());
+            for (name, bytes) in [("node", sealed), ("boot_id", boot_id().into_bytes())] {
+                if let Err(e) = self.write_atomic(name, &bytes, true) {
+                    failed.push(format!("{name}: {e}"));
                 }
-                Err(e) => failed.push(format!("{name}: {e}")),
-            }
-        }
-        for d in dirs {
-            if let Err(e) = fs::File::open(&d).and_then(|f| f.sync_all()) {
-                failed.push(format!("{}: {e}", d.display()));
             }
         }
         if failed.is_empty() {
@@ -214,6 +175,37 @@ impl Store {
         } else {
             Err(failed)
         }
+    }
+
+    /// A temporary file, `rename`; with `durable`, `fsync` of the file before the rename and
+    /// of the directory after it.
+    fn write_atomic(&self, rel: &str, bytes: &[u8], durable: bool) -> std::io::Result<()> {
+        let path = self.dir.join(rel);
+        let tmp = path.with_extension("tmp");
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(bytes)?;
+                if durable {
+                    f.sync_all()?;
+                }
+                Ok(())
+            })
+            .and_then(|()| fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
+        if durable {
+            if let Some(parent) = path.parent() {
+                fs::File::open(parent)?.sync_all()?;
+            }
+        }
+        Ok(())
     }
 
     /// Forget a session.

@@ -49,7 +49,10 @@ pub struct ClientConfig {
     pub handshake_retry: Duration,
     /// Give up the handshake (HANDSHAKE_FAILED) after this many attempts.
     pub handshake_attempts: u32,
-    /// Resend a reattach request after this long without an answer.
+    /// Resend a reattach request after this long without an answer. After
+    /// [`REATTACH_FAST_ATTEMPTS`] attempts an optional switch (ATTACHED, VOLATILE) is given
+    /// up; a recovery (RECOVERING, DEGRADED) keeps trying every 4 × this until it succeeds or
+    /// the gateway's recovery window ends the session.
     pub reattach_retry: Duration,
     /// Transport of every local path (a later transport layer may vary it per path).
     pub transport: Transport,
@@ -57,7 +60,20 @@ pub struct ClientConfig {
     pub suite: CipherSuite,
 }
 
+/// Reattach attempts sent `reattach_retry` apart before slowing down (or giving up an optional
+/// switch).
+pub const REATTACH_FAST_ATTEMPTS: u32 = 8;
+
 impl ClientConfig {
+    /// How long after attempt number `attempts` of a reattach the next one is due.
+    fn reattach_retry_after(&self, attempts: u32) -> Duration {
+        if attempts < REATTACH_FAST_ATTEMPTS {
+            self.reattach_retry
+        } else {
+            self.reattach_retry * 4
+        }
+    }
+
     /// Defaults around a key pair and a gateway key.
     #[must_use]
     pub fn new(keypair: StaticKeypair, gateway_public: [u8; 32]) -> Self {
@@ -823,7 +839,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
                     d.push(e.keys.current().created + p.rekey_after);
                 }
                 if let Some(pr) = &e.pending {
-                    d.push(pr.sent + self.cfg.reattach_retry);
+                    d.push(pr.sent + self.cfg.reattach_retry_after(pr.attempts));
                 }
                 if let Some((_, t)) = &e.rekey {
                     d.push(*t + self.cfg.handshake_retry);
@@ -867,7 +883,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
                 let retry = e
                     .pending
                     .as_ref()
-                    .filter(|pr| now - pr.sent >= self.cfg.reattach_retry)
+                    .filter(|pr| now - pr.sent >= self.cfg.reattach_retry_after(pr.attempts))
                     .map(|pr| (pr.via, pr.echo, pr.attempts));
                 let dead = now - e.last_rx >= p.path_dead_after;
                 let heartbeat = now - e.last_tx >= p.heartbeat_interval;
@@ -876,7 +892,11 @@ impl<R: RngCore + CryptoRng> Client<R> {
                     self.send_init(now, via, Purpose::Rekey(sid), 1);
                 }
                 if let Some((rvia, echo, attempts)) = retry {
-                    if attempts < 8 {
+                    // A recovery never gives up on its own: a gateway busy with a mass
+                    // failover answers late, and a client that stopped asking would sit in
+                    // RECOVERING until the recovery window ended its session.
+                    let recovering = matches!(self.state, State::Recovering | State::Degraded);
+                    if attempts < REATTACH_FAST_ATTEMPTS || recovering {
                         self.send_reattach(now, rvia, echo);
                     } else if let Phase::Established(e) = &mut self.phase {
                         e.pending = None;

@@ -605,17 +605,7 @@ fn a_retry_from_the_active_path_after_a_lost_ack_is_acknowledged_even_when_volat
     let mut sim = Sim::new(33, policy);
     let sid = sim.connect();
     sim.run_for(Duration::from_secs(1));
-    sim.client.reattach(sim.now, LocalPath(1));
-    // Request (20 ms), challenge back (40), response (60): bound at 60 ms, ack due at 80.
-    sim.run_for(Duration::from_millis(70));
-    let new_path = Path::udp(sim.net.nat[&LocalPath(1)]);
-    assert_eq!(sim.session(sid).active, Some(new_path), "bound");
-    let before = sim.net.in_flight.len();
-    sim.net.in_flight.retain(|_, (d, b)| {
-        !(matches!(d, Dir::ToClient { .. })
-            && wire::peek_type(b).ok() == Some(MessageType::ReattachAck))
-    });
-    assert_eq!(sim.net.in_flight.len(), before - 1, "the ack is lost");
+    let new_path = switch_to_path_1_losing_the_ack(&mut sim, sid);
     // Silence long enough for VOLATILE (heartbeat age 2.5 s), not for TRANSPORT_DEAD (5 s).
     sim.net.up = false;
     sim.run_for(Duration::from_millis(2800));
@@ -645,14 +635,7 @@ fn a_challenge_on_the_old_path_while_a_switch_is_pending_is_not_answered() {
     let mut sim = Sim::new(34, Policy::default());
     let sid = sim.connect();
     sim.run_for(Duration::from_millis(500));
-    sim.client.reattach(sim.now, LocalPath(1));
-    sim.run_for(Duration::from_millis(70));
-    let new_path = Path::udp(sim.net.nat[&LocalPath(1)]);
-    assert_eq!(sim.session(sid).active, Some(new_path), "bound");
-    sim.net.in_flight.retain(|_, (d, b)| {
-        !(matches!(d, Dir::ToClient { .. })
-            && wire::peek_type(b).ok() == Some(MessageType::ReattachAck))
-    });
+    let new_path = switch_to_path_1_losing_the_ack(&mut sim, sid);
     // Data keeps going out on the old path until the client learns of the bind.
     sim.traffic(sid, Duration::from_secs(3), Duration::from_millis(10));
     assert_eq!(sim.client.current_path(), Some(LocalPath(1)));
@@ -662,4 +645,42 @@ fn a_challenge_on_the_old_path_while_a_switch_is_pending_is_not_answered() {
         .gw_events
         .iter()
         .any(|e| matches!(e, Event::ReattachRejected { .. })));
+}
+
+/// The client asks for path 1; the gateway validates and binds it; the ack is lost.
+fn switch_to_path_1_losing_the_ack(sim: &mut Sim, sid: jumping_protocol::SessionId) -> Path {
+    sim.client.reattach(sim.now, LocalPath(1));
+    // Request (20 ms), challenge back (40), response (60): bound at 60 ms, ack due at 80.
+    sim.run_for(Duration::from_millis(70));
+    let new_path = Path::udp(sim.net.nat[&LocalPath(1)]);
+    assert_eq!(sim.session(sid).active, Some(new_path), "bound");
+    let before = sim.net.in_flight.len();
+    sim.net.in_flight.retain(|_, (d, b)| {
+        !(matches!(d, Dir::ToClient { .. })
+            && wire::peek_type(b).ok() == Some(MessageType::ReattachAck))
+    });
+    assert_eq!(sim.net.in_flight.len(), before - 1, "the ack is lost");
+    new_path
+}
+
+/// A recovery does not give up after the fast retries: the path it asks for stays dark for
+/// longer than eight of them (a gateway busy with a mass failover looks the same), and the
+/// client still reattaches once it answers, inside the recovery window.
+#[test]
+fn a_recovering_client_keeps_asking_until_the_gateway_answers() {
+    let mut sim = Sim::new(35, Policy::default());
+    let sid = sim.connect();
+    sim.net.down = vec![LocalPath(0), LocalPath(1)];
+    sim.run_for(Duration::from_secs(6));
+    assert_eq!(sim.client.state(), State::Recovering);
+    sim.client.reattach(sim.now, LocalPath(1));
+    sim.run_for(Duration::from_secs(6)); // 12 sends' worth of 500 ms retries, all lost
+    sim.net.down = vec![LocalPath(0)];
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.client.state(), State::Attached);
+    assert_eq!(sim.client.current_path(), Some(LocalPath(1)));
+    assert_eq!(
+        sim.session(sid).active,
+        Some(Path::udp(sim.net.nat[&LocalPath(1)]))
+    );
 }
