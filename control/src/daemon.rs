@@ -46,7 +46,7 @@ use zeroize::Zeroizing;
 
 use crate::allowlist::AllowList;
 use crate::config::Config;
-use crate::dataplane::{Dataplane, DpError};
+use crate::dataplane::{Dataplane, DpError, ANSWER_TIMEOUT};
 use crate::events;
 use crate::store::Store;
 
@@ -97,6 +97,14 @@ pub fn read_private_key(path: &std::path::Path) -> anyhow::Result<Zeroizing<[u8;
     })
 }
 
+/// What a posted data-plane command was for.
+#[derive(Debug, Clone, Copy)]
+struct Posted {
+    id: SessionId,
+    install: bool,
+    optional: bool,
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     handshakes_refused_no_dataplane: u64,
@@ -120,6 +128,8 @@ pub struct Daemon {
     policy_version: u64,
     started: Instant,
     summaries: HashMap<SessionId, SessionSummary>,
+    /// Commands posted to the data plane and not answered yet, by sequence number.
+    posted: HashMap<u32, Posted>,
     next_poll: Instant,
     counters: Counters,
     /// Counted from the events, copied to the endpoint about once a second.
@@ -314,6 +324,7 @@ impl Daemon {
             policy_version: 1,
             started: t0,
             summaries: HashMap::new(),
+            posted: HashMap::new(),
             counters: Counters::default(),
             metrics: ControlMetrics::default(),
             published,
@@ -420,6 +431,8 @@ impl Daemon {
         if self.dp.as_ref().is_some_and(Dataplane::is_lost) {
             warn!("data plane connection lost; forwarding continues there, reconnecting");
             self.dp = None;
+            // Their answers will not come; the resync after reconnecting settles the sessions.
+            self.posted.clear();
             self.dp_retry_at = now() + Duration::from_millis(500);
         }
         if self.dp.is_none() && now() >= self.dp_retry_at {
@@ -438,6 +451,7 @@ impl Daemon {
         let Some(dp) = &mut self.dp else { return };
         dp.poll();
         let msgs: Vec<FromDataplane> = dp.unsolicited.drain(..).collect();
+        self.collect_answers(now());
         for m in msgs {
             let t = now();
             match m {
@@ -522,8 +536,24 @@ impl Daemon {
                 warn!("state: cannot persist {f}");
             }
         }
+        let mut programmed = false;
         while let Some(u) = self.gw.poll_data_plane() {
             self.apply_update(t, u);
+            programmed = true;
+        }
+        if programmed {
+            // The batch is posted; one round trip for all of it: nothing is sent (a handshake
+            // response, an ack) before the data plane holds what it announces.
+            if let Some(dp) = &mut self.dp {
+                if let Err(e) = dp.settle(ANSWER_TIMEOUT) {
+                    warn!("data plane: {e}");
+                }
+            }
+            self.collect_answers(t);
+            // Sessions a refusal ended: retire them now.
+            while let Some(u) = self.gw.poll_data_plane() {
+                self.apply_update(t, u);
+            }
         }
         while let Some(tx) = self.gw.poll_transmit() {
             self.send(tx.dst, tx.payload);
@@ -568,7 +598,8 @@ impl Daemon {
                 warn!("control socket send to {}: {e}", dst.addr);
             }
         } else if let Some(dp) = &mut self.dp {
-            if let Err(e) = dp.command(&ToDataplane::Transmit {
+            // Posted: a refusal comes back as an answer nobody waits for (logged there).
+            if let Err(e) = dp.post(&ToDataplane::Transmit {
                 to: dst.addr,
                 datagram: payload,
             }) {
@@ -621,27 +652,55 @@ impl Daemon {
                 (id, ToDataplane::Retire { id })
             }
         };
-        let is_install = matches!(msg, ToDataplane::Install(_));
-        // A move or a rekey request the data plane could not do now leaves the session as it
-        // was (the drain reads the owners back); anything else refused ends it.
-        let optional = matches!(
-            msg,
-            ToDataplane::Move { .. } | ToDataplane::RequestRekey { .. }
-        );
+        let posted = Posted {
+            id,
+            install: matches!(msg, ToDataplane::Install(_)),
+            // A move or a rekey request the data plane could not do now leaves the session as
+            // it was (the drain reads the owners back); anything else refused ends it.
+            optional: matches!(
+                msg,
+                ToDataplane::Move { .. } | ToDataplane::RequestRekey { .. }
+            ),
+        };
         let r = match &mut self.dp {
-            Some(dp) => dp.command(&msg),
+            Some(dp) => dp.post(&msg),
             None => Err(DpError::Lost("not connected".into())),
         };
-        if let Err(e) = r {
-            warn!(session = %id, correlation_id = %CorrelationId(self.cfg.node_id, id), "data plane: {e}");
-            let harmless =
-                optional && matches!(e, DpError::Refused(Refusal::Busy | Refusal::NoSuchWorker));
-            if !harmless && (is_install || matches!(e, DpError::Refused(_))) {
-                // Correctness over liveness: a session the workers cannot carry as decided
-                // ends explicitly.
-                self.counters.installs_refused += u64::from(is_install);
-                let _ = self.gw.dataplane_failed(t, id);
+        match r {
+            Ok(seq) => {
+                self.posted.insert(seq, posted);
             }
+            Err(e) => self.command_failed(t, posted, &e),
+        }
+    }
+
+    /// Answers to posted commands: a refusal is handled as [`Daemon::command_failed`] says.
+    fn collect_answers(&mut self, t: Instant) {
+        let Some(dp) = &mut self.dp else { return };
+        let answers: Vec<_> = dp.answers.drain(..).collect();
+        for (seq, answer) in answers {
+            let posted = self.posted.remove(&seq);
+            match (answer, posted) {
+                (FromDataplane::Refused(r), Some(p)) => {
+                    self.command_failed(t, p, &DpError::Refused(r));
+                }
+                (FromDataplane::Refused(r), None) => {
+                    warn!("data plane refused a transmission: {r:?}");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Correctness over liveness: a session the workers cannot carry as decided ends
+    /// explicitly (DATAPLANE_FAILED).
+    fn command_failed(&mut self, t: Instant, p: Posted, e: &DpError) {
+        warn!(session = %p.id, correlation_id = %CorrelationId(self.cfg.node_id, p.id), "data plane: {e}");
+        let harmless =
+            p.optional && matches!(e, DpError::Refused(Refusal::Busy | Refusal::NoSuchWorker));
+        if !harmless && (p.install || matches!(e, DpError::Refused(_))) {
+            self.counters.installs_refused += u64::from(p.install);
+            let _ = self.gw.dataplane_failed(t, p.id);
         }
     }
 
@@ -803,6 +862,12 @@ impl Daemon {
         })?;
         // Persist, then move (each move is answered once the new owner holds the session).
         self.flush(t);
+        if let Some(dp) = &mut self.dp {
+            if let Err(e) = dp.settle(ANSWER_TIMEOUT) {
+                warn!("data plane: {e}");
+            }
+        }
+        self.collect_answers(t);
         // The data plane is the truth about owners: read them back.
         let mut moved = 0u64;
         if let Some(dp) = &mut self.dp {

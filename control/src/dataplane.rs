@@ -1,9 +1,12 @@
 //! The control process's connection to the data plane (`jumping-dataplane-api` over the data
 //! plane's Unix socket, u32 length-prefixed messages).
 //!
-//! A reader thread takes every message off the socket and queues it; requests are written by
-//! the event loop, which then waits for the answer with the same sequence number and keeps
-//! the events that arrive meanwhile.
+//! A reader thread takes every message off the socket and queues it. Requests whose answer
+//! the event loop needs (hello, listings, stats) are written and waited for; commands
+//! (install, path, transmit, retire...) are *posted*: written without waiting, their answers
+//! collected later in [`Dataplane::answers`]. The data plane handles messages in order, so
+//! posting keeps their effects ordered; waiting for each one capped the control process at a
+//! few hundred reattaches a second (three round trips to another process each).
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -42,6 +45,9 @@ pub struct Dataplane {
     /// Unsolicited messages (events, control datagrams) received while waiting for answers,
     /// and by [`Dataplane::poll`].
     pub unsolicited: VecDeque<FromDataplane>,
+    /// Answers to posted commands ([`Dataplane::post`]), with their sequence numbers.
+    pub answers: VecDeque<(u32, FromDataplane)>,
+    posted: std::collections::HashSet<u32>,
     seq: u32,
     /// Workers running.
     pub workers: u8,
@@ -102,6 +108,8 @@ impl Dataplane {
             stream,
             inbox: rx,
             unsolicited: VecDeque::new(),
+            answers: VecDeque::new(),
+            posted: std::collections::HashSet::new(),
             seq: 0,
             workers: 0,
             backend: Backend::AfXdp,
@@ -146,7 +154,20 @@ impl Dataplane {
         Ok(self.seq)
     }
 
+    /// The next message that is neither an answer to a posted command (those go to
+    /// [`Dataplane::answers`]) nor absent after `timeout`.
     fn next(&mut self, timeout: Duration) -> Result<Option<(u32, FromDataplane)>, DpError> {
+        loop {
+            match self.next_any(timeout)? {
+                Some((s, m)) if s != 0 && self.posted.remove(&s) => {
+                    self.answers.push_back((s, m));
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    fn next_any(&mut self, timeout: Duration) -> Result<Option<(u32, FromDataplane)>, DpError> {
         match self.inbox.recv_timeout(timeout) {
             Ok(Ok(m)) => Ok(Some(m)),
             Ok(Err(e)) => {
@@ -181,6 +202,42 @@ impl Dataplane {
                 Some(_) => {}
             }
         }
+    }
+
+    /// Send a command without waiting for its answer, which arrives later in
+    /// [`Dataplane::answers`] under the returned sequence number.
+    ///
+    /// # Errors
+    /// The connection is lost.
+    pub fn post(&mut self, msg: &ToDataplane) -> Result<u32, DpError> {
+        let seq = self.send(msg)?;
+        self.posted.insert(seq);
+        Ok(seq)
+    }
+
+    /// Wait until every posted command is answered (the answers stay in
+    /// [`Dataplane::answers`]): a move, for one, is answered once the new owner holds the
+    /// session, after later requests may have been answered.
+    ///
+    /// # Errors
+    /// Lost connection, or no answers within `timeout`.
+    pub fn settle(&mut self, timeout: Duration) -> Result<(), DpError> {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.posted.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.next_any(left)? {
+                Some((s, m)) if s != 0 && self.posted.remove(&s) => {
+                    self.answers.push_back((s, m));
+                }
+                Some((0, m)) => self.unsolicited.push_back(m),
+                Some(_) => {}
+                None => {
+                    self.lost = true;
+                    return Err(DpError::Lost("posted commands unanswered".into()));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Send a command answered by `Done`.

@@ -293,9 +293,13 @@ fn both_paths_dead_recovering_then_terminated() {
     let events = net.control_events();
     assert_versions_without_gap(&events);
     let tr = transitions(&events);
+    // The links go down one after the other: the client may move to c1 when it sees c0 go,
+    // and the gateway may bind c1 before c1 goes too (a few ms). That jump is legal and not
+    // what this test is about.
     let tail: Vec<(&str, &str, &str)> = tr
         .iter()
         .map(|t| (t.0.as_str(), t.1.as_str(), t.2.as_str()))
+        .filter(|t| *t != ("ATTACHED", "ATTACHED", "REATTACH_OK"))
         .collect();
     assert_eq!(
         tail,
