@@ -448,6 +448,12 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         self.sessions.values()
     }
 
+    /// How many sessions are held (terminated ones until they are evicted included).
+    #[must_use]
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// Next control message to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
