@@ -97,6 +97,24 @@ pub fn read_private_key(path: &std::path::Path) -> anyhow::Result<Zeroizing<[u8;
     })
 }
 
+/// Socket buffers of the control socket. A failover or a NAT churn makes every client send
+/// at once; the default buffer (~200 datagrams) dropped all but about 200 reattach requests
+/// of each burst, and the rest waited for their retries.
+const CONTROL_SOCKET_BUFFER: usize = 8 << 20;
+
+/// Ask for [`CONTROL_SOCKET_BUFFER`] both ways (`SO_RCVBUFFORCE` with CAP_NET_ADMIN, else up
+/// to `net.core.rmem_max`); returns the receive buffer granted.
+fn enlarge_buffers(s: &UdpSocket) -> usize {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    if setsockopt(s, sockopt::RcvBufForce, &CONTROL_SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(s, sockopt::RcvBuf, &CONTROL_SOCKET_BUFFER);
+    }
+    if setsockopt(s, sockopt::SndBufForce, &CONTROL_SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(s, sockopt::SndBuf, &CONTROL_SOCKET_BUFFER);
+    }
+    getsockopt(s, sockopt::RcvBuf).unwrap_or(0)
+}
+
 /// Up to this many sessions the timers follow the exact earliest deadline; beyond, a tick
 /// ([`Daemon::next_timers`]).
 const PRECISE_TIMERS_UP_TO: usize = 1000;
@@ -354,8 +372,12 @@ impl Daemon {
         }
         let mut s = UdpSocket::bind(cfg.listen)
             .with_context(|| format!("configuration key `listen`: cannot bind {}", cfg.listen))?;
+        let rcvbuf = enlarge_buffers(&s);
         poll.registry().register(&mut s, UDP, Interest::READABLE)?;
-        info!("control datagrams on {}", cfg.listen);
+        info!(
+            receive_buffer = rcvbuf,
+            "control datagrams on {}", cfg.listen
+        );
         Ok(Some(s))
     }
 
