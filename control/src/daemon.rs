@@ -97,10 +97,14 @@ pub fn read_private_key(path: &std::path::Path) -> anyhow::Result<Zeroizing<[u8;
     })
 }
 
+/// Datagrams taken off the control socket per loop turn ([`Daemon::receive_udp`]).
+const DATAGRAMS_PER_TURN: usize = 256;
+
 /// Socket buffers of the control socket. A failover or a NAT churn makes every client send
 /// at once; the default buffer (~200 datagrams) dropped all but about 200 reattach requests
-/// of each burst, and the rest waited for their retries.
-const CONTROL_SOCKET_BUFFER: usize = 8 << 20;
+/// of each burst, and the rest waited for their retries. 4 MiB holds a few thousand; more
+/// would only queue a flood for longer.
+const CONTROL_SOCKET_BUFFER: usize = 4 << 20;
 
 /// Ask for [`CONTROL_SOCKET_BUFFER`] both ways (`SO_RCVBUFFORCE` with CAP_NET_ADMIN, else up
 /// to `net.core.rmem_max`); returns the receive buffer granted.
@@ -389,19 +393,26 @@ impl Daemon {
     pub fn run(&mut self) -> anyhow::Result<()> {
         let mut events = Events::with_capacity(64);
         let mut buf = vec![0u8; 65536];
+        let mut backlog = false;
         while !self.stop.load(Ordering::Relaxed) {
             let t = now();
             let mut next = self.next_poll.min(t + Duration::from_millis(500));
             if let Some(g) = self.next_timers() {
                 next = next.min(g);
             }
-            let timeout = next.saturating_duration_since(t);
+            // Datagrams left on the socket last turn: look at everything else, then go on
+            // without sleeping (edge-triggered readiness will not announce them again).
+            let timeout = if backlog {
+                Duration::ZERO
+            } else {
+                next.saturating_duration_since(t)
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
                     return Err(e.into());
                 }
             }
-            self.receive_udp(&mut buf);
+            backlog = self.receive_udp(&mut buf);
             self.flush(now());
             self.service_dataplane();
             let t = now();
@@ -428,22 +439,26 @@ impl Daemon {
         Ok(())
     }
 
-    fn receive_udp(&mut self, buf: &mut [u8]) {
-        loop {
-            let Some(udp) = &self.udp else { return };
+    /// Take up to [`DATAGRAMS_PER_TURN`] datagrams off the control socket; true if more may
+    /// be waiting (the loop then comes back without sleeping). The cap keeps a flood from
+    /// holding the loop: timers, the data plane and `jumpctl` get their turn in between.
+    fn receive_udp(&mut self, buf: &mut [u8]) -> bool {
+        for _ in 0..DATAGRAMS_PER_TURN {
+            let Some(udp) = &self.udp else { return false };
             match udp.recv_from(buf) {
                 Ok((n, from)) => {
                     let mut datagram = buf[..n].to_vec();
                     self.datagram(from, &mut datagram);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     warn!("control socket receive: {e}");
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     fn datagram(&mut self, from: std::net::SocketAddr, datagram: &mut [u8]) {

@@ -309,7 +309,13 @@ struct Engine {
     rng: ChaCha8Rng,
     marks: Arc<Mutex<Vec<u64>>>,
     marks_ns: Vec<u64>,
+    /// Where the next probe goes: an index into `probing`.
     cursor: usize,
+    /// Sessions established and not known to have ended, in the order they were established:
+    /// the probe round-robin walks this, not every configured session (with 10 000 configured
+    /// and a few established, finding the next live one by scanning all of them made the load
+    /// generator spend seconds per second scanning, and stop sending handshakes meanwhile).
+    probing: Vec<u32>,
     live: u64,
 }
 
@@ -415,6 +421,7 @@ impl Engine {
                 }
                 let took = s.started.map_or(0.0, |t| ms(now - t));
                 self.by_sid.insert(session_id.0, i);
+                self.probing.push(i);
                 self.hs_samples.push(took);
                 self.report.sessions.established += 1;
                 self.live += 1;
@@ -618,21 +625,22 @@ impl Engine {
     }
 
     fn send_probes(&mut self, count: usize, now: Instant) {
-        let n = self.sessions.len();
         let mut sent = 0;
-        let mut tried = 0;
         let len = self.cfg.packet_len;
         let mut buf = std::mem::take(&mut self.tx_buf);
         buf.resize(DATA_HEADER_LEN + len + TAG_LEN, 0);
-        while sent < count && tried < n {
-            let i = self.cursor;
-            self.cursor = (self.cursor + 1) % n;
-            tried += 1;
+        while sent < count && !self.probing.is_empty() {
+            if self.cursor >= self.probing.len() {
+                self.cursor = 0;
+            }
+            let i = self.probing[self.cursor] as usize;
             let s = &mut self.sessions[i];
             if s.sid.is_none() || s.ended.is_some() {
+                // Ended: out of the rotation for good (the slot takes the last entry).
+                self.probing.swap_remove(self.cursor);
                 continue;
             }
-            tried = 0;
+            self.cursor += 1;
             let probe = Probe {
                 session: u32::try_from(i).unwrap_or(u32::MAX),
                 seq: s.seq,
@@ -823,6 +831,7 @@ pub fn run(
         marks,
         marks_ns: Vec::new(),
         cursor: 0,
+        probing: Vec::new(),
         live: 0,
     };
     let cpu0 = stats::Cpu::now();
