@@ -14,23 +14,8 @@ set -uo pipefail
 
 PACKAGES=(wireguard-go wireguard-tools iperf3 conntrack)
 
-if [ "$(id -u)" -ne 0 ]; then
-  SUDO=sudo
-else
-  SUDO=
-fi
-
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup-peers: installing ${missing[*]}"
-  $SUDO apt-get update -qq || exit 1
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" || exit 1
-else
-  echo "setup-peers: system packages present"
-fi
+. "$(dirname "$0")/apt-packages.sh"
+apt_install_missing setup-peers || exit 1
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup-peers: cargo not found; install Rust with rustup first" >&2

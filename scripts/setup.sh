@@ -29,17 +29,8 @@ else
   SUDO=
 fi
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-else
-  echo "setup: system packages present"
-fi
+. "$(dirname "$0")/apt-packages.sh"
+apt_install_missing setup
 
 # xsk-rs builds libxdp with `clang` from PATH; Debian installs clang-19 only as clang-19.
 if ! command -v clang >/dev/null 2>&1 && command -v clang-19 >/dev/null 2>&1; then

@@ -446,10 +446,7 @@ impl Daemon {
         for _ in 0..DATAGRAMS_PER_TURN {
             let Some(udp) = &self.udp else { return false };
             match udp.recv_from(buf) {
-                Ok((n, from)) => {
-                    let mut datagram = buf[..n].to_vec();
-                    self.datagram(from, &mut datagram);
-                }
+                Ok((n, from)) => self.datagram(from, &mut buf[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
