@@ -45,7 +45,9 @@ pub struct ClientConfig {
     pub gateway_public: [u8; 32],
     /// Policy (the gateway's values; the client uses heartbeat, rekey, grace and path timers).
     pub policy: Policy,
-    /// Resend the handshake initiation after this long without an answer.
+    /// Resend the handshake initiation after this long without an answer; each further
+    /// attempt waits twice as long as the one before (up to [`HANDSHAKE_BACKOFF_MAX`] times
+    /// this), plus up to a quarter of random jitter.
     pub handshake_retry: Duration,
     /// Give up the handshake (HANDSHAKE_FAILED) after this many attempts.
     pub handshake_attempts: u32,
@@ -60,11 +62,30 @@ pub struct ClientConfig {
     pub suite: CipherSuite,
 }
 
+/// The longest wait between two handshake initiations, as a multiple of `handshake_retry`.
+/// Backing off keeps a gateway that answers late (a thousand clients connecting at once, a
+/// failover) from drowning in retries: at a fixed interval every retry supersedes the
+/// initiation the gateway is about to answer, and the answers arrive after the client has
+/// forgotten what they answer. Jitter keeps clients that started together from retrying
+/// together.
+pub const HANDSHAKE_BACKOFF_MAX: u32 = 8;
+
 /// Reattach attempts sent `reattach_retry` apart before slowing down (or giving up an optional
 /// switch).
 pub const REATTACH_FAST_ATTEMPTS: u32 = 8;
 
 impl ClientConfig {
+    /// How long after attempt number `attempts` (1 for the first) of a handshake the next one
+    /// is due, before jitter.
+    #[must_use]
+    pub fn handshake_retry_after(&self, attempts: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(attempts.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(HANDSHAKE_BACKOFF_MAX);
+        self.handshake_retry * factor
+    }
+
     /// How long after attempt number `attempts` of a reattach the next one is due.
     fn reattach_retry_after(&self, attempts: u32) -> Duration {
         if attempts < REATTACH_FAST_ATTEMPTS {
@@ -200,7 +221,8 @@ enum Phase {
     Handshaking {
         init: Box<Initiator>,
         via: LocalPath,
-        sent: Instant,
+        /// When the next initiation is due (backoff and jitter included).
+        retry_at: Instant,
         attempts: u32,
     },
     Established(Box<Established>),
@@ -375,10 +397,14 @@ impl<R: RngCore + CryptoRng> Client<R> {
         match (purpose, &mut self.phase) {
             (Purpose::Rekey(_), Phase::Established(e)) => e.rekey = Some((Box::new(init), now)),
             _ => {
+                let wait = self.cfg.handshake_retry_after(attempts);
+                let jitter = Duration::from_nanos(
+                    self.rng.next_u64() % (u64::try_from(wait.as_nanos() / 4).unwrap_or(1) + 1),
+                );
                 self.phase = Phase::Handshaking {
                     init: Box::new(init),
                     via,
-                    sent: now,
+                    retry_at: now + wait + jitter,
                     attempts,
                 }
             }
@@ -450,7 +476,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
             Phase::Handshaking {
                 init,
                 via,
-                sent,
+                retry_at,
                 attempts,
             } => match init.handle_response(buf) {
                 Ok(done) => {
@@ -485,7 +511,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
                     self.phase = Phase::Handshaking {
                         init,
                         via,
-                        sent,
+                        retry_at,
                         attempts,
                     };
                     ClientOutput::Dropped("bad_handshake_response")
@@ -823,7 +849,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let p = &self.cfg.policy;
         match &self.phase {
-            Phase::Handshaking { sent, .. } => Some(*sent + self.cfg.handshake_retry),
+            Phase::Handshaking { retry_at, .. } => Some(*retry_at),
             Phase::Established(e) => {
                 let mut d = vec![e.last_tx + p.heartbeat_interval];
                 if matches!(self.state, State::Attached | State::Volatile) {
@@ -855,11 +881,11 @@ impl<R: RngCore + CryptoRng> Client<R> {
         let p = self.cfg.policy.clone();
         match &mut self.phase {
             Phase::Handshaking {
-                sent,
+                retry_at,
                 via,
                 attempts,
                 ..
-            } if now - *sent >= self.cfg.handshake_retry => {
+            } if now >= *retry_at => {
                 let (via, attempts) = (*via, *attempts);
                 if attempts >= self.cfg.handshake_attempts {
                     self.phase = Phase::Closed(Reason::HandshakeFailed);

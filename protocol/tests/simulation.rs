@@ -684,3 +684,48 @@ fn a_recovering_client_keeps_asking_until_the_gateway_answers() {
         Some(Path::udp(sim.net.nat[&LocalPath(1)]))
     );
 }
+
+/// A gateway that does not answer: the client's initiations back off (1, 2, 4, 8, 8 × the
+/// retry interval, each with up to a quarter of jitter) and the session ends HANDSHAKE_FAILED
+/// after the configured attempts, not in a burst of fixed-interval retries.
+#[test]
+fn handshake_retries_back_off_with_jitter_then_fail_explicitly() {
+    let mut sim = Sim::new(41, Policy::default());
+    sim.net.up = false;
+    sim.client
+        .connect(sim.now, LocalPath(0), 1_700_000_000_000_000_000);
+    let mut sends = Vec::new();
+    let start = sim.now;
+    for _ in 0..40_000 {
+        sim.run_for(Duration::from_millis(1));
+        let inits = sim
+            .net
+            .captured
+            .iter()
+            .filter(|(d, b)| {
+                matches!(d, Dir::ToGateway { .. })
+                    && wire::peek_type(b).ok() == Some(MessageType::HandshakeInit)
+            })
+            .count();
+        while sends.len() < inits {
+            sends.push(sim.now - start);
+        }
+    }
+    assert_eq!(sends.len(), 5, "one initiation per attempt: {sends:?}");
+    let gaps: Vec<Duration> = sends.windows(2).map(|w| w[1] - w[0]).collect();
+    for (gap, base) in gaps.iter().zip([1u64, 2, 4, 8]) {
+        let base = Duration::from_secs(base);
+        assert!(
+            *gap >= base && *gap <= base + base / 4 + Duration::from_millis(2),
+            "gap {gap:?} for a base of {base:?} (all: {gaps:?})"
+        );
+    }
+    assert_eq!(sim.client.state(), State::Terminated);
+    assert!(sim.client_events.iter().any(|e| matches!(
+        e,
+        ClientEvent::StateChanged {
+            reason: Reason::HandshakeFailed,
+            ..
+        }
+    )));
+}
