@@ -18,10 +18,10 @@ use rand_core::{CryptoRng, RngCore};
 use snow::params::NoiseParams;
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
-use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::cookie::{mac1, mac1_key, mac2};
+use crate::crypto::x25519::{Secret, SnowDh};
 use crate::crypto::{kdf, CipherSuite, SecretKey};
 use crate::wire::{
     self, HandshakeInit, HandshakeResponse, MessageType, SessionId, HANDSHAKE_INIT_LEN,
@@ -36,8 +36,7 @@ pub const PROLOGUE: &[u8] = b"jumping/1";
 /// A long-term X25519 identity key pair. The secret is zeroed on drop.
 #[derive(Clone)]
 pub struct StaticKeypair {
-    secret: StaticSecret,
-    public: PublicKey,
+    secret: Secret,
 }
 
 impl core::fmt::Debug for StaticKeypair {
@@ -45,7 +44,7 @@ impl core::fmt::Debug for StaticKeypair {
         write!(
             f,
             "StaticKeypair(public={})",
-            hex_lower(self.public.as_bytes())
+            hex_lower(&self.secret.public())
         )
     }
 }
@@ -72,31 +71,31 @@ impl StaticKeypair {
     /// The key pair of a stored secret.
     #[must_use]
     pub fn from_secret_bytes(bytes: [u8; 32]) -> Self {
-        let secret = StaticSecret::from(bytes);
-        let public = PublicKey::from(&secret);
-        StaticKeypair { secret, public }
+        StaticKeypair {
+            secret: Secret::from_bytes(bytes),
+        }
     }
 
     /// The public key.
     #[must_use]
     pub fn public(&self) -> [u8; 32] {
-        self.public.to_bytes()
+        self.secret.public()
     }
 
     /// The secret scalar bytes (for writing a key file; zeroed on drop).
     #[must_use]
     pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.secret.to_bytes())
+        Zeroizing::new(*self.secret.bytes())
     }
 
-    /// X25519 with a peer's public key, used for the reattach proof of possession.
+    /// X25519 with a peer's public key, used for the reattach proof of possession. All zeros
+    /// for a low-order `peer`; unreachable in a session, because the handshake's own `ss`
+    /// refuses such a key and no session is ever made with it.
     #[must_use]
     pub fn diffie_hellman(&self, peer: &[u8; 32]) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(
-            self.secret
-                .diffie_hellman(&PublicKey::from(*peer))
-                .to_bytes(),
-        )
+        self.secret
+            .agree(peer)
+            .unwrap_or_else(|| Zeroizing::new([0u8; 32]))
     }
 }
 
@@ -212,7 +211,8 @@ impl Random for SeededRandom {
     }
 }
 
-/// snow's default primitives, with randomness from the injected generator.
+/// snow's default hash and cipher, X25519 on aws-lc-rs ([`crate::crypto::x25519`]), and
+/// randomness from the injected generator.
 struct InjectedResolver {
     seed: Zeroizing<[u8; 32]>,
 }
@@ -222,7 +222,10 @@ impl CryptoResolver for InjectedResolver {
         Some(Box::new(SeededRandom(ChaCha20Rng::from_seed(*self.seed))))
     }
     fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn Dh>> {
-        DefaultResolver.resolve_dh(choice)
+        match choice {
+            snow::params::DHChoice::Curve25519 => Some(Box::<SnowDh>::default()),
+            _ => None,
+        }
     }
     fn resolve_hash(&self, choice: &snow::params::HashChoice) -> Option<Box<dyn Hash>> {
         DefaultResolver.resolve_hash(choice)

@@ -6,6 +6,7 @@
 
 pub mod aead;
 mod rng;
+pub mod x25519;
 
 pub use aead::{AeadKey, CipherSuite, OpenError};
 pub use rng::{rng_health_check, RngHealthError};
