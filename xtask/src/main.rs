@@ -44,6 +44,9 @@ enum Cmd {
         /// Scenarios to run (comma-separated) for `scenarios`.
         #[arg(long)]
         only: Option<String>,
+        /// Session counts for the `scale` scenario (comma-separated), instead of 10000,100000.
+        #[arg(long)]
+        sessions: Option<String>,
         /// Seed of impairment and sampling.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -148,6 +151,7 @@ struct BenchOpts {
     quick: bool,
     profile: Option<String>,
     only: Option<String>,
+    sessions: Option<String>,
     seed: u64,
 }
 
@@ -256,6 +260,9 @@ fn load_tests(load: &[&str], o: &BenchOpts, run_id: &str) -> Result<()> {
         if let (Some(only), "scenarios") = (&o.only, *l) {
             cmd.args(["--only", only]);
         }
+        if let (Some(sessions), "scenarios" | "pilot") = (&o.sessions, *l) {
+            cmd.args(["--sessions", sessions]);
+        }
         // Keep going: one failed set must not hide the others' reports. In a quick run the
         // peers comparison depends on third-party tunnels that may be missing or misbehave on
         // the machine: its failure is reported loudly but does not fail the run.
@@ -330,6 +337,7 @@ fn main() -> Result<()> {
             quick,
             profile,
             only,
+            sessions,
             seed,
         } => bench(
             &which,
@@ -337,6 +345,7 @@ fn main() -> Result<()> {
                 quick,
                 profile,
                 only,
+                sessions,
                 seed,
             },
         ),

@@ -38,6 +38,9 @@ struct Args {
     /// scenarios the profile covers with its failure model.
     #[arg(long)]
     profile: Option<String>,
+    /// Session counts for `scale` (comma-separated), instead of the 10000,100000.
+    #[arg(long, value_delimiter = ',')]
+    sessions: Vec<usize>,
 }
 
 fn main() -> Result<()> {
@@ -57,6 +60,12 @@ fn main() -> Result<()> {
         None => Knobs::standard(a.quick, a.seed),
     };
     knobs.backend = backend;
+    if !a.sessions.is_empty() {
+        if a.sessions.contains(&0) {
+            bail!("--sessions: each count must be at least 1");
+        }
+        knobs.scale_sessions.clone_from(&a.sessions);
+    }
     let names: Vec<String> = if !a.only.is_empty() {
         for n in &a.only {
             if !NAMES.contains(&n.as_str()) {
