@@ -119,10 +119,6 @@ fn enlarge_buffers(s: &UdpSocket) -> usize {
     getsockopt(s, sockopt::RcvBuf).unwrap_or(0)
 }
 
-/// Up to this many sessions the timers follow the exact earliest deadline; beyond, a tick
-/// ([`Daemon::next_timers`]).
-const PRECISE_TIMERS_UP_TO: usize = 1000;
-
 /// What a posted data-plane command was for.
 #[derive(Debug, Clone, Copy)]
 struct Posted {
@@ -158,7 +154,6 @@ pub struct Daemon {
     posted: HashMap<u32, Posted>,
     next_poll: Instant,
     /// When the session timers last ran.
-    timers_ran: Instant,
     counters: Counters,
     /// Counted from the events, copied to the endpoint about once a second.
     metrics: ControlMetrics,
@@ -338,7 +333,6 @@ impl Daemon {
             })?;
         let mut d = Daemon {
             next_poll: t0,
-            timers_ran: t0,
             cfg,
             config_path,
             gw,
@@ -397,7 +391,7 @@ impl Daemon {
         while !self.stop.load(Ordering::Relaxed) {
             let t = now();
             let mut next = self.next_poll.min(t + Duration::from_millis(500));
-            if let Some(g) = self.next_timers() {
+            if let Some(g) = self.gw.poll_timeout() {
                 next = next.min(g);
             }
             // Datagrams left on the socket last turn: look at everything else, then go on
@@ -422,9 +416,9 @@ impl Daemon {
                 self.poll_activity(t);
                 self.next_poll = t + self.cfg.activity_poll;
             }
-            if self.next_timers().is_some_and(|d| d <= t) {
+            // The gateway's deadline index: only sessions with a timer due are visited.
+            if self.gw.poll_timeout().is_some_and(|d| d <= t) {
                 self.gw.handle_timeout(t);
-                self.timers_ran = t;
             }
             while let Some(call) = self.ctl.try_call() {
                 let r = self.handle_call(&call.request);
@@ -547,22 +541,6 @@ impl Daemon {
             let _ = dp.command(&ToDataplane::Retire { id: *id });
         }
         self.flush(t);
-    }
-
-    /// When the session timers should run next. Every run visits every session, and so does
-    /// finding the earliest deadline: with thousands of sessions some deadline is always
-    /// imminent, and following them exactly made the loop walk every session on every turn
-    /// (10 000 sessions used the whole core). Beyond [`PRECISE_TIMERS_UP_TO`] sessions the
-    /// timers run on a tick of about a microsecond per session, 10 to 100 ms: at most a
-    /// million session visits a second, and timers (≥ hundreds of ms) late by under a tick.
-    fn next_timers(&self) -> Option<Instant> {
-        let n = self.gw.session_count();
-        if n <= PRECISE_TIMERS_UP_TO {
-            return self.gw.poll_timeout();
-        }
-        let tick = Duration::from_micros(u64::try_from(n).unwrap_or(u64::MAX))
-            .clamp(Duration::from_millis(10), Duration::from_millis(100));
-        Some(self.timers_ran + tick)
     }
 
     fn poll_activity(&mut self, t: Instant) {

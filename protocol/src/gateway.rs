@@ -29,6 +29,7 @@ use crate::reattach::{proof, verify_control_mac, PendingValidation, SwitchBudget
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::session::{DataPlaneHandoff, GatewaySession, Quality};
 use crate::state::{resolve, Machine, State, Transition, Trigger};
+use crate::table::SessionTable;
 use crate::time::{millis, Instant};
 use crate::wire::{
     self, emit_reattach_common, HandshakeInit, Message, MessageType, ReattachRequest,
@@ -344,7 +345,7 @@ pub struct Gateway<R> {
     responder: Responder,
     cookies: CookieChecker,
     clients: HashMap<[u8; 32], ClientEntry>,
-    sessions: HashMap<SessionId, GatewaySession>,
+    sessions: SessionTable,
     per_core: Vec<u64>,
     /// Cores being drained: no new session is given to them.
     draining: Vec<bool>,
@@ -395,7 +396,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             responder: Responder::new(keypair),
             cookies,
             clients: HashMap::new(),
-            sessions: HashMap::new(),
+            sessions: SessionTable::default(),
             per_core: vec![0; cores],
             draining: vec![false; cores],
             ids,
@@ -421,6 +422,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
     pub fn set_policy(&mut self, policy: Policy) -> Result<(), crate::policy::PolicyError> {
         policy.validate()?;
         self.policy = policy;
+        self.sessions.touch_all();
         Ok(())
     }
 
@@ -488,12 +490,17 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
     /// and receive under key epoch `epoch`. Moves the path-dead clock forward (never back),
     /// and promotes the next key epoch once the workers have (KEY_ROTATED).
     pub fn note_activity(&mut self, now: Instant, sid: SessionId, idle: Duration, epoch: u32) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        // Called for every session at every activity poll: fresh activity only moves the
+        // path-dead and quality deadlines later, so the deadline index is left alone, except
+        // where a deadline may come earlier (DEGRADED's cooldown needs a healthy path; a
+        // promoted key starts the previous one's grace).
+        let Some(s) = self.sessions.get_mut_deadline_not_earlier(&sid) else {
             return;
         };
         if s.state() == State::Terminated {
             return;
         }
+        let mut earlier = s.state() == State::Degraded;
         if s.active.is_some() {
             let seen = Instant::from_nanos(
                 now.as_nanos()
@@ -511,7 +518,11 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                     version: s.version(),
                 });
                 self.out.dirty(sid);
+                earlier = true;
             }
+        }
+        if earlier {
+            self.sessions.touch(sid);
         }
     }
 
@@ -1610,28 +1621,29 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         n
     }
 
-    /// When [`Gateway::handle_timeout`] should next be called.
+    /// When [`Gateway::handle_timeout`] should next be called: the earliest deadline in the
+    /// deadline index (brought up to date with the sessions changed since).
     #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let (policy, linger) = (&self.policy, self.config.terminated_linger);
         self.sessions
-            .values()
-            .filter_map(|s| {
-                if s.state() == State::Terminated {
-                    Some(s.entered_state + self.config.terminated_linger)
-                } else {
-                    s.next_deadline(&self.policy)
-                }
-            })
-            .min()
+            .next_deadline(|s| timer_deadline(s, policy, linger, None))
     }
 
     /// Run every timer due at `now`: path dead, recovery window, DEGRADED bounds, quality,
-    /// lifetimes, key expiry, key grace, path-validation deadlines, eviction.
+    /// lifetimes, key expiry, key grace, path-validation deadlines, eviction. Visits only the
+    /// sessions with a deadline due (the deadline index).
     pub fn handle_timeout(&mut self, now: Instant) {
         let policy = &self.policy;
         let linger = self.config.terminated_linger;
+        let due = self
+            .sessions
+            .take_due(now, |s| timer_deadline(s, policy, linger, None));
         let mut evict = Vec::new();
-        for s in self.sessions.values_mut() {
+        for id in due {
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
             if s.state() == State::Terminated {
                 if now - s.entered_state >= linger {
                     evict.push(s.id);
@@ -1676,6 +1688,38 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 self.per_core[c] = self.per_core[c].saturating_sub(1);
             }
         }
+        // The sessions just visited: only deadlines still ahead.
+        self.sessions
+            .reindex(|s| timer_deadline(s, policy, linger, Some(now)));
+    }
+}
+
+impl<R> Gateway<R> {
+    /// Check the deadline index against every session at `now` (see
+    /// [`crate::testing::Sim`], which does it at every step).
+    ///
+    /// # Errors
+    /// The first session indexed later than its next deadline.
+    #[doc(hidden)]
+    pub fn check_timer_index(&self, now: Instant) -> Result<(), String> {
+        let (policy, linger) = (&self.policy, self.config.terminated_linger);
+        self.sessions
+            .check(now, |s| timer_deadline(s, policy, linger, Some(now)))
+    }
+}
+
+/// When `s`'s timers next need to run (later than `after`, if given): its next deadline, or
+/// its eviction once ended.
+fn timer_deadline(
+    s: &GatewaySession,
+    policy: &Policy,
+    linger: Duration,
+    after: Option<Instant>,
+) -> Option<Instant> {
+    if s.state() == State::Terminated {
+        Some(s.entered_state + linger)
+    } else {
+        s.next_deadline(policy, after)
     }
 }
 
@@ -1975,7 +2019,15 @@ mod tests {
         let mut response = challenge.payload.clone();
         assert_eq!(response.len(), REATTACH_RESPONSE_LEN);
         response[1] = MessageType::ReattachResponse as u8;
-        let c2g_ctrl = sim.gw.sessions[&sid].keys.current().ctrl_recv.clone();
+        let c2g_ctrl = sim
+            .gw
+            .sessions
+            .get(&sid)
+            .expect("session")
+            .keys
+            .current()
+            .ctrl_recv
+            .clone();
         let mac = control_mac(
             c2g_ctrl.expose(),
             &response[..REATTACH_RESPONSE_LEN - MAC_LEN],

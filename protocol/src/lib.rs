@@ -40,6 +40,7 @@ pub mod reattach;
 pub mod replay;
 pub mod session;
 pub mod state;
+mod table;
 pub mod testing;
 pub mod time;
 pub mod wire;

@@ -235,7 +235,10 @@ impl GatewaySession {
 
     /// The earliest instant at which a timer of this session may fire.
     #[must_use]
-    pub fn next_deadline(&self, policy: &Policy) -> Option<Instant> {
+    /// With `after`, only deadlines later than it (the timers have just visited the session
+    /// at `after` and acted on everything due: a signal already past that did not fire, such
+    /// as a cooldown waiting for a healthy path, waits for a change to the session instead).
+    pub fn next_deadline(&self, policy: &Policy, after: Option<Instant>) -> Option<Instant> {
         let state = self.state();
         if state == State::Terminated {
             return None;
@@ -262,7 +265,13 @@ impl GatewaySession {
             State::Recovering => d.push(self.entered_state + policy.recovery_window),
             State::Degraded => {
                 d.push(self.entered_state + policy.degraded_max);
-                d.push(self.entered_state + policy.degraded_cooldown);
+                // The cooldown ends DEGRADED only with a healthy path: due when it ends, or
+                // at the first traffic after it (a change to the session, which the deadline
+                // index picks up).
+                let cooldown = self.entered_state + policy.degraded_cooldown;
+                if self.active.is_some() {
+                    d.push(cooldown.max(self.last_rx_active));
+                }
             }
             State::Birth | State::Terminated => {}
         }
@@ -272,6 +281,6 @@ impl GatewaySession {
         if let Some(p) = self.keys.previous_deadline() {
             d.push(p);
         }
-        d.into_iter().min()
+        d.into_iter().filter(|t| after.is_none_or(|a| *t > a)).min()
     }
 }

@@ -259,6 +259,9 @@ impl Sim {
                     }
                     self.client.handle_timeout(self.now);
                     self.gw.handle_timeout(self.now);
+                    if let Err(e) = self.gw.check_timer_index(self.now) {
+                        panic!("deadline index: {e}");
+                    }
                 }
                 _ => {
                     self.now = until;
