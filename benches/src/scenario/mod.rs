@@ -711,40 +711,63 @@ fn scale(k: &Knobs) -> Result<Outcome> {
             "usage_before": before, "usage_idle": idle, "status_idle": st,
             "loadgen": summary(&r), "correctness": c, "pps_active": pps, "active_s": active_s}));
         drop(rig);
-        // Active: the same number of sessions carrying traffic, on a fresh gateway.
+        // Active: the same number of sessions carrying traffic, on a fresh gateway; the
+        // window is measured once all of them are up.
         let rig = Rig::start("bs", &k.rig(n, policy))?;
+        let lg_start = Instant::now();
         let mut lg = rig.loadgen(
             "active",
             &args(&[
                 ("sessions", s(n)),
                 ("connect-rate", s(connect)),
                 ("pps", s(pps)),
-                (
-                    "duration",
-                    format!("{}ms", ((ramp + active_s + 2.0) * 1e3) as u64),
-                ),
+                ("duration", format!("{}ms", (run_s * 1e3) as u64)),
                 ("sockets", s(256)),
                 ("seed", s(k.seed)),
             ]),
         )?;
-        let r2 = rig.report(
-            &mut lg,
+        let up2 = rig.wait_live(
             "active",
-            Duration::from_secs_f64(ramp * 3.0 + active_s + 90.0),
-        )?;
+            n as u64,
+            Duration::from_secs_f64(ramp * 3.0 + 60.0),
+        );
+        let established2_s = lg_start.elapsed().as_secs_f64();
+        let window_from = rig.gateway_usage();
+        std::thread::sleep(Duration::from_secs_f64(active_s));
+        let window_to = rig.gateway_usage();
+        lg.stop();
+        let r2 = rig.report(&mut lg, "active", Duration::from_secs(30))?;
         let c2 = judge(&rig, &[&r2])?;
         out.correctness.add(&c2);
         let sent = f(&r2, &["traffic", "probes_sent"]);
         let back = f(&r2, &["traffic", "echoes"]);
         let ratio = if sent > 0.0 { back / sent } else { 0.0 };
         out.criteria.check(
+            &format!("{n} active: sessions established"),
+            &format!("{n}"),
+            format!(
+                "{} (handshakes failed {})",
+                r2["sessions"]["established"], r2["sessions"]["handshake_failed"]
+            ),
+            up2,
+        );
+        out.criteria.check(
             &format!("{n} active: echoes / probes"),
             "≥ 0.95",
             format!("{ratio:.3}"),
             ratio >= 0.95,
         );
+        // CPU of the gateway's processes over the window with every session up and busy.
+        let cores = |name: &str| -> f64 {
+            let a = window_from.get(name).map_or(0.0, |u| u.cpu_s);
+            let b = window_to.get(name).map_or(0.0, |u| u.cpu_s);
+            (b - a) / active_s
+        };
         if let Some(last) = runs.last_mut() {
             last["active"] = json!({"loadgen": summary(&r2), "delivery": ratio,
+                "established_in_s": established2_s,
+                "window_s": active_s, "control_cores": cores("control"),
+                "dataplane_cores": cores("dataplane"),
                 "gateway": rig.gateway_usage(), "correctness": c2});
         }
     }
