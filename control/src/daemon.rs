@@ -274,7 +274,7 @@ impl Daemon {
         for k in allow.clients.keys() {
             gw.allow_client(*k);
         }
-        let store = Store::open(&cfg.state_dir, &secret).with_context(|| {
+        let mut store = Store::open(&cfg.state_dir, &secret).with_context(|| {
             format!("configuration key `state_dir`: {}", cfg.state_dir.display())
         })?;
         let loaded = store.load();
@@ -566,10 +566,17 @@ impl Daemon {
             .filter_map(|id| self.gw.export_session(t, *id))
             .collect();
         let refs: Vec<_> = records.iter().collect();
-        let node = node.then(|| self.gw.export_node());
+        let node = node.then(|| self.gw.export_node_changes());
         if let Err(failed) = self.store.save_batch(&refs, node.as_ref()) {
             for f in failed {
                 warn!("state: cannot persist {f}");
+            }
+        }
+        if self.store.wants_node_snapshot() {
+            if let Err(failed) = self.store.save_node(&self.gw.export_node()) {
+                for f in failed {
+                    warn!("state: cannot persist {f}");
+                }
             }
         }
         let mut programmed = false;

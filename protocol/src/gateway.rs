@@ -321,6 +321,9 @@ struct Outbox {
     dirty: Vec<SessionId>,
     /// The node's persistent state (client timestamps, revocations) changed.
     node_dirty: bool,
+    /// Client keys whose node state (timestamp, revocation) changed since
+    /// [`Gateway::export_node_changes`].
+    node_clients: Vec<[u8; 32]>,
 }
 
 impl Outbox {
@@ -637,6 +640,32 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         }
     }
 
+    /// The node's state changed since the last call (or since the start): the clients whose
+    /// handshake timestamp or revocation changed, and the SessionId allocator. Merged into
+    /// the whole state by [`Gateway::restore_node`] (later timestamps win, revocations
+    /// stay), so a store can append these instead of rewriting [`Gateway::export_node`]
+    /// (41 bytes per allowed identity: 4 MB at 100 000) every time a handshake is accepted.
+    #[must_use]
+    pub fn export_node_changes(&mut self) -> NodeRecord {
+        let mut keys = std::mem::take(&mut self.out.node_clients);
+        keys.sort_unstable();
+        keys.dedup();
+        NodeRecord {
+            clients: keys
+                .iter()
+                .filter_map(|k| {
+                    self.clients
+                        .get(k)
+                        .map(|e| (*k, e.last_timestamp, e.revoked))
+                })
+                .collect(),
+            ids: Some(crate::persist::IdAllocatorRecord {
+                key: self.ids.key.clone(),
+                counter: self.ids.counter,
+            }),
+        }
+    }
+
     /// Take back the node's state: handshake timestamps and revocations. Keys revoked here
     /// stay revoked whatever the allow-list says.
     pub fn restore_node(&mut self, rec: &NodeRecord) {
@@ -766,6 +795,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         }
         entry.last_timestamp = Some(accepted.payload.timestamp);
         self.out.node_dirty = true;
+        self.out.node_clients.push(client);
         match accepted.payload.purpose {
             Purpose::NewSession => {
                 if self.sessions.len() >= self.config.max_sessions {
@@ -1611,6 +1641,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
     pub fn revoke_client(&mut self, now: Instant, public: &[u8; 32]) -> usize {
         self.clients.entry(*public).or_default().revoked = true;
         self.out.node_dirty = true;
+        self.out.node_clients.push(*public);
         let mut n = 0;
         for s in self.sessions.values_mut() {
             if ct_eq(&s.client_public, public) && s.state() != State::Terminated {

@@ -464,3 +464,37 @@ fn a_new_handshake_from_the_same_identity_retires_the_old_session_first() {
     );
     assert_eq!(p.gw.session(new).map(|s| s.state()), Some(State::Attached));
 }
+
+/// The node's changes since the last export name only the clients whose state changed, and
+/// merged into a fresh gateway they protect as the whole record does: the accepted
+/// initiation, replayed, is refused.
+#[test]
+fn node_changes_hold_only_what_changed_and_restore_like_the_whole_record() {
+    let mut p = Pair::new();
+    let _ = p.gw.export_node_changes();
+    let _ = p.connect();
+    let client_public = StaticKeypair::from_secret_bytes(p.client_key).public();
+    let changes = p.gw.export_node_changes();
+    assert_eq!(changes.clients.len(), 1);
+    assert_eq!(changes.clients[0].0, client_public);
+    assert!(changes.clients[0].1.is_some());
+    assert!(changes.ids.is_some());
+    assert!(
+        p.gw.export_node_changes().clients.is_empty(),
+        "nothing changed since"
+    );
+    let mut fresh = external_gateway(p.gw_key, p.now, 9);
+    fresh.allow_client(client_public);
+    fresh.restore_node(&changes);
+    let (from, init) = p
+        .captured
+        .iter()
+        .find(|(_, b)| wire::peek_type(b) == Ok(MessageType::HandshakeInit))
+        .cloned()
+        .expect("captured initiation");
+    let mut again = init;
+    assert!(matches!(
+        fresh.handle_datagram(p.now, from, &mut again),
+        Output::Dropped(DropReason::HandshakeReplay)
+    ));
+}

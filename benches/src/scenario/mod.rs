@@ -646,7 +646,7 @@ fn scale(k: &Knobs) -> Result<Outcome> {
         let rig = Rig::start("bs", &k.rig(n, policy))?;
         std::thread::sleep(Duration::from_secs(1));
         let before = rig.gateway_usage();
-        let connect = k.pick(1000.0, 4000.0);
+        let connect = k.pick(1000.0, 1500.0);
         let ramp = n as f64 / connect;
         let idle_s = k.pick(3.0, 10.0);
         let active_s = k.pick(3.0, 10.0);
