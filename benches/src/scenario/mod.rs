@@ -648,6 +648,8 @@ fn scale(k: &Knobs) -> Result<Outcome> {
         let before = rig.gateway_usage();
         let connect = k.pick(1000.0, 1500.0);
         let ramp = n as f64 / connect;
+        let connect2 = connect * 2.0 / 3.0;
+        let ramp2 = n as f64 / connect2;
         let idle_s = k.pick(3.0, 10.0);
         let active_s = k.pick(3.0, 10.0);
         let pps = k.pick(1000.0, 20_000.0);
@@ -709,19 +711,25 @@ fn scale(k: &Knobs) -> Result<Outcome> {
             "control_bytes_per_session": per_session("control"),
             "dataplane_bytes_per_session": per_session("dataplane"),
             "usage_before": before, "usage_idle": idle, "status_idle": st,
-            "loadgen": summary(&r), "correctness": c, "pps_active": pps, "active_s": active_s}));
+            "loadgen": summary(&r), "correctness": c, "pps_active": pps, "active_s": active_s,
+            "connect_rate": connect, "active_connect_rate": connect2}));
         drop(rig);
         // Active: the same number of sessions carrying traffic, on a fresh gateway; the
-        // window is measured once all of them are up.
+        // window is measured once all of them are up. They connect at two thirds of the idle
+        // run's rate: the load generator, the gateway and the traffic share two cores, and
+        // the idle run above measures the handshake rate.
         let rig = Rig::start("bs", &k.rig(n, policy))?;
         let lg_start = Instant::now();
         let mut lg = rig.loadgen(
             "active",
             &args(&[
                 ("sessions", s(n)),
-                ("connect-rate", s(connect)),
+                ("connect-rate", s(connect2)),
                 ("pps", s(pps)),
-                ("duration", format!("{}ms", (run_s * 1e3) as u64)),
+                (
+                    "duration",
+                    format!("{}ms", ((ramp2 + active_s + 60.0) * 1e3) as u64),
+                ),
                 ("sockets", s(256)),
                 ("seed", s(k.seed)),
             ]),
@@ -729,7 +737,7 @@ fn scale(k: &Knobs) -> Result<Outcome> {
         let up2 = rig.wait_live(
             "active",
             n as u64,
-            Duration::from_secs_f64(ramp * 3.0 + 60.0),
+            Duration::from_secs_f64(ramp2 * 3.0 + 60.0),
         );
         let established2_s = lg_start.elapsed().as_secs_f64();
         let window_from = rig.gateway_usage();
