@@ -73,6 +73,18 @@ pub struct Loaded {
     pub discarded: Vec<String>,
 }
 
+/// Open (create, mode 0600) a state file for reading and writing; `append` for the journal.
+fn open_state_file(path: &Path, append: bool) -> std::io::Result<fs::File> {
+    let mut o = fs::OpenOptions::new();
+    o.read(true).create(true).mode(0o600);
+    if append {
+        o.append(true);
+    } else {
+        o.write(true).truncate(false);
+    }
+    o.open(path)
+}
+
 fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
@@ -96,19 +108,8 @@ impl Store {
         let key = LessSafeKey::new(
             UnboundKey::new(&CHACHA20_POLY1305, &*k).map_err(|_| std::io::Error::other("key"))?,
         );
-        let slots = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(dir.join("sessions.slots"))?;
-        let journal = fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(dir.join("node.journal"))?;
+        let slots = open_state_file(&dir.join("sessions.slots"), false)?;
+        let journal = open_state_file(&dir.join("node.journal"), true)?;
         let journal_len = journal.metadata()?.len();
         Ok(Store {
             dir: dir.to_path_buf(),
@@ -367,6 +368,19 @@ impl Store {
         Ok(())
     }
 
+    /// Move `name`, none of whose records opens under this key, to `<name>.unreadable` (for
+    /// the operator: a wrong key file is a misconfiguration, not a reason to destroy state),
+    /// and start an empty one.
+    fn set_aside(&self, name: &str, append: bool, out: &mut Loaded) -> Option<fs::File> {
+        let aside = self.dir.join(format!("{name}.unreadable"));
+        out.discarded.push(format!(
+            "{name}: not authentic under this gateway key (moved to {})",
+            aside.display()
+        ));
+        let _ = fs::rename(self.dir.join(name), &aside);
+        open_state_file(&self.dir.join(name), append).ok()
+    }
+
     /// Merge `node.journal` into `out.node`, entry by entry; a torn or unreadable entry ends
     /// it (appended after the last sync: nothing it holds was acted on) and is cut off.
     fn load_journal(&mut self, out: &mut Loaded) {
@@ -390,19 +404,7 @@ impl Store {
         if at == 0 && !bytes.is_empty() {
             // Not one entry opens: another gateway key (a misconfiguration), not a torn
             // write. Kept aside for the operator, not destroyed; a new journal starts.
-            let aside = self.dir.join("node.journal.unreadable");
-            out.discarded.push(format!(
-                "node.journal: not authentic under this gateway key (moved to {})",
-                aside.display()
-            ));
-            let _ = fs::rename(self.dir.join("node.journal"), &aside);
-            if let Ok(f) = fs::OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .open(self.dir.join("node.journal"))
-            {
+            if let Some(f) = self.set_aside("node.journal", true, out) {
                 self.journal = f;
             }
         } else if at < bytes.len() {
@@ -537,20 +539,7 @@ impl Store {
         }
         if same_boot && found.is_empty() && !to_clear.is_empty() {
             // Not one slot opens: another gateway key, not torn writes. Kept aside.
-            let aside = self.dir.join("sessions.slots.unreadable");
-            out.discarded.push(format!(
-                "sessions.slots: not authentic under this gateway key (moved to {})",
-                aside.display()
-            ));
-            let _ = fs::rename(self.dir.join("sessions.slots"), &aside);
-            if let Ok(f) = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(self.dir.join("sessions.slots"))
-            {
+            if let Some(f) = self.set_aside("sessions.slots", false, &mut out) {
                 self.slots = f;
             }
             self.free.clear();
