@@ -470,12 +470,16 @@ fn loss(k: &Knobs) -> Result<Outcome> {
                 ..k.rig(n, &k.policy)
             },
         )?;
+        // Handshakes back off (1, 2, 4, 8, 8 s…): under heavy loss establishing every client
+        // takes longer than the traffic window, so the window starts once all are up (or
+        // after 90 s), and runs `run_s` from there.
+        let settle = Duration::from_secs(90);
         let mut lg = rig.loadgen(
             "clients",
             &args(&[
                 ("sessions", s(n)),
                 ("pps", s(pps)),
-                ("duration", format!("{run_s}s")),
+                ("duration", format!("{}s", run_s + settle.as_secs() + 5)),
                 ("seed", s(k.seed)),
                 // A handshake succeeds with probability (1 - loss)^2 per attempt: at 40 % five
                 // attempts fail for 11 % of clients. Mobile clients keep trying; so do these.
@@ -487,7 +491,12 @@ fn loss(k: &Knobs) -> Result<Outcome> {
                 ),
             ]),
         )?;
-        let r = rig.report(&mut lg, "clients", budget(Duration::from_secs(run_s)))?;
+        let lg_start = Instant::now();
+        let _ = rig.wait_live("clients", n as u64, settle);
+        let all_up_s = lg_start.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_secs(run_s));
+        lg.stop();
+        let r = rig.report(&mut lg, "clients", Duration::from_secs(30))?;
         let c = judge(&rig, &[&r])?;
         out.correctness.add(&c);
         let sent = f(&r, &["traffic", "probes_sent"]);
@@ -537,6 +546,7 @@ fn loss(k: &Knobs) -> Result<Outcome> {
             .unwrap_or(Value::Null);
         levels.push(
             json!({"loss": loss, "expected_delivery": expected, "delivery": ratio,
+            "all_up_after_s": all_up_s,
             "terminated": term, "terminations": reasons, "unseen_superseded": superseded, "states_at_end": states, "loadgen": summary(&r),
             "impair": stats, "correctness": c}),
         );
