@@ -286,7 +286,8 @@ fn termination_reasons(rig: &Rig, reports: &[&Value]) -> std::collections::BTree
     m
 }
 
-/// Sessions created for a handshake whose response was lost, ended when the retry arrived.
+/// Sessions created for a handshake whose response was lost, ended when the retry arrived (or,
+/// when the retry came later than the recovery window, by that window): no client held them.
 fn unseen_superseded(rig: &Rig, reports: &[&Value]) -> u64 {
     let held = held_sessions(reports);
     rig.net
@@ -296,9 +297,13 @@ fn unseen_superseded(rig: &Rig, reports: &[&Value]) -> u64 {
         .count() as u64
 }
 
-/// A SUPERSEDED termination of a session no client held.
+/// The termination of a session no client held: superseded by the client's retry, or, under
+/// heavy loss where handshake retries back off past the recovery window, expired first.
 fn unseen(e: &Value, held: &std::collections::HashSet<String>) -> bool {
-    e["reason_code"] == "SUPERSEDED" && !held.contains(e["session_id"].as_str().unwrap_or(""))
+    matches!(
+        e["reason_code"].as_str(),
+        Some("SUPERSEDED" | "RECOVERY_WINDOW_EXPIRED")
+    ) && !held.contains(e["session_id"].as_str().unwrap_or(""))
 }
 
 fn held_sessions(reports: &[&Value]) -> std::collections::HashSet<String> {
