@@ -169,14 +169,6 @@ impl Store {
         format!("sessions/{id}")
     }
 
-    /// Persist a session.
-    ///
-    /// # Errors
-    /// What could not be written, one line per file.
-    pub fn save_session(&mut self, rec: &SessionRecord) -> Result<(), Vec<String>> {
-        self.save_batch(&[rec], None)
-    }
-
     /// Persist the whole node record (`node`, atomically and synced), then empty the journal
     /// it now contains.
     ///
@@ -604,10 +596,16 @@ fn merge_node(base: &mut NodeRecord, changes: NodeRecord) {
 mod tests {
     use super::*;
 
+    /// An empty directory of this test's own.
+    fn fresh_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("jumping-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
     #[test]
     fn node_round_trip_and_tamper_detection() {
-        let dir = std::env::temp_dir().join(format!("jumping-store-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = fresh_dir("store");
         let mut s = Store::open(&dir, &[9; 32]).expect("open");
         let rec = NodeRecord {
             clients: vec![([1; 32], Some(5), false), ([2; 32], None, true)],
@@ -657,8 +655,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_persisted_whole_and_read_back_by_the_next_start() {
-        let dir = std::env::temp_dir().join(format!("jumping-batch-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = fresh_dir("batch");
         let mut s = Store::open(&dir, &[9; 32]).expect("open");
         let (records, node) = records(20);
         let refs: Vec<_> = records.iter().collect();
@@ -698,8 +695,7 @@ mod tests {
 
     #[test]
     fn a_torn_or_tampered_slot_is_discarded_and_the_rest_kept() {
-        let dir = std::env::temp_dir().join(format!("jumping-torn-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = fresh_dir("torn");
         let mut s = Store::open(&dir, &[9; 32]).expect("open");
         let (records, node) = records(4);
         let refs: Vec<_> = records.iter().collect();
@@ -725,8 +721,7 @@ mod tests {
 
     #[test]
     fn a_record_too_large_for_a_slot_has_a_file_of_its_own_until_it_fits_again() {
-        let dir = std::env::temp_dir().join(format!("jumping-big-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = fresh_dir("big");
         let mut s = Store::open(&dir, &[9; 32]).expect("open");
         let (records, node) = records(2);
         s.save_batch(&[&records[0], &records[1]], Some(&node))
@@ -768,8 +763,7 @@ mod tests {
 
     #[test]
     fn node_changes_are_journalled_merged_at_start_and_folded_into_the_snapshot() {
-        let dir = std::env::temp_dir().join(format!("jumping-journal-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = fresh_dir("journal");
         let mut s = Store::open(&dir, &[9; 32]).expect("open");
         s.save_node(&node_with(&[(1, Some(5), false), (2, None, false)], 10))
             .expect("snapshot");

@@ -633,10 +633,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         clients.sort_unstable();
         NodeRecord {
             clients,
-            ids: Some(crate::persist::IdAllocatorRecord {
-                key: self.ids.key.clone(),
-                counter: self.ids.counter,
-            }),
+            ids: Some(self.ids.record()),
         }
     }
 
@@ -659,10 +656,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                         .map(|e| (*k, e.last_timestamp, e.revoked))
                 })
                 .collect(),
-            ids: Some(crate::persist::IdAllocatorRecord {
-                key: self.ids.key.clone(),
-                counter: self.ids.counter,
-            }),
+            ids: Some(self.ids.record()),
         }
     }
 
@@ -1764,6 +1758,14 @@ struct SessionIdAllocator {
 }
 
 impl SessionIdAllocator {
+    /// What [`NodeRecord`] keeps of it.
+    fn record(&self) -> crate::persist::IdAllocatorRecord {
+        crate::persist::IdAllocatorRecord {
+            key: self.key.clone(),
+            counter: self.counter,
+        }
+    }
+
     fn new<R: RngCore>(rng: &mut R) -> Self {
         let mut key = zeroize::Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut *key);

@@ -575,10 +575,7 @@ fn a_replayed_initiation_neither_creates_nor_supersedes() {
         .net
         .captured
         .iter()
-        .find(|(d, b)| {
-            matches!(d, Dir::ToGateway { .. })
-                && wire::peek_type(b).ok() == Some(MessageType::HandshakeInit)
-        })
+        .find(|(d, b)| is_initiation(d, b))
         .map(|(_, b)| b.clone())
         .expect("captured initiation");
     let from = sim.net.nat[&LocalPath(0)];
@@ -702,10 +699,7 @@ fn handshake_retries_back_off_with_jitter_then_fail_explicitly() {
             .net
             .captured
             .iter()
-            .filter(|(d, b)| {
-                matches!(d, Dir::ToGateway { .. })
-                    && wire::peek_type(b).ok() == Some(MessageType::HandshakeInit)
-            })
+            .filter(|(d, b)| is_initiation(d, b))
             .count();
         while sends.len() < inits {
             sends.push(sim.now - start);
@@ -728,4 +722,10 @@ fn handshake_retries_back_off_with_jitter_then_fail_explicitly() {
             ..
         }
     )));
+}
+
+/// A captured datagram that is a handshake initiation on its way to the gateway.
+fn is_initiation(d: &Dir, b: &[u8]) -> bool {
+    matches!(d, Dir::ToGateway { .. })
+        && wire::peek_type(b).ok() == Some(MessageType::HandshakeInit)
 }
