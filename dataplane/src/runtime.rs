@@ -353,6 +353,15 @@ impl NextHop {
             // Bit 63 marks "learnt" (a MAC is 48 bits).
             cell.store(u64::from_be_bytes(b) | 1 << 63, Ordering::Relaxed);
         }
+        self.refresh(dst);
+    }
+
+    /// Put the interface's learnt MAC, if any, into `dst`: called before every transmit, so a
+    /// worker sending a packet another worker handed it uses a MAC learnt by that worker
+    /// before the handoff (the ring's release/acquire orders the relaxed store before this
+    /// load), not the template of its own last receive pass.
+    fn refresh(&self, dst: &mut [u8; 6]) {
+        let Some(cell) = &self.0 else { return };
         let v = cell.load(Ordering::Relaxed);
         if v != 0 {
             dst.copy_from_slice(&v.to_be_bytes()[2..]);
@@ -395,7 +404,10 @@ impl WorkerIo {
     /// Send a ready datagram (a heartbeat echo of a handed-off packet, a control datagram).
     fn send_payload(&mut self, dst: Path, payload: &[u8]) -> bool {
         match self {
-            WorkerIo::Xsk { xsk, l2, .. } => xsk.send_payload(dst.addr, payload, l2).is_ok(),
+            WorkerIo::Xsk { xsk, l2, next_hop } => {
+                next_hop.refresh(&mut l2.dst_mac);
+                xsk.send_payload(dst.addr, payload, l2).is_ok()
+            }
             WorkerIo::Uring(u) => u.send_datagram(dst.addr, payload).is_ok(),
         }
     }
@@ -403,14 +415,17 @@ impl WorkerIo {
     /// Seal `inner` for `id` and send it. `Err` only for failures the worker did not count.
     fn send_inner(&mut self, worker: &mut Worker, id: SessionId, inner: &[u8]) -> Result<(), ()> {
         match self {
-            WorkerIo::Xsk { xsk, l2, .. } => match xsk.send_inner(worker, id, inner, l2) {
-                Ok(_) => Ok(()),
-                Err(crate::xsk::XskTxError::Worker(_)) => Err(()),
-                Err(_) => {
-                    worker.count_drop(DropReason::TxFailed);
-                    Err(())
+            WorkerIo::Xsk { xsk, l2, next_hop } => {
+                next_hop.refresh(&mut l2.dst_mac);
+                match xsk.send_inner(worker, id, inner, l2) {
+                    Ok(_) => Ok(()),
+                    Err(crate::xsk::XskTxError::Worker(_)) => Err(()),
+                    Err(_) => {
+                        worker.count_drop(DropReason::TxFailed);
+                        Err(())
+                    }
                 }
-            },
+            }
             WorkerIo::Uring(u) => match u.send_inner(worker, id, inner) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(()),
@@ -453,7 +468,8 @@ impl Inside {
     fn queue_write(&mut self, pkt: &[u8]) -> Result<(), ()> {
         match self {
             Inside::Tun(t) => t.queue_write(pkt).map_err(|_| ()),
-            Inside::Xsk { xsk, l2, .. } => {
+            Inside::Xsk { xsk, l2, next_hop } => {
+                next_hop.refresh(&mut l2.dst_mac);
                 let ethertype = match pkt.first().map(|b| b >> 4) {
                     Some(4) => ETH_P_IP,
                     Some(6) => ETH_P_IPV6,
@@ -1188,6 +1204,28 @@ impl WorkerLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_next_hop_learnt_by_one_worker_reaches_another_at_its_next_transmit() {
+        let learner = NextHop::learnt();
+        let sender = learner.clone();
+        let (mut mine, mut theirs) = ([0xFF; 6], [0xFF; 6]);
+        sender.refresh(&mut theirs);
+        assert_eq!(theirs, [0xFF; 6], "nothing learnt yet: the template stays");
+        learner.update(&mut mine, Some([2, 0, 0, 0, 0, 7]));
+        assert_eq!(mine, [2, 0, 0, 0, 0, 7]);
+        sender.refresh(&mut theirs);
+        assert_eq!(theirs, [2, 0, 0, 0, 0, 7], "learnt by the other worker");
+        let configured = NextHop::configured();
+        let mut fixed = [2, 0, 0, 0, 0, 9];
+        configured.update(&mut fixed, Some([2, 0, 0, 0, 0, 7]));
+        configured.refresh(&mut fixed);
+        assert_eq!(
+            fixed,
+            [2, 0, 0, 0, 0, 9],
+            "a configured next hop is never replaced"
+        );
+    }
 
     fn frame(ethertype: u16, ip: &[u8], pad_to: usize) -> Vec<u8> {
         let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];

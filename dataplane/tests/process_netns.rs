@@ -127,6 +127,27 @@ impl Drop for Topology {
     }
 }
 
+/// The veth counters of both ends and the UDP counters of both namespaces (what a failure
+/// message needs to tell the data plane's losses from the kernel's).
+fn kernel_counters(topo: &Topology) -> String {
+    let mut out = String::new();
+    for (ns, dev) in [(&topo.gw, GW_DEV), (&topo.client, CLIENT_DEV)] {
+        for args in [
+            vec!["-n", ns.as_str(), "-s", "link", "show", "dev", dev],
+            vec!["netns", "exec", ns.as_str(), "cat", "/proc/net/snmp"],
+        ] {
+            if let Ok(o) = Proc::new("ip").args(&args).output() {
+                out.push_str(&String::from_utf8_lossy(&o.stdout));
+            }
+        }
+    }
+    if let Ok(s) = std::fs::read_to_string("/proc/net/softnet_stat") {
+        out.push_str("softnet_stat:\n");
+        out.push_str(&s);
+    }
+    out
+}
+
 /// Every session the data plane holds.
 fn list(ctl: &mut Control) -> Vec<jumping_dataplane_api::SessionSummary> {
     ctl.request(&ToDataplane::ListSessions)
@@ -570,8 +591,9 @@ fn moves(backend: &str, tag: &str) {
         assert_eq!(
             got.len(),
             N as usize,
-            "{dir} packets lost in the moves; data plane: {:?}",
-            ctl.stats()
+            "{dir} packets lost in the moves; data plane: {:?}\nkernel: {}",
+            ctl.stats(),
+            kernel_counters(&topo)
         );
         let out_of_order = got.windows(2).position(|w| w[1] != w[0] + 1);
         assert_eq!(
