@@ -177,6 +177,9 @@ impl Profile {
         k.jitter_ms = self.failure.jitter_ms;
         k.burst_every_ms = self.failure.burst_every_ms;
         k.burst_len_ms = self.failure.burst_len_ms;
+        // The window is the question, not scale: 1000 sessions at 5000 probes/s put each
+        // session's next probe at most 200 ms after a rebind (10 000 would add up to 2 s).
+        k.churn_sessions = Some(if quick { 50 } else { 1000 });
         k.churn_every_s = vec![if quick {
             self.failure.churn_every_s.min(2.0)
         } else {
@@ -234,7 +237,12 @@ pub fn grade(p: &Profile, outcomes: &[Outcome]) -> (Grade, Vec<Line>) {
         line(
             &format!("{}: run valid (correctness counters 0)", o.name),
             "VALID".into(),
-            format!("{:?}", o.verdict).to_uppercase(),
+            if o.verdict == Verdict::Invalid {
+                "INVALID"
+            } else {
+                "VALID"
+            }
+            .into(),
             hard(o.verdict != Verdict::Invalid),
         );
         for c in &o.criteria.0 {
@@ -330,6 +338,8 @@ mod tests {
             let k = p.knobs(true, 1);
             assert_eq!(k.loss_levels, vec![p.failure.loss]);
             assert_eq!(k.switch_budget(), p.requirements.max_switches_per_min);
+            assert_eq!(k.churn_sessions, Some(50));
+            assert_eq!(p.knobs(false, 1).churn_sessions, Some(1000));
         }
         assert!(load("nope")
             .unwrap_err()
@@ -367,8 +377,15 @@ mod tests {
         o.recovery_ms.push(("x".into(), vec![100.0]));
         let (g, _) = grade(&p, std::slice::from_ref(&o));
         assert_eq!(g, Grade::Pass);
+        o.verdict = Verdict::Fail;
+        let (_, lines) = grade(&p, std::slice::from_ref(&o));
+        assert_eq!(
+            lines[0].measured, "VALID",
+            "a failed run is still a valid one"
+        );
         o.verdict = Verdict::Invalid;
-        let (g, _) = grade(&p, &[o]);
+        let (g, lines) = grade(&p, &[o]);
         assert_eq!(g, Grade::Fail);
+        assert_eq!(lines[0].measured, "INVALID");
     }
 }

@@ -9,10 +9,12 @@
 //!   replayed.
 //!
 //! A pool of datagrams is built first; the flood sends it round-robin, paced per millisecond,
-//! from several source ports, and counts what the gateway sends back (amplification).
+//! in batches of up to [`BATCH`] per `sendmmsg(2)` from several source ports in turn, and
+//! counts what the gateway sends back (amplification).
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
@@ -21,11 +23,16 @@ use jumping_protocol::client::{Client, ClientConfig, LocalPath};
 use jumping_protocol::handshake::StaticKeypair;
 use jumping_protocol::wire::{emit_reattach_request, ReattachRequestFields, SessionId};
 use jumping_protocol::Instant;
+use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{OsRng, RngCore as _, SeedableRng as _};
 use serde::Serialize;
 
 use crate::stats::Cpu;
+
+/// Datagrams per `sendmmsg(2)`: one system call carries a batch (on a veth the sender's call
+/// also pays the receiving side's processing, so the syscall is what batching saves).
+pub const BATCH: usize = 64;
 
 /// What to flood with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -180,7 +187,11 @@ pub fn run(kind: Kind, pool: &[Vec<u8>], aim: Aim, stop: &AtomicBool) -> Result<
         ..FloodReport::default()
     };
     let mut buf = [0u8; 2048];
+    let to = SockaddrStorage::from(gateway);
+    let addrs = [Some(to); BATCH];
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut next = 0usize;
+    let mut turn = 0usize;
     let mut credit = 0.0f64;
     let mut last = start;
     while start.elapsed() < duration && !stop.load(Ordering::Relaxed) {
@@ -188,17 +199,30 @@ pub fn run(kind: Kind, pool: &[Vec<u8>], aim: Aim, stop: &AtomicBool) -> Result<
         credit = (credit + rate * (now - last).as_secs_f64()).min(rate / 100.0 + 64.0);
         last = now;
         while credit >= 1.0 {
-            credit -= 1.0;
-            let d = &pool[next % pool.len()];
-            let s = &socks[next % socks.len()];
-            next += 1;
-            match s.send_to(d, gateway) {
-                Ok(n) => {
-                    r.sent += 1;
-                    r.tx_bytes += n as u64;
-                }
-                Err(_) => r.send_errors += 1,
-            }
+            // Whole datagrams only: `credit` is at least 1 here.
+            let k = (credit as usize).min(BATCH);
+            let s = &socks[turn % socks.len()];
+            turn += 1;
+            let iovs: Vec<[IoSlice<'_>; 1]> = (0..k)
+                .map(|i| [IoSlice::new(&pool[(next + i) % pool.len()])])
+                .collect();
+            let no_cmsgs: [ControlMessage<'_>; 0] = [];
+            let sent = match sendmmsg(
+                s.as_raw_fd(),
+                &mut headers,
+                &iovs,
+                &addrs[..k],
+                no_cmsgs,
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(done) => done.map(|m| r.tx_bytes += m.bytes as u64).count(),
+                Err(_) => 0,
+            };
+            // What the socket did not take (a full buffer) is skipped, as a lost send.
+            r.sent += sent as u64;
+            r.send_errors += (k - sent) as u64;
+            next += k;
+            credit -= k as f64;
         }
         for s in &socks {
             while let Ok((n, _)) = s.recv_from(&mut buf) {
@@ -241,6 +265,46 @@ mod tests {
             assert!(matches!(wire::parse(&m), Ok(Message::HandshakeInit(_))));
         }
         assert_eq!(reattach_pool(&[], 8, 5), reattach_pool(&[], 8, 5));
+    }
+
+    #[test]
+    fn a_flood_sends_whole_pool_datagrams_from_every_socket() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let _ = nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::RcvBuf, &(8 << 20));
+        rx.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let gateway = rx.local_addr().expect("addr");
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = rx.recv_from(&mut buf) {
+                got.push((buf[..n].to_vec(), from.port()));
+            }
+            got
+        });
+        let pool: Vec<Vec<u8>> = (0u8..7).map(|i| vec![i; 10 + usize::from(i)]).collect();
+        let aim = Aim {
+            gateway,
+            bind: Ipv4Addr::LOCALHOST,
+            sockets: 3,
+            rate: 20_000.0,
+            duration: Duration::from_millis(100),
+        };
+        let r = run(Kind::ReattachRandom, &pool, aim, &AtomicBool::new(false)).expect("run");
+        let got = reader.join().expect("reader");
+        assert!(r.sent > 0 && r.send_errors == 0, "{r:?}");
+        assert_eq!(got.len() as u64, r.sent);
+        let bytes: usize = got.iter().map(|(d, _)| d.len()).sum();
+        assert_eq!(bytes as u64, r.tx_bytes);
+        assert!(
+            got.iter()
+                .all(|(d, _)| pool.get(usize::from(d[0])) == Some(d)),
+            "only pool datagrams, whole"
+        );
+        let mut ports: Vec<u16> = got.iter().map(|(_, p)| *p).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 3, "every source port is used");
     }
 
     #[test]
