@@ -16,13 +16,13 @@ use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
 use crate::cookie::open_cookie;
-use crate::crypto::CipherSuite;
+use crate::crypto::{CipherSuite, SecretKey};
 use crate::event::RejectCode;
 use crate::handshake::{InitPayload, Initiator, Purpose, StaticKeypair};
 use crate::keys::{open_transport, EpochKeys, KeySet, OpenFailure, Role};
 use crate::path::Transport;
 use crate::policy::Policy;
-use crate::reattach::{control_mac, proof, verify_control_mac};
+use crate::reattach::{control_mac, proof_key, proof_with, verify_control_mac};
 use crate::replay::ReplayWindow;
 use crate::state::{Reason, State};
 use crate::time::{millis, Instant};
@@ -191,6 +191,8 @@ struct Established {
     sid: SessionId,
     keys: KeySet,
     transcript: [u8; 32],
+    /// The reattach proof key, derived at the first reattach request; in memory only.
+    proof_key: Option<SecretKey>,
     send_counter: u64,
     recv_window: ReplayWindow,
     established_at: Instant,
@@ -485,6 +487,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
                         sid: done.session_id,
                         keys: KeySet::new(epoch),
                         transcript: done.keys.transcript,
+                        proof_key: None,
                         send_counter: 0,
                         recv_window: ReplayWindow::new(),
                         established_at: now,
@@ -762,12 +765,10 @@ impl<R: RngCore + CryptoRng> Client<R> {
             challenge_echo: echo,
         };
         let mut msg = emit_reattach_request(&fields);
-        let p = proof(
-            &self.cfg.keypair,
-            &self.cfg.gateway_public,
-            &e.transcript,
-            &msg[..52],
-        );
+        let key = e.proof_key.get_or_insert_with(|| {
+            proof_key(&self.cfg.keypair, &self.cfg.gateway_public, &e.transcript)
+        });
+        let p = proof_with(key, &msg[..52]);
         msg[52..68].copy_from_slice(&p);
         let mac = control_mac(k.ctrl_send.expose(), &msg[..REATTACH_REQUEST_LEN - MAC_LEN]);
         msg[REATTACH_REQUEST_LEN - MAC_LEN..].copy_from_slice(&mac);

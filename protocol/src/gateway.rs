@@ -25,7 +25,7 @@ use crate::keys::{open_transport, EpochKeys, KeySet, OpenFailure, Role, Slot};
 use crate::path::{Path, Transport};
 use crate::persist::{NodeRecord, RecordError, SessionRecord};
 use crate::policy::Policy;
-use crate::reattach::{proof, verify_control_mac, PendingValidation, SwitchBudget};
+use crate::reattach::{proof_key, proof_with, verify_control_mac, PendingValidation, SwitchBudget};
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::session::{DataPlaneHandoff, GatewaySession, Quality};
 use crate::state::{resolve, Machine, State, Transition, Trigger};
@@ -590,6 +590,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             machine: Machine::restore(rec.state, rec.version),
             client_public: rec.client_public,
             transcript: *rec.transcript,
+            proof_key: None,
             keys,
             send_counter: rec.send_counter,
             recv_window: ReplayWindow::from_parts(rec.recv_window.0, rec.recv_window.1),
@@ -825,6 +826,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                     machine: Machine::new(),
                     client_public: client,
                     transcript: keys.transcript,
+                    proof_key: None,
                     keys: KeySet::new(epoch),
                     send_counter: if self.out.external {
                         CONTROL_COUNTER_BASE
@@ -1307,13 +1309,15 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 Some(epoch),
             );
         }
-        // 6. Asymmetric proof of possession of the client identity key.
-        let expected = proof(
-            self.responder.keypair(),
-            &s.client_public,
-            &s.transcript,
-            req.proof_covered(),
-        );
+        // 6. Asymmetric proof of possession of the client identity key (one X25519 per
+        // session: its key is kept once derived; no deadline moves).
+        let Some(s) = self.sessions.get_mut_deadline_not_earlier(&sid) else {
+            return self.drop_(DropReason::UnknownSession);
+        };
+        let key = s.proof_key.get_or_insert_with(|| {
+            proof_key(self.responder.keypair(), &s.client_public, &s.transcript)
+        });
+        let expected = proof_with(key, req.proof_covered());
         if !ct_eq(&expected, &req.proof()) {
             self.out.events.push_back(Event::Security {
                 session_id: Some(sid),
@@ -2073,6 +2077,76 @@ mod tests {
         );
         assert_ne!(sim.session(sid).active, Some(attacker));
         assert_eq!(sim.session(sid).version(), 1);
+    }
+
+    #[test]
+    fn a_kept_proof_key_still_refuses_a_proof_from_another_identity() {
+        use crate::client::LocalPath;
+        use crate::reattach::{control_mac, proof};
+        use crate::testing::Sim;
+        use crate::wire::{
+            emit_reattach_request, ReattachRequestFields, MAC_LEN, REATTACH_REQUEST_LEN,
+        };
+        let mut sim = Sim::new(21, Policy::default());
+        let sid = sim.connect();
+        sim.run_for(Duration::from_secs(2));
+        // A genuine jump: both sides derive and keep the proof key.
+        sim.client.reattach(sim.now, LocalPath(1));
+        sim.run_for(Duration::from_millis(300));
+        let path1 = Path::udp(sim.net.nat[&LocalPath(1)]);
+        assert_eq!(sim.session(sid).active, Some(path1));
+        assert!(
+            sim.session(sid).proof_key.is_some(),
+            "kept after the first proof"
+        );
+        let version = sim.session(sid).version();
+        // Someone holding the session keys but another identity key asks to move it.
+        let attacker = Path::udp("198.51.100.9:7000".parse().expect("addr"));
+        let (ctrl, epoch, created, transcript) = {
+            let s = sim.session(sid);
+            let k = s.keys.current();
+            (k.ctrl_recv.clone(), k.wire_epoch(), s.created, s.transcript)
+        };
+        let mut req = emit_reattach_request(&ReattachRequestFields {
+            epoch,
+            session_id: sid,
+            counter: 1000,
+            client_time_ms: millis(sim.now - created),
+            transport: Transport::Udp.code(),
+            challenge_echo: [0; TOKEN_LEN],
+        });
+        let other = StaticKeypair::from_secret_bytes([0x5A; 32]);
+        let gateway_public = sim.gw.responder.keypair().public();
+        let forged = proof(&other, &gateway_public, &transcript, &req[..52]);
+        req[52..68].copy_from_slice(&forged);
+        let mac = control_mac(ctrl.expose(), &req[..REATTACH_REQUEST_LEN - MAC_LEN]);
+        req[REATTACH_REQUEST_LEN - MAC_LEN..].copy_from_slice(&mac);
+        while sim.gw.poll_event().is_some() {}
+        let out = sim.gw.handle_datagram(sim.now, attacker, &mut req);
+        assert!(
+            matches!(out, Output::Dropped(DropReason::ReattachRejected)),
+            "{out:?}"
+        );
+        assert!(
+            std::iter::from_fn(|| sim.gw.poll_event()).any(|e| matches!(
+                e,
+                Event::Security {
+                    kind: SecurityKind::BadProof,
+                    ..
+                }
+            )),
+            "a bad proof is a security event"
+        );
+        assert_eq!(sim.session(sid).active, Some(path1));
+        assert_eq!(sim.session(sid).version(), version);
+        // The genuine client still jumps back with its kept key (after the switch cooldown).
+        sim.run_for(Duration::from_secs(20));
+        sim.client.reattach(sim.now, LocalPath(0));
+        sim.run_for(Duration::from_millis(300));
+        assert_eq!(
+            sim.session(sid).active,
+            Some(Path::udp(sim.net.nat[&LocalPath(0)]))
+        );
     }
 
     #[test]

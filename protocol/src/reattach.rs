@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 
 use core::time::Duration;
 
-use crate::crypto::{ct_eq, kdf, mac16};
+use crate::crypto::{ct_eq, kdf, mac16, SecretKey};
 use crate::handshake::StaticKeypair;
 use crate::path::Path;
 use crate::time::Instant;
@@ -41,8 +41,22 @@ pub fn proof(
     transcript: &[u8; 32],
     covered: &[u8],
 ) -> [u8; MAC_LEN] {
+    proof_with(&proof_key(ours, theirs, transcript), covered)
+}
+
+/// The key of a session's proofs: `DH(identity keys)` bound to the handshake transcript. It
+/// never changes for a session, so each side derives it once (one X25519) and keeps it with the
+/// session, in memory only: never persisted, never given to the data plane. Whoever can read it
+/// there can read the identity key it comes from.
+#[must_use]
+pub fn proof_key(ours: &StaticKeypair, theirs: &[u8; 32], transcript: &[u8; 32]) -> SecretKey {
     let ss = ours.diffie_hellman(theirs);
-    let key = kdf(&ss, b"jumping reattach proof", transcript);
+    kdf(&ss, b"jumping reattach proof", transcript)
+}
+
+/// The proof over `covered` under a session's [`proof_key`].
+#[must_use]
+pub fn proof_with(key: &SecretKey, covered: &[u8]) -> [u8; MAC_LEN] {
     mac16(key.expose(), &[covered])
 }
 
@@ -166,6 +180,9 @@ mod tests {
         assert_eq!(p, proof(&g, &c.public(), &t, b"req"));
         assert_ne!(p, proof(&other, &g.public(), &t, b"req"));
         assert_ne!(p, proof(&c, &g.public(), &[5; 32], b"req"));
+        let kept = proof_key(&g, &c.public(), &t);
+        assert_eq!(proof_with(&kept, b"req"), p, "the kept key proves the same");
+        assert_ne!(proof_with(&kept, b"other"), p);
     }
 
     #[test]

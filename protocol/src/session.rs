@@ -87,6 +87,9 @@ pub struct GatewaySession {
     /// The client's identity key.
     pub client_public: [u8; 32],
     pub(crate) transcript: [u8; 32],
+    /// The reattach proof key ([`crate::reattach::proof_key`]), derived at the first request
+    /// that gets as far as the proof check; in memory only.
+    pub(crate) proof_key: Option<crate::crypto::SecretKey>,
     pub(crate) keys: KeySet,
     pub(crate) send_counter: u64,
     pub(crate) recv_window: ReplayWindow,

@@ -47,6 +47,9 @@ enum Cmd {
         /// Session counts for the `scale` scenario (comma-separated), instead of 10000,100000.
         #[arg(long)]
         sessions: Option<String>,
+        /// NAT rebind intervals for `nat-churn`, seconds (comma-separated), instead of 60,10,1.
+        #[arg(long)]
+        churn_every: Option<String>,
         /// Seed of impairment and sampling.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -152,6 +155,7 @@ struct BenchOpts {
     profile: Option<String>,
     only: Option<String>,
     sessions: Option<String>,
+    churn_every: Option<String>,
     seed: u64,
 }
 
@@ -260,6 +264,9 @@ fn load_tests(load: &[&str], o: &BenchOpts, run_id: &str) -> Result<()> {
         if let (Some(only), "scenarios") = (&o.only, *l) {
             cmd.args(["--only", only]);
         }
+        if let (Some(every), "scenarios" | "pilot") = (&o.churn_every, *l) {
+            cmd.args(["--churn-every", every]);
+        }
         if let (Some(sessions), "scenarios" | "pilot") = (&o.sessions, *l) {
             cmd.args(["--sessions", sessions]);
         }
@@ -338,6 +345,7 @@ fn main() -> Result<()> {
             profile,
             only,
             sessions,
+            churn_every,
             seed,
         } => bench(
             &which,
@@ -346,6 +354,7 @@ fn main() -> Result<()> {
                 profile,
                 only,
                 sessions,
+                churn_every,
                 seed,
             },
         ),

@@ -41,6 +41,10 @@ struct Args {
     /// Session counts for `scale` (comma-separated), instead of the 10000,100000.
     #[arg(long, value_delimiter = ',')]
     sessions: Vec<usize>,
+    /// NAT rebind intervals for `nat-churn`, seconds (comma-separated), instead of the
+    /// issue's 60,10,1 (or the profile's).
+    #[arg(long, value_delimiter = ',')]
+    churn_every: Vec<f64>,
 }
 
 fn main() -> Result<()> {
@@ -65,6 +69,12 @@ fn main() -> Result<()> {
             bail!("--sessions: each count must be at least 1");
         }
         knobs.scale_sessions.clone_from(&a.sessions);
+    }
+    if !a.churn_every.is_empty() {
+        if a.churn_every.iter().any(|e| !(0.1..=3600.0).contains(e)) {
+            bail!("--churn-every: each interval must be between 0.1 and 3600 seconds");
+        }
+        knobs.churn_every_s.clone_from(&a.churn_every);
     }
     let names: Vec<String> = if !a.only.is_empty() {
         for n in &a.only {
