@@ -1368,7 +1368,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
             .filter(|p| p.path == from && now < p.deadline)
         {
             p.bytes_in += req_len;
-            if echo != [0; TOKEN_LEN] && ct_eq(&echo, &p.token) {
+            if p.echoed(&echo) {
                 let version = p.version;
                 return self.bind(now, sid, from, counter, epoch, version);
             }
@@ -1388,6 +1388,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         let mut pending = PendingValidation {
             path: from,
             token,
+            previous_token: [0; TOKEN_LEN],
             request_counter: counter,
             epoch,
             version,
@@ -1937,10 +1938,14 @@ fn start_unsolicited_validation<R: RngCore>(
         .filter(|p| p.path == from && now < p.deadline)
     {
         // Already validating this path: more received bytes widen the send budget, and a
-        // challenge that may have been lost is resent, at most every CHALLENGE_RESEND.
+        // challenge that may have been lost (or whose answer was lost or refused, e.g. inside
+        // the switch cooldown) is resent, at most every CHALLENGE_RESEND, with a fresh token:
+        // the client answers each token once (a replayed challenge is not answered).
         p.bytes_in += received;
         if now - p.last_sent >= CHALLENGE_RESEND {
             let mut p = p.clone();
+            p.previous_token = p.token;
+            rng.fill_bytes(&mut p.token);
             send_challenge(s, out, now, &mut p);
             s.pending = Some(p);
         }
@@ -1951,6 +1956,7 @@ fn start_unsolicited_validation<R: RngCore>(
     let mut p = PendingValidation {
         path: from,
         token,
+        previous_token: [0; TOKEN_LEN],
         request_counter: 0,
         epoch,
         version: s.version(),

@@ -67,6 +67,9 @@ pub struct PendingValidation {
     pub path: Path,
     /// Random token sent in the challenge.
     pub token: [u8; TOKEN_LEN],
+    /// The token of the challenge sent before (an unsolicited challenge is resent with a fresh
+    /// token, and an answer to the one before may still be on its way); zero if none.
+    pub previous_token: [u8; TOKEN_LEN],
     /// The request it answers (0 for an unsolicited challenge after a NAT rebind).
     pub request_counter: u64,
     /// The key epoch (wire form) the client used; replies are MACed under it.
@@ -91,6 +94,13 @@ pub struct PendingValidation {
 pub const AMPLIFICATION_FACTOR: usize = 3;
 
 impl PendingValidation {
+    /// Does `echo` return one of the last two tokens sent? (Both compared in constant time.)
+    #[must_use]
+    pub fn echoed(&self, echo: &[u8; TOKEN_LEN]) -> bool {
+        let zero = [0; TOKEN_LEN];
+        (!ct_eq(echo, &zero)) & (ct_eq(echo, &self.token) | ct_eq(echo, &self.previous_token))
+    }
+
     /// May `len` more bytes be sent to the candidate path?
     #[must_use]
     pub fn may_send(&self, len: usize) -> bool {

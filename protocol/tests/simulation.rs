@@ -729,3 +729,47 @@ fn is_initiation(d: &Dir, b: &[u8]) -> bool {
     matches!(d, Dir::ToGateway { .. })
         && wire::peek_type(b).ok() == Some(MessageType::HandshakeInit)
 }
+
+#[test]
+fn a_rebind_refused_for_the_cooldown_completes_at_the_first_challenge_after_it() {
+    // The client answers an unsolicited challenge once per token (a replayed challenge is not
+    // answered), so the gateway's resend must carry a fresh token: otherwise an answer refused
+    // with COOLDOWN_ACTIVE leaves the rebind unrepaired until path_validation_timeout.
+    let policy = Policy::default();
+    let mut sim = Sim::new(23, policy.clone());
+    let sid = sim.connect();
+    sim.traffic(sid, Duration::from_secs(2), Duration::from_millis(10));
+    let first = sim.net.rebind(LocalPath(0));
+    sim.traffic(sid, Duration::from_millis(200), Duration::from_millis(10));
+    assert_eq!(sim.session(sid).active, Some(Path::udp(first)));
+    // A second rebind inside the switch cooldown.
+    let second = sim.net.rebind(LocalPath(0));
+    let rebind_at = sim.now;
+    while sim.session(sid).active != Some(Path::udp(second))
+        && sim.now - rebind_at < Duration::from_secs(6)
+    {
+        sim.traffic(sid, Duration::from_millis(10), Duration::from_millis(10));
+    }
+    let refused = sim.client_events.iter().any(|e| {
+        matches!(
+            e,
+            ClientEvent::ReattachRejected {
+                code: Some(RejectCode::CooldownActive),
+                ..
+            }
+        )
+    });
+    assert!(
+        refused,
+        "the answer inside the cooldown is refused: {:?}",
+        sim.client_events
+    );
+    assert_eq!(sim.session(sid).active, Some(Path::udp(second)));
+    let took = sim.now - rebind_at;
+    assert!(
+        took < policy.switch_cooldown + Duration::from_millis(600),
+        "bound {took:?} after the rebind: the challenges resent after the cooldown went unanswered"
+    );
+    assert_eq!(sim.session(sid).version(), 3);
+    sim.assert_version_log(sid);
+}
