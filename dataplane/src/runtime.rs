@@ -343,23 +343,27 @@ impl NextHop {
         NextHop(Some(Arc::new(AtomicU64::new(0))))
     }
 
-    /// Record `seen` (a source MAC this worker received) and put the interface's learnt MAC,
-    /// if any, into `dst`.
-    fn update(&self, dst: &mut [u8; 6], seen: Option<[u8; 6]>) {
-        let Some(cell) = &self.0 else { return };
-        if let Some(mac) = seen {
-            let mut b = [0u8; 8];
-            b[2..].copy_from_slice(&mac);
-            // Bit 63 marks "learnt" (a MAC is 48 bits).
-            cell.store(u64::from_be_bytes(b) | 1 << 63, Ordering::Relaxed);
+    /// Record `seen` (a source MAC this worker received) for every worker on the interface.
+    /// Stored only when it changed: every transmit reads the cell, so it stays a shared,
+    /// read-mostly cache line rather than one each receive pass writes.
+    fn learn(&self, seen: Option<[u8; 6]>) {
+        let (Some(cell), Some(mac)) = (&self.0, seen) else {
+            return;
+        };
+        let mut b = [0u8; 8];
+        b[2..].copy_from_slice(&mac);
+        // Bit 63 marks "learnt" (a MAC is 48 bits).
+        let v = u64::from_be_bytes(b) | 1 << 63;
+        if cell.load(Ordering::Relaxed) != v {
+            cell.store(v, Ordering::Relaxed);
         }
-        self.refresh(dst);
     }
 
-    /// Put the interface's learnt MAC, if any, into `dst`: called before every transmit, so a
-    /// worker sending a packet another worker handed it uses a MAC learnt by that worker
-    /// before the handoff (the ring's release/acquire orders the relaxed store before this
-    /// load), not the template of its own last receive pass.
+    /// Put the interface's learnt MAC, if any, into `dst`: called before every transmit (the
+    /// only reader of the template's MAC), so a worker sending a packet another worker handed
+    /// it uses a MAC that worker learnt before the handoff (the ring's release/acquire orders
+    /// the relaxed store before this load). The store follows a receive pass, so only packets
+    /// handed over in the very pass that first learns the MAC can still miss it.
     fn refresh(&self, dst: &mut [u8; 6]) {
         let Some(cell) = &self.0 else { return };
         let v = cell.load(Ordering::Relaxed);
@@ -486,13 +490,13 @@ impl Inside {
     fn poll(&mut self, handle: &mut impl FnMut(&[u8])) -> std::io::Result<usize> {
         match self {
             Inside::Tun(t) => t.poll(handle),
-            Inside::Xsk { xsk, l2, next_hop } => {
+            Inside::Xsk { xsk, next_hop, .. } => {
                 let n = xsk.poll_frames(&mut |frame| {
                     if let Some(pkt) = ip_packet_of_frame(frame) {
                         handle(pkt);
                     }
                 });
-                next_hop.update(&mut l2.dst_mac, xsk.learnt_next_hop());
+                next_hop.learn(xsk.learnt_next_hop());
                 Ok(n)
             }
         }
@@ -1081,7 +1085,7 @@ impl WorkerLoop {
     fn receive(&mut self, now: Instant) -> std::io::Result<usize> {
         let Self { io, lane, inside } = self;
         let n = match io {
-            WorkerIo::Xsk { xsk, l2, next_hop } => {
+            WorkerIo::Xsk { xsk, next_hop, .. } => {
                 let n = xsk.poll_batched(&mut |item| {
                     let (from, buf) = match item {
                         RxItem::Batch(ids) => {
@@ -1101,7 +1105,7 @@ impl WorkerLoop {
                         _ => None,
                     }
                 });
-                next_hop.update(&mut l2.dst_mac, xsk.learnt_next_hop());
+                next_hop.learn(xsk.learnt_next_hop());
                 n
             }
             WorkerIo::Uring(u) => u.poll(false, &mut |from, buf| {
@@ -1212,13 +1216,14 @@ mod tests {
         let (mut mine, mut theirs) = ([0xFF; 6], [0xFF; 6]);
         sender.refresh(&mut theirs);
         assert_eq!(theirs, [0xFF; 6], "nothing learnt yet: the template stays");
-        learner.update(&mut mine, Some([2, 0, 0, 0, 0, 7]));
+        learner.learn(Some([2, 0, 0, 0, 0, 7]));
+        learner.refresh(&mut mine);
         assert_eq!(mine, [2, 0, 0, 0, 0, 7]);
         sender.refresh(&mut theirs);
         assert_eq!(theirs, [2, 0, 0, 0, 0, 7], "learnt by the other worker");
         let configured = NextHop::configured();
         let mut fixed = [2, 0, 0, 0, 0, 9];
-        configured.update(&mut fixed, Some([2, 0, 0, 0, 0, 7]));
+        configured.learn(Some([2, 0, 0, 0, 0, 7]));
         configured.refresh(&mut fixed);
         assert_eq!(
             fixed,

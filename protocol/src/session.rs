@@ -237,10 +237,10 @@ impl GatewaySession {
     }
 
     /// The earliest instant at which a timer of this session may fire.
-    #[must_use]
     /// With `after`, only deadlines later than it (the timers have just visited the session
     /// at `after` and acted on everything due: a signal already past that did not fire, such
     /// as a cooldown waiting for a healthy path, waits for a change to the session instead).
+    #[must_use]
     pub fn next_deadline(&self, policy: &Policy, after: Option<Instant>) -> Option<Instant> {
         let state = self.state();
         if state == State::Terminated {

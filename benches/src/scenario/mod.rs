@@ -578,7 +578,8 @@ fn nat_churn(k: &Knobs) -> Result<Outcome> {
         // gets 4× the probes (0.5 s apart at 10 000 sessions).
         k.pick(500.0, if every < 2.0 { 20_000.0 } else { 5000.0 })
     };
-    let params = json!({"sessions": n, "pps": k.churn_every_s.iter().map(|e| pps_for(*e)).collect::<Vec<_>>(), "every_s": k.churn_every_s});
+    let pps: Vec<f64> = k.churn_every_s.iter().map(|e| pps_for(*e)).collect();
+    let params = json!({"sessions": n, "pps": pps, "every_s": k.churn_every_s});
     let mut out = Outcome::new("nat-churn", params, k.seed);
     let mut runs = Vec::new();
     for &every in &k.churn_every_s {
@@ -595,15 +596,14 @@ fn nat_churn(k: &Knobs) -> Result<Outcome> {
         // (COOLDOWN_ACTIVE, then DEGRADED: the switch-abuse scenario), so the standard run
         // rebinding every `every` < 7.5 s gives the gateway a budget that admits the churn
         // it measures (cooldown a quarter of the interval, budget twice the rate).
-        let admits = format!(
-            "switch_cooldown = \"{}ms\"\nmax_switches_per_min = {}",
-            (every * 250.0) as u64,
-            ((120.0 / every).ceil() as u64).clamp(8, 600)
-        );
         let policy = if k.quick || k.churn_sessions.is_some() {
             k.policy.clone()
         } else if every < 7.5 {
-            admits
+            format!(
+                "switch_cooldown = \"{}ms\"\nmax_switches_per_min = {}",
+                (every * 250.0) as u64,
+                ((120.0 / every).ceil() as u64).clamp(8, 600)
+            )
         } else {
             String::new()
         };
