@@ -88,6 +88,15 @@ pub struct Config {
     pub seed: u64,
 }
 
+/// See [`Report::recovery_steps_ms`].
+#[derive(Debug, Default, Serialize)]
+pub struct RecoverySteps {
+    /// Latest mark → first unsolicited challenge answered after it.
+    pub challenge: Summary,
+    /// Latest mark → first reattach ack after it.
+    pub ack: Summary,
+}
+
 /// The whole report of a run, written as JSON.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -116,6 +125,11 @@ pub struct Report {
     pub recovery_samples_ms: Vec<f64>,
     /// Sessions that had not recovered from the last mark by the end.
     pub unrecovered_last_mark: u64,
+    /// Where a recovery's time goes: from the latest mark to the session's first answered
+    /// unsolicited challenge after it (the gateway noticed the new address and asked), and
+    /// to its first reattach ack after it (the gateway bound the path). Only the latest mark
+    /// counts, so a rebind that overtakes an unfinished repair does not stretch these.
+    pub recovery_steps_ms: RecoverySteps,
     /// Correctness counters; any non-zero value makes a run invalid.
     pub correctness: Correctness,
     /// Per-second counts.
@@ -286,6 +300,9 @@ struct Sess {
     seen: Dedup,
     ended: Option<String>,
     marks_done: usize,
+    /// Marks whose challenge / ack step has been recorded (see [`RecoverySteps`]).
+    challenge_marks: usize,
+    ack_marks: usize,
 }
 
 type Heap = BinaryHeap<Reverse<(Instant, u32)>>;
@@ -305,6 +322,8 @@ struct Engine {
     report: Report,
     rtt_samples: Vec<f64>,
     rtt_seen: u64,
+    challenge_samples: Vec<f64>,
+    ack_samples: Vec<f64>,
     hs_samples: Vec<f64>,
     rng: ChaCha8Rng,
     marks: Arc<Mutex<Vec<u64>>>,
@@ -476,6 +495,13 @@ impl Engine {
                 }
                 self.report.reattach.ok += 1;
                 self.second(now).reattached += 1;
+                let marks = self.marks_ns.len();
+                let s = &mut self.sessions[idx];
+                if s.ack_marks < marks {
+                    s.ack_marks = marks;
+                    let mark = Instant::from_nanos(self.marks_ns[marks - 1]);
+                    self.ack_samples.push(ms(now - mark));
+                }
             }
             ClientEvent::ReattachRejected {
                 code,
@@ -506,6 +532,13 @@ impl Engine {
             ClientEvent::ChallengeAnswered { .. } => {
                 self.report.reattach.challenges += 1;
                 self.second(now).challenges += 1;
+                let marks = self.marks_ns.len();
+                let s = &mut self.sessions[idx];
+                if s.challenge_marks < marks {
+                    s.challenge_marks = marks;
+                    let mark = Instant::from_nanos(self.marks_ns[marks - 1]);
+                    self.challenge_samples.push(ms(now - mark));
+                }
             }
         }
     }
@@ -790,6 +823,8 @@ pub fn run(
             seen: Dedup::default(),
             ended: None,
             marks_done: 0,
+            challenge_marks: 0,
+            ack_marks: 0,
         });
     }
     let seed = cfg.seed;
@@ -810,6 +845,7 @@ pub fn run(
             recovery_ms: Summary::default(),
             recovery_samples_ms: Vec::new(),
             unrecovered_last_mark: 0,
+            recovery_steps_ms: RecoverySteps::default(),
             correctness: Correctness::default(),
             timeline: Vec::new(),
             session_list: Vec::new(),
@@ -826,6 +862,8 @@ pub fn run(
         tx_buf: Vec::new(),
         rtt_samples: Vec::new(),
         rtt_seen: 0,
+        challenge_samples: Vec::new(),
+        ack_samples: Vec::new(),
         hs_samples: Vec::new(),
         rng: ChaCha8Rng::seed_from_u64(seed),
         marks,
@@ -967,6 +1005,10 @@ pub fn run(
     e.report.handshake_ms = Summary::of(&e.hs_samples);
     e.report.rtt_ms = Summary::of(&e.rtt_samples);
     e.report.recovery_ms = Summary::of(&e.report.recovery_samples_ms);
+    e.report.recovery_steps_ms = RecoverySteps {
+        challenge: Summary::of(&e.challenge_samples),
+        ack: Summary::of(&e.ack_samples),
+    };
     e.report.marks_s = e.marks_ns.iter().map(|m| *m as f64 / 1e9).collect();
     Ok(e.report)
 }

@@ -380,7 +380,8 @@ fn failover(k: &Knobs) -> Result<Outcome> {
     audit(&rig, &mut out.criteria);
     out.recovery_ms.push(("failover".into(), samples(&r)));
     out.switches.push(("failover".into(), switches_series(&r)));
-    out.measured = json!({"loadgen": summary(&r), "gateway": rig.gateway_usage()});
+    out.measured = json!({"loadgen": summary(&r), "gateway": rig.gateway_usage(),
+        "gateway_udp": rig.kernel_udp()});
     Ok(out.finish(t0))
 }
 
@@ -669,6 +670,7 @@ fn nat_churn(k: &Knobs) -> Result<Outcome> {
         runs.push(
             json!({"every_s": every, "flushes": flushes, "policy": policy, "loadgen": summary(&r),
             "challenges": r["reattach"]["challenges"], "gateway": rig.gateway_usage(),
+            "gateway_udp": rig.kernel_udp(),
             "correctness": c}),
         );
     }

@@ -340,6 +340,18 @@ impl Rig {
         m
     }
 
+    /// The gateway namespace's kernel UDP counters (`/proc/net/snmp`): datagrams taken by its
+    /// sockets, and those dropped because a socket's receive buffer was full
+    /// (`RcvbufErrors`: on AF_XDP that is the control process's socket, which takes every
+    /// handshake and reattach). Empty if they cannot be read.
+    #[must_use]
+    pub fn kernel_udp(&self) -> BTreeMap<String, u64> {
+        let text = in_ns(&self.net.gw, &["cat", "/proc/net/snmp"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        parse_snmp_udp(&text)
+    }
+
     /// Scrape a metrics endpoint in the gateway namespace (`9470` control, `9471` data plane).
     #[must_use]
     pub fn scrape(&self, port: u16) -> String {
@@ -474,5 +486,42 @@ mod tests {
         let u = usage(std::process::id());
         assert!(u.rss_kib > 0);
         assert!(u.cpu_s >= 0.0);
+    }
+}
+
+/// The `Udp:` counters of a `/proc/net/snmp` text (a header line of names, then one of values),
+/// the ones a load test looks at.
+fn parse_snmp_udp(text: &str) -> BTreeMap<String, u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return BTreeMap::new();
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter(|(n, _)| matches!(*n, "InDatagrams" | "InErrors" | "RcvbufErrors" | "NoPorts"))
+        .filter_map(|(n, v)| Some((n.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod snmp_tests {
+    use super::parse_snmp_udp;
+
+    #[test]
+    fn udp_counters_are_read_by_name_not_position() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 93686 3 61984 147579 61980 0\n\
+                    UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    UdpLite: 0 0 0 0 0 0\n";
+        let m = parse_snmp_udp(text);
+        assert_eq!(m["InDatagrams"], 93686);
+        assert_eq!(m["NoPorts"], 3);
+        assert_eq!(m["InErrors"], 61984);
+        assert_eq!(m["RcvbufErrors"], 61980);
+        assert!(!m.contains_key("OutDatagrams"));
+        assert!(parse_snmp_udp("garbage").is_empty());
     }
 }
