@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _};
 use jumping_control_api::server::Server;
@@ -109,6 +109,62 @@ const DATAGRAMS_PER_TURN: usize = 256;
 /// behind a bigger buffer, but every datagram in it costs the loop one MAC check at most.
 const CONTROL_SOCKET_BUFFER: usize = 16 << 20;
 
+/// A handshake initiation that waited in the control socket longer than this is dropped
+/// unread (`stale_initiation`). The client sends a new initiation after 1 s without an answer
+/// (more after backing off) and ignores an answer to one it has replaced, so answering an
+/// initiation that queued longer mostly spends two X25519 on a response nobody takes, while
+/// fresher ones wait behind it. When handshakes arrive faster than they are answered (100 000
+/// clients connecting at 1500/s, a flood without cookies) the queue then stays at most this
+/// long instead of growing until no answer is in time. Reattach messages are never shed: they
+/// cost a MAC, and a mass rebind sends them all at once.
+const STALE_INITIATION: Duration = Duration::from_secs(1);
+
+/// A handshake initiation that arrived more than [`STALE_INITIATION`] before `now`.
+fn is_stale_initiation(datagram: &[u8], arrived: Option<SystemTime>, now: SystemTime) -> bool {
+    arrived
+        .and_then(|a| now.duration_since(a).ok())
+        .is_some_and(|waited| waited > STALE_INITIATION)
+        && wire::peek_type(datagram) == Ok(MessageType::HandshakeInit)
+}
+
+/// `recvmsg(2)` with the kernel's receive timestamp (`SO_TIMESTAMPNS`, `CLOCK_REALTIME`):
+/// length, source, and when the datagram arrived (`None` if the kernel gave no timestamp).
+fn recv_stamped(
+    s: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, std::net::SocketAddr, Option<SystemTime>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let msg =
+        recvmsg::<SockaddrStorage>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
+    let from = msg
+        .address
+        .as_ref()
+        .and_then(|a| match a.family() {
+            Some(nix::sys::socket::AddressFamily::Inet) => a
+                .as_sockaddr_in()
+                .map(|v4| std::net::SocketAddr::V4((*v4).into())),
+            Some(nix::sys::socket::AddressFamily::Inet6) => a
+                .as_sockaddr_in6()
+                .map(|v6| std::net::SocketAddr::V6((*v6).into())),
+            _ => None,
+        })
+        .ok_or_else(|| std::io::Error::other("datagram without an IP source address"))?;
+    let arrived = msg.cmsgs().ok().and_then(|mut c| {
+        c.find_map(|m| match m {
+            ControlMessageOwned::ScmTimestampns(ts) => {
+                let secs = u64::try_from(ts.tv_sec()).ok()?;
+                let nanos = u32::try_from(ts.tv_nsec()).ok()?;
+                SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+            }
+            _ => None,
+        })
+    });
+    Ok((msg.bytes, from, arrived))
+}
+
 /// Datagrams per `sendmmsg(2)` on the control socket.
 const SEND_BATCH: usize = 64;
 
@@ -173,6 +229,8 @@ struct Posted {
 #[derive(Debug, Default)]
 struct Counters {
     handshakes_refused_no_dataplane: u64,
+    /// Handshake initiations dropped for waiting longer than [`STALE_INITIATION`].
+    stale_initiations: u64,
     dataplane_drops: BTreeMap<&'static str, u64>,
     installs_refused: u64,
 }
@@ -419,6 +477,12 @@ impl Daemon {
         let mut s = UdpSocket::bind(cfg.listen)
             .with_context(|| format!("configuration key `listen`: cannot bind {}", cfg.listen))?;
         let rcvbuf = enlarge_buffers(&s);
+        // Arrival times, to shed handshake initiations that queued too long.
+        if let Err(e) =
+            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+        {
+            warn!("control socket: no receive timestamps ({e}); stale initiations are not shed");
+        }
         poll.registry().register(&mut s, UDP, Interest::READABLE)?;
         info!(
             receive_buffer = rcvbuf,
@@ -484,11 +548,19 @@ impl Daemon {
     /// Take up to [`DATAGRAMS_PER_TURN`] datagrams off the control socket; true if more may
     /// be waiting (the loop then comes back without sleeping). The cap keeps a flood from
     /// holding the loop: timers, the data plane and `jumpctl` get their turn in between.
+    /// A handshake initiation that waited in the socket longer than [`STALE_INITIATION`]
+    /// is shed before any Diffie-Hellman (see there).
     fn receive_udp(&mut self, buf: &mut [u8]) -> bool {
         for _ in 0..DATAGRAMS_PER_TURN {
             let Some(udp) = &self.udp else { return false };
-            match udp.recv_from(buf) {
-                Ok((n, from)) => self.datagram(from, &mut buf[..n]),
+            match recv_stamped(udp, buf) {
+                Ok((n, from, arrived)) => {
+                    if is_stale_initiation(&buf[..n], arrived, SystemTime::now()) {
+                        self.counters.stale_initiations += 1;
+                        continue;
+                    }
+                    self.datagram(from, &mut buf[..n]);
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -689,6 +761,7 @@ impl Daemon {
             counters: self.gw.counters().clone(),
             sessions,
             refused_no_dataplane: self.counters.handshakes_refused_no_dataplane,
+            stale_initiations: self.counters.stale_initiations,
             follower_drops: self.ctl.events_dropped(),
             dataplane_connected: self.dp.is_some(),
             policy_version: self.policy_version,
@@ -1066,6 +1139,9 @@ impl Daemon {
                 self.counters.handshakes_refused_no_dataplane,
             );
         }
+        if self.counters.stale_initiations > 0 {
+            drops.insert("stale_initiation".into(), self.counters.stale_initiations);
+        }
         let rejects = jumping_protocol::RejectCode::ALL
             .iter()
             .filter_map(|r| {
@@ -1201,5 +1277,53 @@ mod tests {
         assert_eq!(got(0), vec![4; 10], "the one after the refused one is sent");
         assert_eq!(got(1), vec![3; 10]);
         assert!(send_batch(&udp, &chunk[..1]).is_ok());
+    }
+
+    #[test]
+    fn received_datagrams_carry_their_source_and_arrival_time() {
+        let rx = UdpSocket::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+            .expect("timestamps");
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        tx.send_to(b"hello", rx.local_addr().expect("addr"))
+            .expect("send");
+        let before = SystemTime::now() - Duration::from_secs(5);
+        let mut buf = [0u8; 64];
+        let (n, from, arrived) = loop {
+            match recv_stamped(&rx, &mut buf) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::yield_now(),
+                r => break r.expect("a datagram"),
+            }
+        };
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(from, tx.local_addr().expect("addr"));
+        let arrived = arrived.expect("a kernel timestamp");
+        assert!(arrived > before && arrived <= SystemTime::now());
+    }
+
+    #[test]
+    fn only_initiations_that_waited_too_long_are_stale() {
+        // A HandshakeInit's header: version 1, type 1 (the size is not looked at).
+        let mut init = vec![0u8; 164];
+        init[0] = 1;
+        init[1] = MessageType::HandshakeInit as u8;
+        let mut reattach = init.clone();
+        reattach[1] = MessageType::ReattachRequest as u8;
+        let now = SystemTime::now();
+        let old = Some(now - STALE_INITIATION - Duration::from_millis(1));
+        let fresh = Some(now - STALE_INITIATION + Duration::from_millis(100));
+        assert!(is_stale_initiation(&init, old, now));
+        assert!(!is_stale_initiation(&init, fresh, now));
+        assert!(!is_stale_initiation(&init, None, now), "no timestamp: kept");
+        assert!(
+            !is_stale_initiation(&reattach, old, now),
+            "reattaches are never shed"
+        );
+        // A clock stepped back: the wait cannot be told, the initiation is kept.
+        assert!(!is_stale_initiation(
+            &init,
+            Some(now + Duration::from_secs(9)),
+            now
+        ));
     }
 }

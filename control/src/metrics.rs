@@ -103,6 +103,8 @@ pub struct Snapshot {
     pub sessions: [u64; 6],
     /// Handshakes refused because the data plane was away.
     pub refused_no_dataplane: u64,
+    /// Handshake initiations shed for waiting too long in the control socket.
+    pub stale_initiations: u64,
     /// Events dropped for slow `jumpctl events --follow` readers.
     pub follower_drops: u64,
     /// The data plane is connected.
@@ -233,6 +235,12 @@ pub fn render(snapshot: Option<&Snapshot>, export: &Exporter) -> String {
         "Control-path messages dropped, by reason.",
         vec![("reason", "no_dataplane".into())],
         s.refused_no_dataplane,
+    );
+    m.counter(
+        "jumping_control_drops",
+        "Control-path messages dropped, by reason.",
+        vec![("reason", "stale_initiation".into())],
+        s.stale_initiations,
     );
     let e = &s.metrics;
     for ((to, reason), n) in &e.state_changes {
