@@ -105,8 +105,8 @@ const DATAGRAMS_PER_TURN: usize = 256;
 /// of each burst, and the rest waited for their retries. 4 MiB still dropped 62 000 of the
 /// 156 000 requests of a NAT rebind of 10 000 sessions every second (the kernel's
 /// `RcvbufErrors`; a datagram from veth takes about 2 KiB of buffer); 16 MiB (32 MiB granted)
-/// dropped none, and the median recovery went from 1.7 s to 0.9 s. A flood queues for longer
-/// behind a bigger buffer, but every datagram in it costs the loop one MAC check at most.
+/// dropped none, and the median recovery went from 1.7 s to 0.9 s. Handshakes could queue
+/// behind it for longer than their clients wait: [`STALE_INITIATION`] bounds that.
 const CONTROL_SOCKET_BUFFER: usize = 16 << 20;
 
 /// A handshake initiation that waited in the control socket longer than this is dropped
