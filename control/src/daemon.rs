@@ -41,7 +41,7 @@ use observe::metrics::MetricsServer;
 use rand_core::OsRng;
 use tracing::{info, warn};
 
-use crate::metrics::{self, ControlMetrics, Published, Snapshot};
+use crate::metrics::{self, ControlMetrics, Published, ShellDrop, Snapshot};
 use zeroize::Zeroizing;
 
 use crate::allowlist::AllowList;
@@ -121,35 +121,32 @@ const STALE_INITIATION: Duration = Duration::from_secs(1);
 
 /// A handshake initiation that arrived more than [`STALE_INITIATION`] before `now`.
 fn is_stale_initiation(datagram: &[u8], arrived: Option<SystemTime>, now: SystemTime) -> bool {
-    arrived
-        .and_then(|a| now.duration_since(a).ok())
-        .is_some_and(|waited| waited > STALE_INITIATION)
-        && wire::peek_type(datagram) == Ok(MessageType::HandshakeInit)
+    wire::peek_type(datagram) == Ok(MessageType::HandshakeInit)
+        && arrived
+            .and_then(|a| now.duration_since(a).ok())
+            .is_some_and(|waited| waited > STALE_INITIATION)
 }
 
 /// `recvmsg(2)` with the kernel's receive timestamp (`SO_TIMESTAMPNS`, `CLOCK_REALTIME`):
 /// length, source, and when the datagram arrived (`None` if the kernel gave no timestamp).
+/// `cmsg` is the control-message buffer (`cmsg_space!(TimeSpec)`), reused across calls.
 fn recv_stamped(
     s: &UdpSocket,
     buf: &mut [u8],
+    cmsg: &mut [u8],
 ) -> std::io::Result<(usize, std::net::SocketAddr, Option<SystemTime>)> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage};
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
     use std::os::fd::AsRawFd;
     let mut iov = [std::io::IoSliceMut::new(buf)];
-    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
-    let msg =
-        recvmsg::<SockaddrStorage>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
+    let msg = recvmsg::<SockaddrStorage>(s.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::empty())?;
     let from = msg
         .address
         .as_ref()
-        .and_then(|a| match a.family() {
-            Some(nix::sys::socket::AddressFamily::Inet) => a
-                .as_sockaddr_in()
-                .map(|v4| std::net::SocketAddr::V4((*v4).into())),
-            Some(nix::sys::socket::AddressFamily::Inet6) => a
-                .as_sockaddr_in6()
-                .map(|v6| std::net::SocketAddr::V6((*v6).into())),
-            _ => None,
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from(SocketAddrV4::from(*v4)))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddrV6::from(*v6).into()))
         })
         .ok_or_else(|| std::io::Error::other("datagram without an IP source address"))?;
     let arrived = msg.cmsgs().ok().and_then(|mut c| {
@@ -228,11 +225,16 @@ struct Posted {
 
 #[derive(Debug, Default)]
 struct Counters {
-    handshakes_refused_no_dataplane: u64,
-    /// Handshake initiations dropped for waiting longer than [`STALE_INITIATION`].
-    stale_initiations: u64,
+    /// By [`ShellDrop`] (its index in `ShellDrop::ALL`).
+    shell_drops: [u64; ShellDrop::ALL.len()],
     dataplane_drops: BTreeMap<&'static str, u64>,
     installs_refused: u64,
+}
+
+impl Counters {
+    fn drop_(&mut self, why: ShellDrop) {
+        self.shell_drops[why as usize] += 1;
+    }
 }
 
 /// The running control process.
@@ -551,12 +553,16 @@ impl Daemon {
     /// A handshake initiation that waited in the socket longer than [`STALE_INITIATION`]
     /// is shed before any Diffie-Hellman (see there).
     fn receive_udp(&mut self, buf: &mut [u8]) -> bool {
+        // One control-message buffer and one clock reading per turn (a turn's datagrams are
+        // taken within milliseconds; staleness is a matter of a second).
+        let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+        let turn = SystemTime::now();
         for _ in 0..DATAGRAMS_PER_TURN {
             let Some(udp) = &self.udp else { return false };
-            match recv_stamped(udp, buf) {
+            match recv_stamped(udp, buf, &mut cmsg) {
                 Ok((n, from, arrived)) => {
-                    if is_stale_initiation(&buf[..n], arrived, SystemTime::now()) {
-                        self.counters.stale_initiations += 1;
+                    if is_stale_initiation(&buf[..n], arrived, turn) {
+                        self.counters.drop_(ShellDrop::StaleInitiation);
                         continue;
                     }
                     self.datagram(from, &mut buf[..n]);
@@ -576,7 +582,7 @@ impl Daemon {
         let t = now();
         if self.dp.is_none() && wire::peek_type(datagram) == Ok(MessageType::HandshakeInit) {
             // No session can carry data without the data plane: fail closed.
-            self.counters.handshakes_refused_no_dataplane += 1;
+            self.counters.drop_(ShellDrop::NoDataplane);
             return;
         }
         // Persisted and answered by the caller's flush, once per batch of datagrams.
@@ -760,8 +766,7 @@ impl Daemon {
             metrics: self.metrics.clone(),
             counters: self.gw.counters().clone(),
             sessions,
-            refused_no_dataplane: self.counters.handshakes_refused_no_dataplane,
-            stale_initiations: self.counters.stale_initiations,
+            shell_drops: self.counters.shell_drops,
             follower_drops: self.ctl.events_dropped(),
             dataplane_connected: self.dp.is_some(),
             policy_version: self.policy_version,
@@ -1133,14 +1138,10 @@ impl Daemon {
             .filter(|(_, n)| **n > 0)
             .map(|(k, n)| ((*k).to_string(), *n))
             .collect();
-        if self.counters.handshakes_refused_no_dataplane > 0 {
-            drops.insert(
-                "no_dataplane".into(),
-                self.counters.handshakes_refused_no_dataplane,
-            );
-        }
-        if self.counters.stale_initiations > 0 {
-            drops.insert("stale_initiation".into(), self.counters.stale_initiations);
+        for (d, n) in ShellDrop::ALL.iter().zip(self.counters.shell_drops) {
+            if n > 0 {
+                drops.insert(d.name().to_string(), n);
+            }
         }
         let rejects = jumping_protocol::RejectCode::ALL
             .iter()
@@ -1289,8 +1290,9 @@ mod tests {
             .expect("send");
         let before = SystemTime::now() - Duration::from_secs(5);
         let mut buf = [0u8; 64];
+        let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
         let (n, from, arrived) = loop {
-            match recv_stamped(&rx, &mut buf) {
+            match recv_stamped(&rx, &mut buf, &mut cmsg) {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::yield_now(),
                 r => break r.expect("a datagram"),
             }

@@ -92,6 +92,30 @@ impl ControlMetrics {
     }
 }
 
+/// Control datagrams the daemon drops itself, before the gateway sees them (reported with
+/// the gateway's drop reasons in `jumpctl stats` and `jumping_control_drops_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShellDrop {
+    /// A handshake initiation while the data plane is not connected (fail closed).
+    NoDataplane,
+    /// A handshake initiation that waited too long in the control socket.
+    StaleInitiation,
+}
+
+impl ShellDrop {
+    /// Every reason, in declaration order (a reason's counter index is `reason as usize`).
+    pub const ALL: [ShellDrop; 2] = [ShellDrop::NoDataplane, ShellDrop::StaleInitiation];
+
+    /// The reason label.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            ShellDrop::NoDataplane => "no_dataplane",
+            ShellDrop::StaleInitiation => "stale_initiation",
+        }
+    }
+}
+
 /// One copy of everything the endpoint shows, taken on the decision thread.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -101,10 +125,8 @@ pub struct Snapshot {
     pub counters: Counters,
     /// Sessions by state, in [`State::ALL`] order.
     pub sessions: [u64; 6],
-    /// Handshakes refused because the data plane was away.
-    pub refused_no_dataplane: u64,
-    /// Handshake initiations shed for waiting too long in the control socket.
-    pub stale_initiations: u64,
+    /// The daemon's own drops, by [`ShellDrop`].
+    pub shell_drops: [u64; ShellDrop::ALL.len()],
     /// Events dropped for slow `jumpctl events --follow` readers.
     pub follower_drops: u64,
     /// The data plane is connected.
@@ -230,18 +252,14 @@ pub fn render(snapshot: Option<&Snapshot>, export: &Exporter) -> String {
             n,
         );
     }
-    m.counter(
-        "jumping_control_drops",
-        "Control-path messages dropped, by reason.",
-        vec![("reason", "no_dataplane".into())],
-        s.refused_no_dataplane,
-    );
-    m.counter(
-        "jumping_control_drops",
-        "Control-path messages dropped, by reason.",
-        vec![("reason", "stale_initiation".into())],
-        s.stale_initiations,
-    );
+    for (d, n) in ShellDrop::ALL.iter().zip(s.shell_drops) {
+        m.counter(
+            "jumping_control_drops",
+            "Control-path messages dropped, by reason.",
+            vec![("reason", d.name().into())],
+            n,
+        );
+    }
     let e = &s.metrics;
     for ((to, reason), n) in &e.state_changes {
         m.counter(
@@ -327,4 +345,16 @@ pub fn render(snapshot: Option<&Snapshot>, export: &Exporter) -> String {
         i64::try_from(s.allowed_clients).unwrap_or(i64::MAX),
     );
     m.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShellDrop;
+
+    #[test]
+    fn shell_drop_reasons_index_their_counters_in_order() {
+        for (i, d) in ShellDrop::ALL.iter().enumerate() {
+            assert_eq!(*d as usize, i, "{}", d.name());
+        }
+    }
 }

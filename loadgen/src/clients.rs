@@ -495,13 +495,8 @@ impl Engine {
                 }
                 self.report.reattach.ok += 1;
                 self.second(now).reattached += 1;
-                let marks = self.marks_ns.len();
                 let s = &mut self.sessions[idx];
-                if s.ack_marks < marks {
-                    s.ack_marks = marks;
-                    let mark = Instant::from_nanos(self.marks_ns[marks - 1]);
-                    self.ack_samples.push(ms(now - mark));
-                }
+                first_since_mark(&self.marks_ns, &mut s.ack_marks, &mut self.ack_samples, now);
             }
             ClientEvent::ReattachRejected {
                 code,
@@ -532,13 +527,9 @@ impl Engine {
             ClientEvent::ChallengeAnswered { .. } => {
                 self.report.reattach.challenges += 1;
                 self.second(now).challenges += 1;
-                let marks = self.marks_ns.len();
                 let s = &mut self.sessions[idx];
-                if s.challenge_marks < marks {
-                    s.challenge_marks = marks;
-                    let mark = Instant::from_nanos(self.marks_ns[marks - 1]);
-                    self.challenge_samples.push(ms(now - mark));
-                }
+                let at = &mut s.challenge_marks;
+                first_since_mark(&self.marks_ns, at, &mut self.challenge_samples, now);
             }
         }
     }
@@ -740,6 +731,17 @@ impl Engine {
             "echoes": self.report.traffic.echoes,
             "marks": self.marks_ns.len(),
         })
+    }
+}
+
+/// A session's first step (challenge, ack) since the latest mark: `now − mark` into `samples`,
+/// unless this session already recorded one for that mark (`recorded`: marks seen).
+fn first_since_mark(marks_ns: &[u64], recorded: &mut usize, samples: &mut Vec<f64>, now: Instant) {
+    if let Some(&mark) = marks_ns.last() {
+        if *recorded < marks_ns.len() {
+            *recorded = marks_ns.len();
+            samples.push(ms(now - Instant::from_nanos(mark)));
+        }
     }
 }
 

@@ -1085,9 +1085,6 @@ fn switch_abuse(k: &Knobs) -> Result<Outcome> {
     Ok(out.finish(t0))
 }
 
-/// The cookie threshold (initiations per second) of the handshake flood's defended run.
-const COOKIES_ON: u64 = 200;
-
 /// Scenario 7, handshake flood, with cookies (threshold low) and without (threshold out of
 /// reach), while legitimate clients connect.
 fn handshake_flood(k: &Knobs) -> Result<Outcome> {
@@ -1098,7 +1095,10 @@ fn handshake_flood(k: &Knobs) -> Result<Outcome> {
     let params = json!({"legitimate": legit, "flood_rate": rate, "flood_s": flood_s});
     let mut out = Outcome::new("handshake-flood", params, k.seed);
     let mut runs = Vec::new();
-    for (label, threshold) in [("cookies", COOKIES_ON), ("no cookies", 100_000_000)] {
+    for (label, threshold, defended) in [
+        ("cookies", 200u64, true),
+        ("no cookies", 100_000_000, false),
+    ] {
         let mut rig = Rig::start(
             "bh",
             &Options {
@@ -1156,7 +1156,7 @@ fn handshake_flood(k: &Knobs) -> Result<Outcome> {
         } else {
             1.0
         };
-        let (required, served_ok) = if threshold == COOKIES_ON {
+        let (required, served_ok) = if defended {
             (format!("{legit}"), est as usize == legit)
         } else {
             (
