@@ -11,6 +11,7 @@
 pub mod check;
 pub mod rig;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -280,9 +281,9 @@ fn terminations(rig: &Rig, reports: &[&Value]) -> u64 {
 /// SESSION_TERMINATED events by reason code, of sessions a load-generator client held. A
 /// session whose handshake response was lost never reached its client; the client's retry
 /// supersedes it (SUPERSEDED). Those are not counted here: [`unseen_superseded`] counts them.
-fn termination_reasons(rig: &Rig, reports: &[&Value]) -> std::collections::BTreeMap<String, u64> {
+fn termination_reasons(rig: &Rig, reports: &[&Value]) -> BTreeMap<String, u64> {
     let held = held_sessions(reports);
-    let mut m = std::collections::BTreeMap::new();
+    let mut m = BTreeMap::new();
     for e in rig.net.control_events() {
         if e["event"] == "SESSION_TERMINATED" && !unseen(&e, &held) {
             let r = e["reason_code"].as_str().unwrap_or("?").to_string();
@@ -1145,23 +1146,22 @@ fn handshake_flood(k: &Knobs) -> Result<Outcome> {
         // legitimate client must be served. Without them nothing tells the two apart before
         // two X25519 (IK hides the client's identity), a flood above the control process's
         // capacity is dropped at its socket at random, and each of a client's attempts gets
-        // through with the share of datagrams the socket took: the gateway must serve
+        // through with the share of datagrams the gateway answered: the gateway must serve
         // legitimate clients at least at that share (it does not starve them), and with
         // retries it serves more.
         let udp = rig.kernel_udp();
-        let taken = udp.get("InDatagrams").copied().unwrap_or(0) as f64;
-        let overflowed = udp.get("RcvbufErrors").copied().unwrap_or(0) as f64;
-        let share = if taken + overflowed > 0.0 {
-            taken / (taken + overflowed)
-        } else {
-            1.0
-        };
+        let stale = metric(
+            &ctl,
+            "jumping_control_drops_total",
+            &[("reason", "stale_initiation")],
+        );
+        let share = answered_share(&udp, stale);
         let (required, served_ok) = if defended {
             (format!("{legit}"), est as usize == legit)
         } else {
             (
                 format!(
-                    "≥ {:.0} ({:.2} of {legit}: the share of datagrams its socket took)",
+                    "≥ {:.0} ({:.2} of {legit}: the share of datagrams it answered)",
                     (share * legit as f64).floor(),
                     share
                 ),
@@ -1184,12 +1184,26 @@ fn handshake_flood(k: &Knobs) -> Result<Outcome> {
             "flood": fr, "control_cpu_cores": cpu / wall.max(1e-3),
             "initiations_per_control_cpu_s": if cpu > 0.0 { processed / cpu } else { 0.0 },
             "handshakes_total": handshakes, "cookies_sent": cookies, "control_drops": drops,
-            "gateway_udp": udp, "socket_share": share,
+            "gateway_udp": udp, "stale_initiations": stale, "answered_share": share,
             "legit_handshake_ms": r["handshake_ms"], "legit_established": est,
             "correctness": c}));
     }
     out.measured = json!({ "runs": runs });
     Ok(out.finish(t0))
+}
+
+/// The share of the datagrams that reached the gateway's namespace which its control process
+/// went on to answer: those its socket took (`InDatagrams`), less the initiations it shed as
+/// stale, out of those plus the ones the socket overflowed (`RcvbufErrors`). Without cookies
+/// each attempt of a legitimate client is one of them, picked at random.
+fn answered_share(udp: &BTreeMap<String, u64>, stale_initiations: f64) -> f64 {
+    let taken = udp.get("InDatagrams").copied().unwrap_or(0) as f64;
+    let overflowed = udp.get("RcvbufErrors").copied().unwrap_or(0) as f64;
+    if taken + overflowed > 0.0 {
+        ((taken - stale_initiations).max(0.0) / (taken + overflowed)).min(1.0)
+    } else {
+        1.0
+    }
 }
 
 #[cfg(test)]
@@ -1199,5 +1213,28 @@ pub(crate) mod tests_support {
     /// A passing outcome with no criteria, for tests of what reads outcomes.
     pub fn outcome(name: &str) -> Outcome {
         Outcome::new(name, json!({}), 1).finish(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp(taken: u64, overflowed: u64) -> BTreeMap<String, u64> {
+        BTreeMap::from([
+            ("InDatagrams".to_string(), taken),
+            ("RcvbufErrors".to_string(), overflowed),
+        ])
+    }
+
+    #[test]
+    fn answered_share_counts_overflow_and_shedding_as_unanswered() {
+        assert_eq!(answered_share(&udp(0, 0), 0.0), 1.0);
+        assert_eq!(answered_share(&udp(100, 0), 0.0), 1.0);
+        assert_eq!(answered_share(&udp(75, 25), 0.0), 0.75);
+        // 25 taken but shed as stale: half of the 100 were answered.
+        assert_eq!(answered_share(&udp(75, 25), 25.0), 0.5);
+        // Counters read at different moments never give a share outside 0..=1.
+        assert_eq!(answered_share(&udp(10, 0), 20.0), 0.0);
     }
 }
