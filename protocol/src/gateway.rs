@@ -1937,12 +1937,15 @@ fn start_unsolicited_validation<R: RngCore>(
         .as_mut()
         .filter(|p| p.path == from && now < p.deadline)
     {
-        // Already validating this path: more received bytes widen the send budget, and a
-        // challenge that may have been lost (or whose answer was lost or refused, e.g. inside
-        // the switch cooldown) is resent, at most every CHALLENGE_RESEND, with a fresh token:
-        // the client answers each token once (a replayed challenge is not answered).
+        // Already validating this path: more received bytes widen the send budget. An
+        // unsolicited challenge that may have been lost (or whose answer was lost or refused,
+        // e.g. inside the switch cooldown) is resent, at most every CHALLENGE_RESEND, with a
+        // fresh token: the client answers each token once (a replayed challenge is not
+        // answered). A solicited one is left as it is: its response must return its token,
+        // which a renewal would make stale whenever the round trip exceeds CHALLENGE_RESEND
+        // (a queue in a mass rebind), and the client's retried request resends it.
         p.bytes_in += received;
-        if now - p.last_sent >= CHALLENGE_RESEND {
+        if p.request_counter == 0 && now - p.last_sent >= CHALLENGE_RESEND {
             let mut p = p.clone();
             p.previous_token = p.token;
             rng.fill_bytes(&mut p.token);

@@ -773,3 +773,50 @@ fn a_rebind_refused_for_the_cooldown_completes_at_the_first_challenge_after_it()
     assert_eq!(sim.session(sid).version(), 3);
     sim.assert_version_log(sid);
 }
+
+#[test]
+fn a_recovery_on_the_rebound_path_completes_when_its_round_trip_exceeds_the_challenge_resend() {
+    // A client whose NAT mapping changed, recovering on that same socket (as after its path
+    // was declared dead), sends a request there while its data keeps arriving from the new
+    // address. The solicited challenge must stay the same while its response is on the way:
+    // renewing its token for every data packet 250 ms apart left every response stale once
+    // the round trip (here 400 ms; a queue in a mass rebind) exceeded that.
+    let mut sim = Sim::new(29, Policy::default());
+    let sid = sim.connect();
+    sim.traffic(sid, Duration::from_secs(2), Duration::from_millis(10));
+    sim.net.latency = Duration::from_millis(200);
+    let new = sim.net.rebind(LocalPath(0));
+    sim.client.reattach(sim.now, LocalPath(0));
+    let start = sim.now;
+    while sim.session(sid).active != Some(Path::udp(new))
+        && sim.now - start < Duration::from_secs(5)
+    {
+        sim.traffic(sid, Duration::from_millis(10), Duration::from_millis(10));
+    }
+    let refused = sim
+        .client_events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                ClientEvent::ReattachRejected {
+                    code: Some(RejectCode::PathValidationFailed),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(
+        sim.session(sid).active,
+        Some(Path::udp(new)),
+        "not bound 5 s after the request ({refused} PATH_VALIDATION_FAILED)"
+    );
+    assert_eq!(refused, 0, "a response to the challenge sent was refused");
+    // Request, challenge, response: three one-way trips.
+    assert!(
+        sim.now - start < Duration::from_millis(700),
+        "bound after {:?}",
+        sim.now - start
+    );
+    sim.assert_version_log(sid);
+}
