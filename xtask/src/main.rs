@@ -50,6 +50,10 @@ enum Cmd {
         /// NAT rebind intervals for `nat-churn`, seconds (comma-separated), instead of 60,10,1.
         #[arg(long)]
         churn_every: Option<String>,
+        /// Sessions for `nat-churn`, instead of 10000: to find the rebind rate the machine
+        /// sustains.
+        #[arg(long)]
+        churn_sessions: Option<String>,
         /// Seed of impairment and sampling.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -156,6 +160,7 @@ struct BenchOpts {
     only: Option<String>,
     sessions: Option<String>,
     churn_every: Option<String>,
+    churn_sessions: Option<String>,
     seed: u64,
 }
 
@@ -270,6 +275,9 @@ fn load_tests(load: &[&str], o: &BenchOpts, run_id: &str) -> Result<()> {
         if let (Some(sessions), "scenarios" | "pilot") = (&o.sessions, *l) {
             cmd.args(["--sessions", sessions]);
         }
+        if let (Some(n), "scenarios" | "pilot") = (&o.churn_sessions, *l) {
+            cmd.args(["--churn-sessions", n]);
+        }
         // Keep going: one failed set must not hide the others' reports. In a quick run the
         // peers comparison depends on third-party tunnels that may be missing or misbehave on
         // the machine: its failure is reported loudly but does not fail the run.
@@ -346,6 +354,7 @@ fn main() -> Result<()> {
             only,
             sessions,
             churn_every,
+            churn_sessions,
             seed,
         } => bench(
             &which,
@@ -355,6 +364,7 @@ fn main() -> Result<()> {
                 only,
                 sessions,
                 churn_every,
+                churn_sessions,
                 seed,
             },
         ),

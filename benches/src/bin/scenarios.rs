@@ -45,6 +45,10 @@ struct Args {
     /// issue's 60,10,1 (or the profile's).
     #[arg(long, value_delimiter = ',')]
     churn_every: Vec<f64>,
+    /// Sessions for `nat-churn`, instead of the 10000 (or the profile's): to find the
+    /// rebind rate this machine sustains.
+    #[arg(long)]
+    churn_sessions: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -75,6 +79,12 @@ fn main() -> Result<()> {
             bail!("--churn-every: each interval must be between 0.1 and 3600 seconds");
         }
         knobs.churn_every_s.clone_from(&a.churn_every);
+    }
+    if let Some(n) = a.churn_sessions {
+        if n == 0 {
+            bail!("--churn-sessions: must be at least 1");
+        }
+        knobs.churn_sessions = Some(n);
     }
     let names: Vec<String> = if !a.only.is_empty() {
         for n in &a.only {

@@ -131,11 +131,14 @@ pub struct Knobs {
     pub churn_every_s: Vec<f64>,
     /// Session counts for `scale`.
     pub scale_sessions: Vec<usize>,
-    /// `nat-churn` with this many sessions under [`Knobs::policy`] (a pilot: its question is
-    /// the recovery window at the profile's timers, and a probe interval of n / pps small
-    /// against that window); `None`: the scenario's own size (10 000 sessions at SPEC.md's
-    /// default timers in the full run).
+    /// `nat-churn` with this many sessions (a pilot's 1000: its question is the recovery
+    /// window, and a probe interval of n / pps small against that window; or `--churn-sessions`,
+    /// to find the rebind rate this machine sustains); `None`: the scenario's own size (10 000
+    /// in the full run).
     pub churn_sessions: Option<usize>,
+    /// Every scenario runs under [`Knobs::policy`] (a pilot profile's). Otherwise `nat-churn`'s
+    /// full run uses SPEC.md's default timers with a switch budget that admits its churn.
+    pub policy_is_profiles: bool,
     /// Data plane backend.
     pub backend: &'static str,
 }
@@ -168,6 +171,7 @@ impl Knobs {
                 vec![10_000, 100_000]
             },
             churn_sessions: None,
+            policy_is_profiles: false,
             backend: "af_xdp",
         }
     }
@@ -598,7 +602,7 @@ fn nat_churn(k: &Knobs) -> Result<Outcome> {
         // (COOLDOWN_ACTIVE, then DEGRADED: the switch-abuse scenario), so the standard run
         // rebinding every `every` < 7.5 s gives the gateway a budget that admits the churn
         // it measures (cooldown a quarter of the interval, budget twice the rate).
-        let policy = if k.quick || k.churn_sessions.is_some() {
+        let policy = if k.quick || k.policy_is_profiles {
             k.policy.clone()
         } else if every < 7.5 {
             format!(
