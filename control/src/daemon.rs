@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use jumping_control_api::server::Server;
@@ -111,14 +111,16 @@ const DATAGRAMS_PER_TURN: usize = 256;
 /// behind it for longer than their clients wait: [`STALE_INITIATION`] bounds that.
 const CONTROL_SOCKET_BUFFER: usize = 16 << 20;
 
-/// A handshake initiation that waited in the control socket longer than this is dropped
-/// unread (`stale_initiation`). The client sends a new initiation after 1 s without an answer
+/// A handshake initiation that waited in the control socket longer than this (with the
+/// io_uring backend: since a data-plane worker took it off its ring) is dropped unread
+/// (`stale_initiation`). The client sends a new initiation after 1 s without an answer
 /// (more after backing off) and ignores an answer to one it has replaced, so answering an
 /// initiation that queued longer mostly spends two X25519 on a response nobody takes, while
 /// fresher ones wait behind it. When handshakes arrive faster than they are answered (100 000
 /// clients connecting at 1500/s, a flood without cookies) the queue then stays at most this
-/// long instead of growing until no answer is in time. Reattach messages are never shed: they
-/// cost a MAC, and a mass rebind sends them all at once.
+/// long instead of growing until no answer is in time. Reattach messages are never shed: tried
+/// with the client's retry interval as the bound, a queue delayed past it shed requests and
+/// their retries alike, and fewer rebinds were repaired (docs/BENCHMARKS.md, session 11).
 const STALE_INITIATION: Duration = Duration::from_secs(1);
 
 /// A handshake initiation that arrived more than [`STALE_INITIATION`] before `now`.
@@ -638,7 +640,19 @@ impl Daemon {
                     self.counters.installs_refused += 1;
                     let _ = self.gw.dataplane_failed(t, id);
                 }
-                FromDataplane::ControlDatagram { from, mut datagram } => {
+                FromDataplane::ControlDatagram {
+                    from,
+                    received_unix_ns,
+                    mut datagram,
+                } => {
+                    // The io_uring backend's relay: shed as the socket's datagrams are, by the
+                    // time a worker took it off its ring.
+                    let arrived = (received_unix_ns != 0)
+                        .then(|| UNIX_EPOCH + Duration::from_nanos(received_unix_ns));
+                    if is_stale_initiation(&datagram, arrived, SystemTime::now()) {
+                        self.counters.drop_(ShellDrop::StaleInitiation);
+                        continue;
+                    }
                     self.datagram(from, &mut datagram);
                 }
                 _ => {}

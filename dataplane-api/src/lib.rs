@@ -28,8 +28,9 @@ use jumping_protocol::keys::{EpochMaterial, KeySetMaterial};
 use jumping_protocol::path::Transport;
 use jumping_protocol::{Path, SessionId};
 
-/// Interface version; both sides must agree.
-pub const VERSION: u16 = 1;
+/// Interface version; both sides must agree. 2: [`FromDataplane::ControlDatagram`] carries
+/// its receive time.
+pub const VERSION: u16 = 2;
 /// Largest message either side sends or accepts.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Where the data plane listens unless configured otherwise.
@@ -421,6 +422,10 @@ pub enum FromDataplane {
     ControlDatagram {
         /// Sender.
         from: SocketAddr,
+        /// When a worker took it off its receive ring: nanoseconds since the Unix epoch
+        /// (`CLOCK_REALTIME`), 0 if unknown. The control process sheds handshake initiations
+        /// that waited too long, as it does with its own socket's timestamps.
+        received_unix_ns: u64,
         /// The UDP payload.
         datagram: Vec<u8>,
     },
@@ -899,8 +904,13 @@ impl FromDataplane {
                     });
                 }
             },
-            FromDataplane::ControlDatagram { from, datagram } => {
+            FromDataplane::ControlDatagram {
+                from,
+                received_unix_ns,
+                datagram,
+            } => {
                 w.addr(*from);
+                w.u64(*received_unix_ns);
                 w.blob(datagram);
             }
         }
@@ -1010,6 +1020,7 @@ impl FromDataplane {
             }),
             0x87 => FromDataplane::ControlDatagram {
                 from: r.addr()?,
+                received_unix_ns: r.u64()?,
                 datagram: r.blob()?,
             },
             k => return Err(DecodeError::Kind(k)),

@@ -116,6 +116,7 @@ fn every_answer() -> Vec<FromDataplane> {
         }),
         FromDataplane::ControlDatagram {
             from: "198.51.100.4:40000".parse().expect("addr"),
+            received_unix_ns: 1_795_544_675_338_844_678,
             datagram: vec![1; 164],
         },
     ]

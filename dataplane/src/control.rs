@@ -559,8 +559,19 @@ impl ControlServer {
             while let Ok(m) = self.workers[i].from_worker.pop() {
                 match m {
                     FromWorker::Event(e) => self.send(&FromDataplane::Event(e), 0),
-                    FromWorker::ControlDatagram { from, datagram } => {
-                        self.send(&FromDataplane::ControlDatagram { from, datagram }, 0);
+                    FromWorker::ControlDatagram {
+                        from,
+                        received_unix_ns,
+                        datagram,
+                    } => {
+                        self.send(
+                            &FromDataplane::ControlDatagram {
+                                from,
+                                received_unix_ns,
+                                datagram,
+                            },
+                            0,
+                        );
                     }
                     FromWorker::Sessions { sessions, last } => self.forward_listing(sessions, last),
                     FromWorker::Moved { id, held_by } => self.moved(id, held_by),

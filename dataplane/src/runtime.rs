@@ -239,6 +239,8 @@ pub enum FromWorker {
     ControlDatagram {
         /// Sender.
         from: SocketAddr,
+        /// When it was taken off the ring (ns since the Unix epoch).
+        received_unix_ns: u64,
         /// UDP payload.
         datagram: Vec<u8>,
     },
@@ -867,6 +869,7 @@ impl Lane {
                 if self.backend == Backend::IoUring {
                     self.event(FromWorker::ControlDatagram {
                         from: from.addr,
+                        received_unix_ns: unix_ns_now(),
                         datagram: buf.to_vec(),
                     });
                 } else {
@@ -1203,6 +1206,15 @@ impl WorkerLoop {
             }
         })
     }
+}
+
+/// `CLOCK_REALTIME` in nanoseconds since the Unix epoch (0 before it, or past 2554).
+fn unix_ns_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_nanos()).ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
