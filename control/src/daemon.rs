@@ -231,8 +231,6 @@ struct Posted {
 struct Counters {
     /// By [`ShellDrop`] (its index in `ShellDrop::ALL`).
     shell_drops: [u64; ShellDrop::ALL.len()],
-    dataplane_drops: BTreeMap<&'static str, u64>,
-    installs_refused: u64,
 }
 
 impl Counters {
@@ -628,16 +626,12 @@ impl Daemon {
                 FromDataplane::Event(DpEvent::NewPath { id, path }) => {
                     self.gw.observe_new_path(t, id, path);
                 }
-                FromDataplane::Event(DpEvent::Drops { reason, count, .. }) => {
-                    *self
-                        .counters
-                        .dataplane_drops
-                        .entry(reason.name())
-                        .or_default() += u64::from(count);
-                }
+                // Replay and authentication drops are counted by the workers (the data
+                // plane's metrics and `jumpctl stats`); the report carries no source address,
+                // so it raises no SECURITY_EVENT (a known gap, docs/PROTOCOL.md §11.3).
+                FromDataplane::Event(DpEvent::Drops { .. }) => {}
                 FromDataplane::Event(DpEvent::Refused { id, what }) => {
                     warn!(session = %id, correlation_id = %CorrelationId(self.cfg.node_id, id), "the data plane refused {what:?}: terminating the session");
-                    self.counters.installs_refused += 1;
                     let _ = self.gw.dataplane_failed(t, id);
                 }
                 FromDataplane::ControlDatagram {
@@ -913,7 +907,6 @@ impl Daemon {
         let harmless =
             p.optional && matches!(e, DpError::Refused(Refusal::Busy | Refusal::NoSuchWorker));
         if !harmless && (p.install || matches!(e, DpError::Refused(_))) {
-            self.counters.installs_refused += u64::from(p.install);
             let _ = self.gw.dataplane_failed(t, p.id);
         }
     }
