@@ -172,7 +172,7 @@ impl Profile {
     pub fn knobs(&self, quick: bool, seed: u64) -> Knobs {
         let mut k = Knobs::standard(quick, seed);
         k.policy = self.policy_lines();
-        k.policy_is_profiles = true;
+        k.policy_from_profile = true;
         k.loss_levels = vec![self.failure.loss];
         k.delay_ms = self.failure.delay_ms;
         k.jitter_ms = self.failure.jitter_ms;
@@ -341,7 +341,7 @@ mod tests {
             assert_eq!(k.switch_budget(), p.requirements.max_switches_per_min);
             assert_eq!(k.churn_sessions, Some(50));
             assert_eq!(p.knobs(false, 1).churn_sessions, Some(1000));
-            assert!(k.policy_is_profiles);
+            assert!(k.policy_from_profile);
         }
         assert!(load("nope")
             .unwrap_err()

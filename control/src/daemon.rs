@@ -38,9 +38,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use observe::export::Exporter;
 use observe::log::CorrelationId;
 use observe::metrics::MetricsServer;
-use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use rand_core::OsRng;
+use rand_core::{OsRng, SeedableRng};
 use tracing::{info, warn};
 
 use crate::metrics::{self, ControlMetrics, Published, ShellDrop, Snapshot};
@@ -620,6 +619,8 @@ impl Daemon {
         dp.poll();
         let msgs: Vec<FromDataplane> = dp.unsolicited.drain(..).collect();
         self.collect_answers(now());
+        // One clock reading for the batch, as for the socket's turn.
+        let wall = SystemTime::now();
         for m in msgs {
             let t = now();
             match m {
@@ -643,7 +644,7 @@ impl Daemon {
                     // time a worker took it off its ring.
                     let arrived = (received_unix_ns != 0)
                         .then(|| UNIX_EPOCH + Duration::from_nanos(received_unix_ns));
-                    if is_stale_initiation(&datagram, arrived, SystemTime::now()) {
+                    if is_stale_initiation(&datagram, arrived, wall) {
                         self.counters.drop_(ShellDrop::StaleInitiation);
                         continue;
                     }

@@ -21,9 +21,8 @@ use std::path::{Path, PathBuf};
 
 use jumping_protocol::persist::{NodeRecord, SessionRecord};
 use jumping_protocol::SessionId;
-use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use rand_core::{OsRng, RngCore};
+use rand_core::{OsRng, RngCore, SeedableRng};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use zeroize::Zeroizing;
 

@@ -496,7 +496,8 @@ impl Engine {
                 self.report.reattach.ok += 1;
                 self.second(now).reattached += 1;
                 let s = &mut self.sessions[idx];
-                first_since_mark(&self.marks_ns, &mut s.ack_marks, &mut self.ack_samples, now);
+                let (marks, samples) = (&self.marks_ns, &mut self.ack_samples);
+                first_since_mark(marks, &mut s.ack_marks, samples, now);
             }
             ClientEvent::ReattachRejected {
                 code,
@@ -528,8 +529,8 @@ impl Engine {
                 self.report.reattach.challenges += 1;
                 self.second(now).challenges += 1;
                 let s = &mut self.sessions[idx];
-                let at = &mut s.challenge_marks;
-                first_since_mark(&self.marks_ns, at, &mut self.challenge_samples, now);
+                let (marks, samples) = (&self.marks_ns, &mut self.challenge_samples);
+                first_since_mark(marks, &mut s.challenge_marks, samples, now);
             }
         }
     }

@@ -1372,7 +1372,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                 let version = p.version;
                 return self.bind(now, sid, from, counter, epoch, version);
             }
-            if p.request_counter != 0 {
+            if p.is_solicited() {
                 // A retry of a request whose challenge is still open: resend that challenge
                 // rather than start over, or a path whose RTT exceeds the client's retry
                 // interval could never complete.
@@ -1498,7 +1498,7 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         // A response completes only a validation started by a full request (counter > 0):
         // the unsolicited validation after a NAT rebind (counter 0) is completed by a new
         // request carrying the proof of possession, never by a bare response.
-        let Some(p) = s.pending.as_mut().filter(|p| p.request_counter != 0) else {
+        let Some(p) = s.pending.as_mut().filter(|p| p.is_solicited()) else {
             return self.drop_(DropReason::ReattachRejected);
         };
         let epoch = resp.epoch();
@@ -1945,7 +1945,7 @@ fn start_unsolicited_validation<R: RngCore>(
         // which a renewal would make stale whenever the round trip exceeds CHALLENGE_RESEND
         // (a queue in a mass rebind), and the client's retried request resends it.
         p.bytes_in += received;
-        if p.request_counter == 0 && now - p.last_sent >= CHALLENGE_RESEND {
+        if !p.is_solicited() && now - p.last_sent >= CHALLENGE_RESEND {
             let mut p = p.clone();
             p.previous_token = p.token;
             rng.fill_bytes(&mut p.token);

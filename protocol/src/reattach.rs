@@ -94,6 +94,14 @@ pub struct PendingValidation {
 pub const AMPLIFICATION_FACTOR: usize = 3;
 
 impl PendingValidation {
+    /// Started by a client's request (counter ≠ 0), not by data from a new address after a
+    /// NAT rebind: completed by a ReattachResponse returning its token, and resent only when
+    /// the client retries its request.
+    #[must_use]
+    pub fn is_solicited(&self) -> bool {
+        self.request_counter != 0
+    }
+
     /// Does `echo` return one of the last two tokens sent? (Both compared in constant time.)
     #[must_use]
     pub fn echoed(&self, echo: &[u8; TOKEN_LEN]) -> bool {

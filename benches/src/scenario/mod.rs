@@ -138,7 +138,7 @@ pub struct Knobs {
     pub churn_sessions: Option<usize>,
     /// Every scenario runs under [`Knobs::policy`] (a pilot profile's). Otherwise `nat-churn`'s
     /// full run uses SPEC.md's default timers with a switch budget that admits its churn.
-    pub policy_is_profiles: bool,
+    pub policy_from_profile: bool,
     /// Data plane backend.
     pub backend: &'static str,
 }
@@ -171,7 +171,7 @@ impl Knobs {
                 vec![10_000, 100_000]
             },
             churn_sessions: None,
-            policy_is_profiles: false,
+            policy_from_profile: false,
             backend: "af_xdp",
         }
     }
@@ -602,7 +602,7 @@ fn nat_churn(k: &Knobs) -> Result<Outcome> {
         // (COOLDOWN_ACTIVE, then DEGRADED: the switch-abuse scenario), so the standard run
         // rebinding every `every` < 7.5 s gives the gateway a budget that admits the churn
         // it measures (cooldown a quarter of the interval, budget twice the rate).
-        let policy = if k.quick || k.policy_is_profiles {
+        let policy = if k.quick || k.policy_from_profile {
             k.policy.clone()
         } else if every < 7.5 {
             format!(
