@@ -51,7 +51,9 @@ pub struct ClientConfig {
     pub handshake_retry: Duration,
     /// Give up the handshake (HANDSHAKE_FAILED) after this many attempts.
     pub handshake_attempts: u32,
-    /// Resend a reattach request after this long without an answer. After
+    /// Resend a reattach request after this long without an answer, or after the timeout of
+    /// the reattach round trip the client has seen when that is longer (at most 4 × this; see
+    /// [`ExchangeRtt`]). After
     /// [`REATTACH_FAST_ATTEMPTS`] attempts an optional switch (ATTACHED, VOLATILE) is given
     /// up; a recovery (RECOVERING, DEGRADED) keeps trying every 4 × this until it succeeds or
     /// the gateway's recovery window ends the session.
@@ -86,12 +88,19 @@ impl ClientConfig {
         self.handshake_retry * factor
     }
 
-    /// How long after attempt number `attempts` of a reattach the next one is due.
-    fn reattach_retry_after(&self, attempts: u32) -> Duration {
+    /// How long after attempt number `attempts` of a reattach the next one is due, given the
+    /// client's estimate of a reattach exchange's round trip: `reattach_retry` while the
+    /// gateway answers faster than that, otherwise the estimate's timeout (RFC 6298: smoothed
+    /// round trip plus four variations), at most 4 × `reattach_retry`; after
+    /// [`REATTACH_FAST_ATTEMPTS`] sends, 4 × `reattach_retry`.
+    fn reattach_retry_after(&self, attempts: u32, rtt: Option<&ExchangeRtt>) -> Duration {
+        let slow = self.reattach_retry * 4;
         if attempts < REATTACH_FAST_ATTEMPTS {
-            self.reattach_retry
+            rtt.map_or(self.reattach_retry, |r| {
+                r.timeout().clamp(self.reattach_retry, slow)
+            })
         } else {
-            self.reattach_retry * 4
+            slow
         }
     }
 
@@ -184,6 +193,52 @@ struct PendingReattach {
     echo: [u8; TOKEN_LEN],
     sent: Instant,
     attempts: u32,
+    /// When the latest requests of the attempt were sent, by counter (at most
+    /// [`SEND_TIMES_KEPT`]): an ack names the request it answers, so its round trip is known
+    /// even when retries crossed it.
+    send_times: VecDeque<(u64, Instant)>,
+}
+
+/// Send times a pending reattach keeps for round-trip samples.
+const SEND_TIMES_KEPT: usize = 8;
+
+/// The round trip of a reattach exchange, from a request to its ack, estimated as TCP does
+/// (RFC 6298 §2: gains 1/8 and 1/4). It is not the data path's round trip the heartbeats
+/// measure: requests are answered by the gateway's control process, and in a mass rebind or
+/// failover they wait in its queue for as long as it takes to work through the others. A
+/// client that resent every `reattach_retry` regardless would then double the queue it waits
+/// in; one that waits for the exchange it has seen does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeRtt {
+    /// Smoothed round trip.
+    pub srtt: Duration,
+    /// Round-trip variation.
+    pub rttvar: Duration,
+}
+
+impl ExchangeRtt {
+    /// Fold in one sample (the first sets the estimate: variation half the sample).
+    fn update(est: &mut Option<ExchangeRtt>, sample: Duration) {
+        *est = Some(match *est {
+            None => ExchangeRtt {
+                srtt: sample,
+                rttvar: sample / 2,
+            },
+            Some(r) => {
+                let diff = r.srtt.abs_diff(sample);
+                ExchangeRtt {
+                    rttvar: r.rttvar * 3 / 4 + diff / 4,
+                    srtt: r.srtt * 7 / 8 + sample / 8,
+                }
+            }
+        });
+    }
+
+    /// When a request without an answer is given up as lost: srtt + 4 × rttvar.
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        self.srtt + self.rttvar * 4
+    }
 }
 
 #[derive(Debug)]
@@ -206,6 +261,8 @@ struct Established {
     next_probe: u64,
     probe_sent: Option<(u64, Instant)>,
     rtt: Option<Duration>,
+    /// The reattach exchange's round trip, from acks (None before the first).
+    exchange_rtt: Option<ExchangeRtt>,
     gateway_version: u64,
     /// The last unsolicited challenge token answered: a replayed challenge is not answered again.
     answered_token: [u8; TOKEN_LEN],
@@ -303,6 +360,15 @@ impl<R: RngCore + CryptoRng> Client<R> {
     pub fn rtt(&self) -> Option<Duration> {
         match &self.phase {
             Phase::Established(e) => e.rtt,
+            _ => None,
+        }
+    }
+
+    /// The estimated round trip of a reattach exchange (request to ack), once one was acked.
+    #[must_use]
+    pub fn exchange_rtt(&self) -> Option<ExchangeRtt> {
+        match &self.phase {
+            Phase::Established(e) => e.exchange_rtt,
             _ => None,
         }
     }
@@ -500,6 +566,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
                         next_probe: 1,
                         probe_sent: None,
                         rtt: None,
+                        exchange_rtt: None,
                         gateway_version: 1,
                         answered_token: [0; TOKEN_LEN],
                         rekey_requested: false,
@@ -699,6 +766,9 @@ impl<R: RngCore + CryptoRng> Client<R> {
         let Some(p) = e.pending.take() else {
             return ClientOutput::Dropped("unexpected_ack");
         };
+        if let Some((_, sent)) = p.send_times.iter().find(|(c, _)| *c == acked) {
+            ExchangeRtt::update(&mut e.exchange_rtt, now - *sent);
+        }
         e.via = p.via;
         e.last_rx = now;
         e.gateway_version = ack.state_version();
@@ -772,11 +842,14 @@ impl<R: RngCore + CryptoRng> Client<R> {
         msg[52..68].copy_from_slice(&p);
         let mac = control_mac(k.ctrl_send.expose(), &msg[..REATTACH_REQUEST_LEN - MAC_LEN]);
         msg[REATTACH_REQUEST_LEN - MAC_LEN..].copy_from_slice(&mac);
-        let (attempts, first_counter) = e
-            .pending
-            .as_ref()
-            .filter(|p| p.via == via)
-            .map_or((1, counter), |p| (p.attempts + 1, p.first_counter));
+        let (attempts, first_counter, mut send_times) = match e.pending.take() {
+            Some(p) if p.via == via => (p.attempts + 1, p.first_counter, p.send_times),
+            _ => (1, counter, VecDeque::with_capacity(SEND_TIMES_KEPT)),
+        };
+        if send_times.len() == SEND_TIMES_KEPT {
+            send_times.pop_front();
+        }
+        send_times.push_back((counter, now));
         e.pending = Some(PendingReattach {
             first_counter,
             counter,
@@ -784,6 +857,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
             echo,
             sent: now,
             attempts,
+            send_times,
         });
         e.last_tx = now;
         self.transmits.push_back(ClientTransmit {
@@ -866,7 +940,12 @@ impl<R: RngCore + CryptoRng> Client<R> {
                     d.push(e.keys.current().created + p.rekey_after);
                 }
                 if let Some(pr) = &e.pending {
-                    d.push(pr.sent + self.cfg.reattach_retry_after(pr.attempts));
+                    d.push(
+                        pr.sent
+                            + self
+                                .cfg
+                                .reattach_retry_after(pr.attempts, e.exchange_rtt.as_ref()),
+                    );
                 }
                 if let Some((_, t)) = &e.rekey {
                     d.push(*t + self.cfg.handshake_retry);
@@ -910,7 +989,12 @@ impl<R: RngCore + CryptoRng> Client<R> {
                 let retry = e
                     .pending
                     .as_ref()
-                    .filter(|pr| now - pr.sent >= self.cfg.reattach_retry_after(pr.attempts))
+                    .filter(|pr| {
+                        now - pr.sent
+                            >= self
+                                .cfg
+                                .reattach_retry_after(pr.attempts, e.exchange_rtt.as_ref())
+                    })
                     .map(|pr| (pr.via, pr.echo, pr.attempts));
                 let dead = now - e.last_rx >= p.path_dead_after;
                 let heartbeat = now - e.last_tx >= p.heartbeat_interval;
@@ -959,4 +1043,59 @@ fn seal(e: &mut Established, ty: MessageType, buf: &mut [u8]) {
     let counter = e.send_counter;
     e.send_counter += 1;
     e.keys.current_mut().seal_transport(e.sid, counter, ty, buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exchange_estimate_follows_rfc_6298() {
+        let ms = Duration::from_millis;
+        let mut est = None;
+        ExchangeRtt::update(&mut est, ms(800));
+        assert_eq!(
+            est,
+            Some(ExchangeRtt {
+                srtt: ms(800),
+                rttvar: ms(400)
+            })
+        );
+        assert_eq!(est.unwrap().timeout(), ms(2400));
+        ExchangeRtt::update(&mut est, ms(400));
+        // rttvar = 3/4 · 400 + 1/4 · |800 − 400| = 400; srtt = 7/8 · 800 + 1/8 · 400 = 750.
+        assert_eq!(
+            est,
+            Some(ExchangeRtt {
+                srtt: ms(750),
+                rttvar: ms(400)
+            })
+        );
+    }
+
+    #[test]
+    fn the_retry_wait_stays_between_reattach_retry_and_four_times_it() {
+        let cfg = ClientConfig::new(StaticKeypair::from_secret_bytes([7; 32]), [9; 32]);
+        let ms = Duration::from_millis;
+        let fast = ExchangeRtt {
+            srtt: ms(20),
+            rttvar: ms(5),
+        };
+        let slow = ExchangeRtt {
+            srtt: ms(1500),
+            rttvar: ms(700),
+        };
+        let mid = ExchangeRtt {
+            srtt: ms(600),
+            rttvar: ms(100),
+        };
+        assert_eq!(cfg.reattach_retry_after(1, None), ms(500));
+        assert_eq!(cfg.reattach_retry_after(1, Some(&fast)), ms(500));
+        assert_eq!(cfg.reattach_retry_after(1, Some(&mid)), ms(1000));
+        assert_eq!(cfg.reattach_retry_after(1, Some(&slow)), ms(2000));
+        assert_eq!(
+            cfg.reattach_retry_after(REATTACH_FAST_ATTEMPTS, Some(&fast)),
+            ms(2000)
+        );
+    }
 }

@@ -820,3 +820,86 @@ fn a_recovery_on_the_rebound_path_completes_when_its_round_trip_exceeds_the_chal
     );
     sim.assert_version_log(sid);
 }
+
+fn reattach_requests_sent(sim: &Sim) -> usize {
+    sim.net
+        .captured
+        .iter()
+        .filter(|(d, b)| {
+            matches!(d, Dir::ToGateway { .. })
+                && wire::peek_type(b).ok() == Some(MessageType::ReattachRequest)
+        })
+        .count()
+}
+
+#[test]
+fn a_client_that_has_seen_slow_reattach_answers_does_not_resend_before_they_can_arrive() {
+    // A gateway answering late (here a 1.2 s request-to-ack exchange: 300 ms each way, four
+    // trips; in a mass rebind, a queue in its control process) gets the first switch's
+    // request three times from a client that resends every `reattach_retry` (500 ms). Once
+    // the client has measured the exchange it waits for it, and the next switch costs one.
+    let mut sim = Sim::new(30, Policy::default());
+    sim.net.latency = Duration::from_millis(300);
+    let sid = sim.connect_within(Duration::from_secs(2));
+    assert_eq!(sim.client.exchange_rtt(), None);
+    sim.client.reattach(sim.now, LocalPath(1));
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.client.current_path(), Some(LocalPath(1)));
+    let first = reattach_requests_sent(&sim);
+    assert_eq!(
+        first, 3,
+        "requests at 0, 0.5 and 1 s before the ack at 1.2 s"
+    );
+    // The ack answers the first request (counter named in it), not the latest retry: the
+    // sample is the 1.2 s exchange, not the 0.2 s since the last send.
+    let rtt = sim.client.exchange_rtt().expect("an exchange was measured");
+    assert!(
+        rtt.srtt >= Duration::from_millis(1150) && rtt.srtt <= Duration::from_millis(1300),
+        "srtt {:?}",
+        rtt.srtt
+    );
+    sim.run_for(Duration::from_secs(2)); // past the switch cooldown
+    sim.client.reattach(sim.now, LocalPath(0));
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.client.current_path(), Some(LocalPath(0)));
+    assert_eq!(
+        sim.session(sid).active,
+        Some(Path::udp(sim.net.nat[&LocalPath(0)]))
+    );
+    assert_eq!(
+        reattach_requests_sent(&sim) - first,
+        1,
+        "the second switch was resent before its answer could arrive"
+    );
+    assert_eq!(sim.session(sid).switches_total(), 2);
+    sim.assert_version_log(sid);
+}
+
+#[test]
+fn a_lost_reattach_request_is_still_resent_after_reattach_retry_on_a_fast_path() {
+    // The adaptive wait never goes below `reattach_retry`, and a fast exchange keeps it there:
+    // a lost request on a 40 ms path is resent 500 ms later, as before.
+    let mut sim = Sim::new(31, Policy::default());
+    let sid = sim.connect();
+    sim.client.reattach(sim.now, LocalPath(1));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.client.current_path(), Some(LocalPath(1)));
+    let rtt = sim.client.exchange_rtt().expect("measured");
+    assert!(rtt.timeout() < Duration::from_millis(500), "{rtt:?}");
+    sim.run_for(Duration::from_secs(2));
+    let before = reattach_requests_sent(&sim);
+    sim.net.up = false;
+    let start = sim.now;
+    sim.client.reattach(sim.now, LocalPath(0));
+    sim.run_for(Duration::from_millis(300));
+    sim.net.up = true;
+    sim.run_for(Duration::from_millis(900));
+    assert_eq!(sim.client.current_path(), Some(LocalPath(0)));
+    assert_eq!(
+        reattach_requests_sent(&sim) - before,
+        2,
+        "one lost, one resent"
+    );
+    assert!(sim.now - start < Duration::from_secs(2));
+    assert_eq!(sim.session(sid).switches_total(), 2);
+}
