@@ -743,6 +743,13 @@ impl Daemon {
         outbox.extend(std::iter::from_fn(|| self.gw.poll_transmit()));
         self.send_all(&mut outbox);
         self.outbox = outbox;
+        // Posted commands the turn left unwritten (relayed datagrams, on the io_uring
+        // backend; a batch that needed no settling): one write.
+        if let Some(dp) = &mut self.dp {
+            if let Err(e) = dp.send_posted() {
+                warn!("data plane: {e}");
+            }
+        }
         let mut journal = std::mem::take(&mut self.journal);
         while let Some(e) = self.gw.poll_event() {
             self.metrics.observe(&e);

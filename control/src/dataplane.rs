@@ -6,13 +6,19 @@
 //! (install, path, transmit, retire...) are *posted*: written without waiting, their answers
 //! collected later in [`Dataplane::answers`]. The data plane handles messages in order, so
 //! posting keeps their effects ordered; waiting for each one capped the control process at a
-//! few hundred reattaches a second (three round trips to another process each).
+//! few hundred reattaches a second (three round trips to another process each). Posted
+//! commands are also written together: they wait in a buffer until [`Dataplane::send_posted`],
+//! a wait for an answer, or a request writes them, one write for the batch. The reader takes
+//! messages through a buffer and wakes the event loop once for all that arrive before the loop
+//! next looks ([`Dataplane::poll`]), not once per message.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jumping_dataplane_api::{
@@ -48,6 +54,10 @@ pub struct Dataplane {
     /// Answers to posted commands ([`Dataplane::post`]), with their sequence numbers.
     pub answers: VecDeque<(u32, FromDataplane)>,
     posted: std::collections::HashSet<u32>,
+    /// Posted commands not written yet (framed; zeroed once written: installs carry keys).
+    unwritten: Vec<u8>,
+    /// Set by the reader when it wakes the event loop, cleared by [`Dataplane::poll`].
+    woken: Arc<AtomicBool>,
     seq: u32,
     /// Workers running.
     pub workers: u8,
@@ -58,7 +68,10 @@ pub struct Dataplane {
     lost: bool,
 }
 
-fn read_message(s: &mut UnixStream) -> std::io::Result<Vec<u8>> {
+/// What the reader buffers from the socket at once.
+const READ_BUFFER: usize = 64 << 10;
+
+fn read_message(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len)?;
     let len = u32::from_be_bytes(len) as usize;
@@ -81,10 +94,15 @@ impl Dataplane {
     /// Connecting, or the hello failed.
     pub fn connect(path: &Path, wake: Box<dyn Fn() + Send>) -> Result<Dataplane, DpError> {
         let stream = UnixStream::connect(path).map_err(|e| DpError::Lost(e.to_string()))?;
-        let mut reader = stream
-            .try_clone()
-            .map_err(|e| DpError::Lost(e.to_string()))?;
+        let mut reader = BufReader::with_capacity(
+            READ_BUFFER,
+            stream
+                .try_clone()
+                .map_err(|e| DpError::Lost(e.to_string()))?,
+        );
         let (tx, rx) = mpsc::channel();
+        let woken = Arc::new(AtomicBool::new(false));
+        let reader_woken = Arc::clone(&woken);
         std::thread::Builder::new()
             .name("dataplane-rx".into())
             .spawn(move || loop {
@@ -98,7 +116,11 @@ impl Dataplane {
                 if tx.send(msg).is_err() {
                     return;
                 }
-                wake();
+                // Queued before the flag is read: a loop that cleared the flag after this
+                // swap drains the message; one that cleared it before gets a wake-up.
+                if !reader_woken.swap(true, Ordering::AcqRel) {
+                    wake();
+                }
                 if end {
                     return;
                 }
@@ -110,6 +132,8 @@ impl Dataplane {
             unsolicited: VecDeque::new(),
             answers: VecDeque::new(),
             posted: std::collections::HashSet::new(),
+            unwritten: Vec::new(),
+            woken,
             seq: 0,
             workers: 0,
             backend: Backend::AfXdp,
@@ -137,21 +161,50 @@ impl Dataplane {
         self.lost
     }
 
-    fn send(&mut self, msg: &ToDataplane) -> Result<u32, DpError> {
+    /// Frame `msg` after the posted commands not written yet; returns its sequence number.
+    fn queue(&mut self, msg: &ToDataplane) -> Result<u32, DpError> {
+        if self.lost {
+            return Err(DpError::Lost("connection lost".into()));
+        }
         self.seq = self.seq.wrapping_add(1).max(1);
         let bytes = msg.encode(self.seq);
         let len = u32::try_from(bytes.len()).map_err(|_| DpError::Unexpected("size"))?;
-        let mut framed = Vec::with_capacity(4 + bytes.len());
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(&bytes);
+        if self.unwritten.capacity() - self.unwritten.len() < 4 + bytes.len() {
+            // Growing would leave the old allocation's bytes behind unzeroed.
+            let mut grown = Vec::with_capacity((self.unwritten.len() + 4 + bytes.len()) * 2);
+            grown.extend_from_slice(&self.unwritten);
+            zeroize_message(std::mem::replace(&mut self.unwritten, grown));
+        }
+        self.unwritten.extend_from_slice(&len.to_be_bytes());
+        self.unwritten.extend_from_slice(&bytes);
         zeroize_message(bytes);
-        let r = self.stream.write_all(&framed);
-        zeroize_message(framed);
+        Ok(self.seq)
+    }
+
+    /// Write the posted commands not written yet, in one write.
+    ///
+    /// # Errors
+    /// The connection is lost.
+    pub fn send_posted(&mut self) -> Result<(), DpError> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        let r = self.stream.write_all(&self.unwritten);
+        self.unwritten.iter_mut().for_each(|b| *b = 0);
+        core::hint::black_box(&self.unwritten);
+        self.unwritten.clear();
         if let Err(e) = r {
             self.lost = true;
             return Err(DpError::Lost(e.to_string()));
         }
-        Ok(self.seq)
+        Ok(())
+    }
+
+    /// Send `msg` now, after any posted commands not written yet.
+    fn send(&mut self, msg: &ToDataplane) -> Result<u32, DpError> {
+        let seq = self.queue(msg)?;
+        self.send_posted()?;
+        Ok(seq)
     }
 
     /// The next message that is neither an answer to a posted command (those go to
@@ -204,13 +257,14 @@ impl Dataplane {
         }
     }
 
-    /// Send a command without waiting for its answer, which arrives later in
-    /// [`Dataplane::answers`] under the returned sequence number.
+    /// Post a command: it is written with the next [`Dataplane::send_posted`], wait or
+    /// request, and its answer arrives later in [`Dataplane::answers`] under the returned
+    /// sequence number.
     ///
     /// # Errors
     /// The connection is lost.
     pub fn post(&mut self, msg: &ToDataplane) -> Result<u32, DpError> {
-        let seq = self.send(msg)?;
+        let seq = self.queue(msg)?;
         self.posted.insert(seq);
         Ok(seq)
     }
@@ -222,6 +276,7 @@ impl Dataplane {
     /// # Errors
     /// Lost connection, or no answers within `timeout`.
     pub fn settle(&mut self, timeout: Duration) -> Result<(), DpError> {
+        self.send_posted()?;
         let deadline = std::time::Instant::now() + timeout;
         while !self.posted.is_empty() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -292,6 +347,9 @@ impl Dataplane {
 
     /// Move whatever the reader thread has queued into [`Dataplane::unsolicited`].
     pub fn poll(&mut self) {
+        // Cleared before draining: a message queued after this gets a wake-up.
+        // (An acquire: what the reader queued before its swap is seen by the drain.)
+        let _ = self.woken.swap(false, Ordering::AcqRel);
         while let Ok(Some((_, m))) = self.next(Duration::ZERO) {
             self.unsolicited.push_back(m);
         }
@@ -300,6 +358,138 @@ impl Dataplane {
 
 impl Drop for Dataplane {
     fn drop(&mut self) {
+        zeroize_message(std::mem::take(&mut self.unwritten));
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jumping_dataplane_api::Event;
+    use jumping_protocol::{Path, SessionId};
+    use std::os::unix::net::UnixListener;
+    use std::sync::atomic::AtomicUsize;
+
+    fn frame(msg: &FromDataplane, seq: u32) -> Vec<u8> {
+        let bytes = msg.encode(seq);
+        let mut f = u32::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
+        f.extend_from_slice(&bytes);
+        f
+    }
+
+    /// A connected pair: our `Dataplane` and the data plane's end of the socket, after hello.
+    fn connected(tag: &str, wakes: &Arc<AtomicUsize>) -> (Dataplane, UnixStream) {
+        let dir = std::env::temp_dir().join(format!("jumping-dp-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let hello = read_message(&mut s).unwrap();
+            let (h, m) = ToDataplane::decode(&hello).unwrap();
+            assert!(matches!(m, ToDataplane::Hello));
+            let ack = FromDataplane::HelloAck {
+                workers: 1,
+                backend: Backend::AfXdp,
+                sessions: 0,
+            };
+            s.write_all(&frame(&ack, h.seq)).unwrap();
+            s
+        });
+        let w = Arc::clone(wakes);
+        let dp = Dataplane::connect(
+            &path,
+            Box::new(move || {
+                w.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+        let s = server.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (dp, s)
+    }
+
+    fn new_path(i: u64) -> FromDataplane {
+        FromDataplane::Event(Event::NewPath {
+            id: SessionId(i),
+            path: Path::udp(format!("192.0.2.1:{}", 1000 + i).parse().unwrap()),
+        })
+    }
+
+    fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn the_loop_is_woken_once_for_the_messages_that_arrive_before_it_looks() {
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let (mut dp, mut s) = connected("wake", &wakes);
+        dp.poll(); // the loop looks: the next message wakes it
+        let base = wakes.load(Ordering::SeqCst);
+        let burst: Vec<u8> = (1..=100).flat_map(|i| frame(&new_path(i), 0)).collect();
+        s.write_all(&burst).unwrap();
+        wait_until("a wake-up", || wakes.load(Ordering::SeqCst) > base);
+        std::thread::sleep(Duration::from_millis(50)); // the reader takes the rest
+                                                       // Until the loop looks again, however many messages arrive: one wake-up.
+        assert_eq!(wakes.load(Ordering::SeqCst), base + 1);
+        let mut got = Vec::new();
+        wait_until("100 messages", || {
+            dp.poll();
+            got.extend(dp.unsolicited.drain(..));
+            got.len() == 100
+        });
+        assert!(matches!(
+            got[99],
+            FromDataplane::Event(Event::NewPath {
+                id: SessionId(100),
+                ..
+            })
+        ));
+        // Once the loop has looked, the next message wakes it again.
+        let before = wakes.load(Ordering::SeqCst);
+        s.write_all(&frame(&new_path(101), 0)).unwrap();
+        wait_until("a wake-up for the next message", || {
+            wakes.load(Ordering::SeqCst) > before
+        });
+        dp.poll();
+        assert_eq!(dp.unsolicited.len(), 1);
+    }
+
+    #[test]
+    fn posted_commands_are_written_together_in_order_and_settled() {
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let (mut dp, mut s) = connected("post", &wakes);
+        let seqs: Vec<u32> = (1..=3)
+            .map(|i| dp.post(&ToDataplane::Retire { id: SessionId(i) }).unwrap())
+            .collect();
+        // Nothing is written before the batch is sent.
+        s.set_nonblocking(true).unwrap();
+        let mut probe = [0u8; 1];
+        assert!(matches!(
+            s.read(&mut probe),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        ));
+        s.set_nonblocking(false).unwrap();
+        let answer = std::thread::spawn(move || {
+            for (i, seq) in seqs.iter().enumerate() {
+                let m = read_message(&mut s).unwrap();
+                let (h, cmd) = ToDataplane::decode(&m).unwrap();
+                assert_eq!(h.seq, *seq);
+                assert!(matches!(cmd, ToDataplane::Retire { id } if id == SessionId(i as u64 + 1)));
+            }
+            for seq in seqs {
+                s.write_all(&frame(&FromDataplane::Done, seq)).unwrap();
+            }
+            s
+        });
+        dp.settle(Duration::from_secs(5)).unwrap();
+        assert_eq!(dp.answers.len(), 3);
+        drop(answer.join().unwrap());
     }
 }

@@ -83,6 +83,10 @@ pub fn write_message(s: &mut UnixStream, msg: &[u8]) -> io::Result<()> {
 struct Conn {
     stream: UnixStream,
     inbuf: Vec<u8>,
+    /// Messages framed this turn, written together by [`ControlServer::write_out`].
+    out: Vec<u8>,
+    /// Events among them (lost if the write fails).
+    out_events: u64,
     hello: bool,
 }
 
@@ -202,6 +206,7 @@ impl ControlServer {
             self.accept();
             self.read_requests();
             self.forward_from_workers();
+            self.write_out();
             let mut fds = vec![self.listener.as_raw_fd()];
             if let Some(c) = &self.conn {
                 fds.push(c.stream.as_raw_fd());
@@ -216,7 +221,8 @@ impl ControlServer {
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
-            if self.conn.is_some() {
+            if let Some(old) = &self.conn {
+                self.events_lost += old.out_events;
                 tracing::info!("control process reconnected; the previous connection is closed");
             } else {
                 tracing::info!("control process connected");
@@ -224,30 +230,54 @@ impl ControlServer {
             self.conn = Some(Conn {
                 stream,
                 inbuf: Vec::new(),
+                out: Vec::new(),
+                out_events: 0,
                 hello: false,
             });
             self.listing = None;
         }
     }
 
+    /// Queue `msg` for the control process; the turn's messages are written together at its
+    /// end ([`ControlServer::write_out`]): a write (and four system calls around it) per
+    /// message was a wake-up of the control process's reader per new path in a mass rebind.
     fn send(&mut self, msg: &FromDataplane, seq: u32) {
+        let event = u64::from(matches!(msg, FromDataplane::Event(_)));
         let Some(c) = &mut self.conn else {
-            self.events_lost += u64::from(matches!(msg, FromDataplane::Event(_)));
+            self.events_lost += event;
             return;
         };
         let bytes = msg.encode(seq);
+        let Ok(len) = u32::try_from(bytes.len()) else {
+            self.events_lost += event;
+            return;
+        };
+        c.out.extend_from_slice(&len.to_be_bytes());
+        c.out.extend_from_slice(&bytes);
+        c.out_events += event;
+    }
+
+    /// Write the messages queued this turn.
+    fn write_out(&mut self) {
+        let Some(c) = &mut self.conn else { return };
+        if c.out.is_empty() {
+            return;
+        }
         // Short blocking write: the peer is a local process; if it stops reading for a
         // second it is treated as gone.
         let ok = c.stream.set_nonblocking(false).is_ok()
             && c.stream
                 .set_write_timeout(Some(std::time::Duration::from_secs(1)))
                 .is_ok()
-            && write_message(&mut c.stream, &bytes).is_ok()
+            && c.stream.write_all(&c.out).is_ok()
             && c.stream.set_nonblocking(true).is_ok();
-        if !ok {
+        c.out.clear();
+        if ok {
+            c.out_events = 0;
+        } else {
             tracing::warn!("control connection lost while writing; waiting for a new one");
+            self.events_lost += c.out_events;
             self.conn = None;
-            self.events_lost += u64::from(matches!(msg, FromDataplane::Event(_)));
         }
     }
 
