@@ -50,8 +50,21 @@ pub fn proof(
 /// there can read the identity key it comes from.
 #[must_use]
 pub fn proof_key(ours: &StaticKeypair, theirs: &[u8; 32], transcript: &[u8; 32]) -> SecretKey {
-    let ss = ours.diffie_hellman(theirs);
-    kdf(&ss, b"jumping reattach proof", transcript)
+    proof_key_from(&identity_dh(ours, theirs), transcript)
+}
+
+/// `DH(identity keys)`: the same for every session of a pair of identities, so the gateway
+/// keeps it per client identity (in memory only) and a session's [`proof_key`] then costs one
+/// BLAKE2s instead of an X25519.
+#[must_use]
+pub fn identity_dh(ours: &StaticKeypair, theirs: &[u8; 32]) -> SecretKey {
+    SecretKey::from_bytes(*ours.diffie_hellman(theirs))
+}
+
+/// A session's [`proof_key`] from its identities' [`identity_dh`].
+#[must_use]
+pub fn proof_key_from(identity_dh: &SecretKey, transcript: &[u8; 32]) -> SecretKey {
+    kdf(identity_dh.expose(), b"jumping reattach proof", transcript)
 }
 
 /// The proof over `covered` under a session's [`proof_key`].
