@@ -32,7 +32,7 @@ use jumping_protocol::gateway::{
 };
 use jumping_protocol::handshake::StaticKeypair;
 use jumping_protocol::wire::{self, MessageType};
-use jumping_protocol::{Instant, Path, Policy, SessionId, State};
+use jumping_protocol::{Instant, Path, Policy, SecurityKind, SessionId, State};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use observe::export::Exporter;
@@ -628,9 +628,18 @@ impl Daemon {
                     self.gw.observe_new_path(t, id, path);
                 }
                 // Replay and authentication drops are counted by the workers (the data
-                // plane's metrics and `jumpctl stats`); the report carries no source address,
-                // so it raises no SECURITY_EVENT (a known gap, docs/PROTOCOL.md §11.3).
-                FromDataplane::Event(DpEvent::Drops { .. }) => {}
+                // plane's metrics and `jumpctl stats`); each report (at most one a second per
+                // session and reason) is a SECURITY_EVENT naming the last source.
+                FromDataplane::Event(DpEvent::Drops {
+                    id, reason, source, ..
+                }) => {
+                    let kind = if reason == DpDrop::Replay {
+                        SecurityKind::Replay
+                    } else {
+                        SecurityKind::AuthFailed
+                    };
+                    self.gw.report_dataplane_drops(id, kind, source.addr);
+                }
                 FromDataplane::Event(DpEvent::Refused { id, what }) => {
                     warn!(session = %id, correlation_id = %CorrelationId(self.cfg.node_id, id), "the data plane refused {what:?}: terminating the session");
                     let _ = self.gw.dataplane_failed(t, id);

@@ -30,7 +30,7 @@ use jumping_protocol::{Path, SessionId};
 
 /// Interface version; both sides must agree. 2: [`FromDataplane::ControlDatagram`] carries
 /// its receive time.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Largest message either side sends or accepts.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Where the data plane listens unless configured otherwise.
@@ -339,7 +339,8 @@ pub enum Event {
         /// Where the packet came from.
         path: Path,
     },
-    /// Packets of `id` dropped for `reason` (replay or authentication) since the last report.
+    /// Packets of `id` dropped for `reason` (replay or authentication) since the last report
+    /// (at most one a second per session and reason).
     Drops {
         /// Session.
         id: SessionId,
@@ -347,6 +348,9 @@ pub enum Event {
         reason: DropReason,
         /// How many.
         count: u32,
+        /// Where the last of them came from (the control process raises a SECURITY_EVENT
+        /// naming it).
+        source: Path,
     },
     /// A command could not be applied by its worker (install into a full table, update of a
     /// session that is not there).
@@ -889,11 +893,17 @@ impl FromDataplane {
                     w.u64(id.0);
                     w.path(Some(*path));
                 }
-                Event::Drops { id, reason, count } => {
+                Event::Drops {
+                    id,
+                    reason,
+                    count,
+                    source,
+                } => {
                     w.u8(2);
                     w.u64(id.0);
                     w.u8(reason.index() as u8);
                     w.u32(*count);
+                    w.path(Some(*source));
                 }
                 Event::Refused { id, what } => {
                     w.u8(3);
@@ -1007,6 +1017,7 @@ impl FromDataplane {
                     id: r.sid()?,
                     reason: r.drop_reason()?,
                     count: r.u32()?,
+                    source: r.path()?.ok_or(DecodeError::Invalid("drop source"))?,
                 },
                 3 => Event::Refused {
                     id: r.sid()?,

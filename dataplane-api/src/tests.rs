@@ -109,6 +109,7 @@ fn every_answer() -> Vec<FromDataplane> {
             id: SessionId(1),
             reason: DropReason::AuthFailed,
             count: 9,
+            source: path("203.0.113.9:4444"),
         }),
         FromDataplane::Event(Event::Refused {
             id: SessionId(1),

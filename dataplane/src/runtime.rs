@@ -591,7 +591,7 @@ struct Lane {
     /// while it lasts, not per packet (pruned at every drop-report flush: bounded).
     reported: HashMap<SessionId, (Path, Instant)>,
     /// Replay/auth drops per session since the last report.
-    pending_drops: HashMap<(SessionId, DropReason), u32>,
+    pending_drops: HashMap<(SessionId, DropReason), (u32, Path)>,
     /// Heartbeat echoes to send after the receive batch (destination not the source).
     deferred: Vec<(Path, u8, [u8; REPLY_MAX])>,
     /// Sessions moved away from this worker, and where to: what still arrives for them here
@@ -846,7 +846,9 @@ impl Lane {
             Rx::Dropped(reason) => {
                 if matches!(reason, DropReason::Replay | DropReason::AuthFailed) {
                     if let Some(id) = id {
-                        *self.pending_drops.entry((id, reason)).or_insert(0) += 1;
+                        let e = self.pending_drops.entry((id, reason)).or_insert((0, from));
+                        e.0 += 1;
+                        e.1 = from;
                     }
                 }
                 None
@@ -900,8 +902,13 @@ impl Lane {
         }
         // Taken out and put back, so the map keeps its capacity (no allocation per report).
         let mut pending = std::mem::take(&mut self.pending_drops);
-        for ((id, reason), count) in pending.drain() {
-            self.event(FromWorker::Event(Event::Drops { id, reason, count }));
+        for ((id, reason), (count, source)) in pending.drain() {
+            self.event(FromWorker::Event(Event::Drops {
+                id,
+                reason,
+                count,
+                source,
+            }));
         }
         self.pending_drops = pending;
     }

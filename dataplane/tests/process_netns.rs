@@ -300,7 +300,12 @@ fn run(backend: &str, tag: &str) {
                     id,
                     reason: r,
                     count,
-                } if *id == sid && *r == reason => Some(u64::from(*count)),
+                    source,
+                } if *id == sid && *r == reason => {
+                    // Forged and replayed packets come from the client's address here.
+                    assert_eq!(source.addr, SocketAddr::from((CLIENT_ADDR, CLIENT_PORT)));
+                    Some(u64::from(*count))
+                }
                 _ => None,
             })
             .sum::<u64>()

@@ -989,6 +989,22 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         Ok(())
     }
 
+    /// The data plane dropped packets of `sid` as replays or for failed authentication, the
+    /// last from `source` (its reports come at most once a second per session and reason):
+    /// a SECURITY_EVENT, as the same failures of control messages raise here.
+    pub fn report_dataplane_drops(
+        &mut self,
+        sid: SessionId,
+        kind: SecurityKind,
+        source: core::net::SocketAddr,
+    ) {
+        self.out.events.push_back(Event::Security {
+            session_id: Some(sid),
+            kind,
+            source,
+        });
+    }
+
     /// The data plane reports `sid` held by core `owner` (a resynchronisation, or a move that
     /// failed there): record it without programming anything.
     pub fn note_owner(&mut self, sid: SessionId, owner: u8) {
@@ -2110,6 +2126,26 @@ mod tests {
         );
         assert_ne!(sim.session(sid).active, Some(attacker));
         assert_eq!(sim.session(sid).version(), 1);
+    }
+
+    #[test]
+    fn a_data_plane_drop_report_is_a_security_event_naming_its_source() {
+        use crate::testing::Sim;
+        let mut sim = Sim::new(23, Policy::default());
+        let sid = sim.connect();
+        while sim.gw.poll_event().is_some() {}
+        let source: core::net::SocketAddr = "203.0.113.9:4444".parse().expect("addr");
+        sim.gw
+            .report_dataplane_drops(sid, SecurityKind::Replay, source);
+        assert_eq!(
+            sim.gw.poll_event(),
+            Some(Event::Security {
+                session_id: Some(sid),
+                kind: SecurityKind::Replay,
+                source,
+            })
+        );
+        assert_eq!(sim.gw.poll_event(), None);
     }
 
     #[test]
