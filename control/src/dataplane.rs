@@ -22,9 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jumping_dataplane_api::{
-    zeroize_message, Backend, FromDataplane, Refusal, SessionSummary, Stats, ToDataplane,
-    MAX_MESSAGE,
+    frame_into, zeroize_message, Backend, FromDataplane, Refusal, SessionSummary, Stats,
+    ToDataplane, MAX_MESSAGE,
 };
+use zeroize::Zeroize;
 
 /// How long an answer may take.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -168,16 +169,15 @@ impl Dataplane {
         }
         self.seq = self.seq.wrapping_add(1).max(1);
         let bytes = msg.encode(self.seq);
-        let len = u32::try_from(bytes.len()).map_err(|_| DpError::Unexpected("size"))?;
         if self.unwritten.capacity() - self.unwritten.len() < 4 + bytes.len() {
             // Growing would leave the old allocation's bytes behind unzeroed.
             let mut grown = Vec::with_capacity((self.unwritten.len() + 4 + bytes.len()) * 2);
             grown.extend_from_slice(&self.unwritten);
-            zeroize_message(std::mem::replace(&mut self.unwritten, grown));
+            std::mem::replace(&mut self.unwritten, grown).zeroize();
         }
-        self.unwritten.extend_from_slice(&len.to_be_bytes());
-        self.unwritten.extend_from_slice(&bytes);
+        let framed = frame_into(&mut self.unwritten, &bytes);
         zeroize_message(bytes);
+        framed.map_err(|_| DpError::Unexpected("size"))?;
         Ok(self.seq)
     }
 
@@ -190,9 +190,8 @@ impl Dataplane {
             return Ok(());
         }
         let r = self.stream.write_all(&self.unwritten);
-        self.unwritten.iter_mut().for_each(|b| *b = 0);
-        core::hint::black_box(&self.unwritten);
-        self.unwritten.clear();
+        // Zeroed and emptied; the allocation is kept for the next turn.
+        self.unwritten.zeroize();
         if let Err(e) = r {
             self.lost = true;
             return Err(DpError::Lost(e.to_string()));
@@ -358,7 +357,7 @@ impl Dataplane {
 
 impl Drop for Dataplane {
     fn drop(&mut self) {
-        zeroize_message(std::mem::take(&mut self.unwritten));
+        self.unwritten.zeroize();
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
@@ -372,9 +371,8 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     fn frame(msg: &FromDataplane, seq: u32) -> Vec<u8> {
-        let bytes = msg.encode(seq);
-        let mut f = u32::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
-        f.extend_from_slice(&bytes);
+        let mut f = Vec::new();
+        frame_into(&mut f, &msg.encode(seq)).unwrap();
         f
     }
 

@@ -2,8 +2,9 @@
 //!
 //! The data plane is its own process (`jumping-dataplane`): it owns the per-core workers and
 //! keeps forwarding established sessions while the control process restarts. The two talk
-//! over one local `SOCK_SEQPACKET` Unix socket (the data plane listens, mode 0600, one control
-//! connection at a time), one message per packet, every message framed by [`Header`]: a magic,
+//! over one local Unix stream socket (the data plane listens, mode 0600, one control
+//! connection at a time), each message preceded by its length ([`frame_into`]) and starting
+//! with a [`Header`]: a magic,
 //! the interface [`VERSION`], the message kind and a sequence number that the data plane
 //! echoes in its answer. A peer speaking another version is refused at [`ToDataplane::Hello`].
 //!
@@ -29,7 +30,7 @@ use jumping_protocol::path::Transport;
 use jumping_protocol::{Path, SessionId};
 
 /// Interface version; both sides must agree. 2: [`FromDataplane::ControlDatagram`] carries
-/// its receive time.
+/// its receive time; 3: [`Event::Drops`] carries its source.
 pub const VERSION: u16 = 3;
 /// Largest message either side sends or accepts.
 pub const MAX_MESSAGE: usize = 64 * 1024;
@@ -785,6 +786,18 @@ impl ToDataplane {
         r.end()?;
         Ok((h, m))
     }
+}
+
+/// Append `msg` to `out` as the socket carries it: its length (`u32`, big-endian), then
+/// its bytes. Either side frames the messages of a turn into one buffer and writes it once.
+///
+/// # Errors
+/// `msg` is longer than a `u32` can say (nothing is appended).
+pub fn frame_into(out: &mut Vec<u8>, msg: &[u8]) -> Result<(), core::num::TryFromIntError> {
+    let len = u32::try_from(msg.len())?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(msg);
+    Ok(())
 }
 
 /// Overwrite an encoded message (it may hold key material) before freeing it.

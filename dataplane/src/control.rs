@@ -71,10 +71,9 @@ pub fn read_message(s: &mut UnixStream) -> io::Result<Vec<u8>> {
 /// # Errors
 /// I/O errors.
 pub fn write_message(s: &mut UnixStream, msg: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(msg.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut framed = Vec::with_capacity(4 + msg.len());
-    framed.extend_from_slice(&len.to_be_bytes());
-    framed.extend_from_slice(msg);
+    jumping_dataplane_api::frame_into(&mut framed, msg)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let r = s.write_all(&framed);
     jumping_dataplane_api::zeroize_message(framed);
     r
@@ -247,14 +246,11 @@ impl ControlServer {
             self.events_lost += event;
             return;
         };
-        let bytes = msg.encode(seq);
-        let Ok(len) = u32::try_from(bytes.len()) else {
+        if jumping_dataplane_api::frame_into(&mut c.out, &msg.encode(seq)).is_ok() {
+            c.out_events += event;
+        } else {
             self.events_lost += event;
-            return;
-        };
-        c.out.extend_from_slice(&len.to_be_bytes());
-        c.out.extend_from_slice(&bytes);
-        c.out_events += event;
+        }
     }
 
     /// Write the messages queued this turn.

@@ -384,7 +384,7 @@ fn run_file(
         // batch (`batch_bytes` and a line).
         buf.clear();
         let mut lines = 0u64;
-        for line in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+        for line in with_waiting(first, rx) {
             buf.push_str(&line);
             buf.push('\n');
             lines += 1;
@@ -407,6 +407,11 @@ pub const SINK_REST: Duration = Duration::from_millis(5);
 
 fn rest() {
     std::thread::sleep(SINK_REST);
+}
+
+/// `first`, then the lines already waiting behind it (without waiting for more).
+fn with_waiting(first: Arc<str>, rx: &Receiver<Arc<str>>) -> impl Iterator<Item = Arc<str>> + '_ {
+    std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()))
 }
 
 /// Most bytes of event lines the file sink writes at once (less for a small rotation size).
@@ -526,7 +531,7 @@ fn run_udp(addr: SocketAddr, h: &Header, rx: &Receiver<Arc<str>>, stats: &SinkSt
         }
     };
     while let Ok(first) = rx.recv() {
-        for line in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+        for line in with_waiting(first, rx) {
             count(stats, sock.send(rfc5424(h, &line).as_bytes()).is_ok());
         }
         rest();

@@ -270,6 +270,15 @@ struct Established {
     rekey_requested: bool,
 }
 
+impl Established {
+    /// When the pending reattach is due to be resent ([`ClientConfig::reattach_retry_after`]).
+    fn reattach_retry_at(&self, cfg: &ClientConfig) -> Option<Instant> {
+        self.pending
+            .as_ref()
+            .map(|pr| pr.sent + cfg.reattach_retry_after(pr.attempts, self.exchange_rtt.as_ref()))
+    }
+}
+
 /// A gateway's rekey request is honoured only when the current epoch is at least this old: an
 /// echo still carrying the flag right after the rekey it asked for is ignored.
 pub const REKEY_REQUEST_MIN_AGE: Duration = Duration::from_secs(2);
@@ -939,14 +948,7 @@ impl<R: RngCore + CryptoRng> Client<R> {
                 } else if e.rekey.is_none() {
                     d.push(e.keys.current().created + p.rekey_after);
                 }
-                if let Some(pr) = &e.pending {
-                    d.push(
-                        pr.sent
-                            + self
-                                .cfg
-                                .reattach_retry_after(pr.attempts, e.exchange_rtt.as_ref()),
-                    );
-                }
+                d.extend(e.reattach_retry_at(&self.cfg));
                 if let Some((_, t)) = &e.rekey {
                     d.push(*t + self.cfg.handshake_retry);
                 }
@@ -987,14 +989,9 @@ impl<R: RngCore + CryptoRng> Client<R> {
                     |(_, t)| now - *t >= self.cfg.handshake_retry,
                 );
                 let retry = e
-                    .pending
-                    .as_ref()
-                    .filter(|pr| {
-                        now - pr.sent
-                            >= self
-                                .cfg
-                                .reattach_retry_after(pr.attempts, e.exchange_rtt.as_ref())
-                    })
+                    .reattach_retry_at(&self.cfg)
+                    .filter(|at| now >= *at)
+                    .and(e.pending.as_ref())
                     .map(|pr| (pr.via, pr.echo, pr.attempts));
                 let dead = now - e.last_rx >= p.path_dead_after;
                 let heartbeat = now - e.last_tx >= p.heartbeat_interval;

@@ -828,13 +828,12 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
                     apply(old, &mut self.out, now, Trigger::Superseded, &self.policy);
                 }
                 let epoch = EpochKeys::derive(&keys, 0, Role::Gateway, now);
-                let dh = self
-                    .clients
-                    .entry(client)
-                    .or_default()
-                    .identity_dh
-                    .get_or_insert_with(|| identity_dh(self.responder.keypair(), &client));
-                let proof_key = Some(proof_key_from(dh, &keys.transcript));
+                let proof_key = Some(session_proof_key(
+                    &mut self.clients,
+                    self.responder.keypair(),
+                    &client,
+                    &keys.transcript,
+                ));
                 let mut s = GatewaySession {
                     id: sid,
                     machine: Machine::new(),
@@ -1344,19 +1343,15 @@ impl<R: RngCore + CryptoRng> Gateway<R> {
         let Some(s) = self.sessions.get_mut_deadline_not_earlier(&sid) else {
             return self.drop_(DropReason::UnknownSession);
         };
-        if s.proof_key.is_none() {
-            // A session restored from its record: its identity's DH may be known already.
-            let dh = self
-                .clients
-                .entry(s.client_public)
-                .or_default()
-                .identity_dh
-                .get_or_insert_with(|| identity_dh(self.responder.keypair(), &s.client_public));
-            s.proof_key = Some(proof_key_from(dh, &s.transcript));
-        }
-        let Some(key) = s.proof_key.as_ref() else {
-            return self.drop_(DropReason::UnknownSession);
-        };
+        // (Unset only for a session restored from its record.)
+        let key = s.proof_key.get_or_insert_with(|| {
+            session_proof_key(
+                &mut self.clients,
+                self.responder.keypair(),
+                &s.client_public,
+                &s.transcript,
+            )
+        });
         let expected = proof_with(key, req.proof_covered());
         if !ct_eq(&expected, &req.proof()) {
             self.out.events.push_back(Event::Security {
@@ -1855,6 +1850,22 @@ fn buf_len(plain: usize) -> usize {
 
 /// Apply a trigger to a session, emitting exactly one SESSION_STATE_CHANGED per accepted
 /// transition (and SESSION_TERMINATED plus a TERMINATE message on the way out), or an
+/// A session's reattach proof key, from its client identity's DH, which is computed the first
+/// time and kept in the identity's entry ([`ClientEntry::identity_dh`]).
+fn session_proof_key(
+    clients: &mut HashMap<[u8; 32], ClientEntry>,
+    ours: &StaticKeypair,
+    client: &[u8; 32],
+    transcript: &[u8; 32],
+) -> crate::crypto::SecretKey {
+    let dh = clients
+        .entry(*client)
+        .or_default()
+        .identity_dh
+        .get_or_insert_with(|| identity_dh(ours, client));
+    proof_key_from(dh, transcript)
+}
+
 /// INVALID_STATE_TRANSITION event without mutation.
 fn apply(
     s: &mut GatewaySession,
