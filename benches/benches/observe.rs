@@ -58,11 +58,9 @@ fn per_event(c: &mut Criterion) {
         b.iter(|| m.observe(black_box(&s)));
     });
     g.bench_function("to JSON line", |b| {
-        b.iter(|| black_box(events::to_json(black_box(&e), 0, 1)));
+        b.iter(|| black_box(events::record(black_box(&e), 0, 1)));
     });
-    let v = events::to_json(&e, 0, 1);
-    g.bench_function("JSON line to text", |b| b.iter(|| black_box(v.to_string())));
-    let v: std::sync::Arc<str> = std::sync::Arc::from(v.to_string());
+    let v = events::record(&e, 0, 1).line;
     let none = Exporter::start(&ExportConfig::none()).expect("exporter");
     g.bench_function("export push, no sink", |b| {
         b.iter(|| none.push_line(black_box(&v)))

@@ -26,7 +26,6 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, recv, shutdown, sockopt::PeerCredentials, MsgFlags, Shutdown};
-use serde_json::Value;
 
 use crate::{
     decode_request, encode_response, parse_session_id, ApiError, ErrorCode, Payload, Request,
@@ -80,34 +79,41 @@ struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, ev: &Value) -> bool {
-        if let Some(want) = self.session {
-            let got = ev.get("session_id").and_then(|v| match v {
-                Value::String(s) => parse_session_id(s).ok(),
-                Value::Number(n) => n.as_u64(),
-                _ => None,
-            });
-            if got != Some(want) {
-                return false;
-            }
+    fn matches(&self, ev: &EventRecord) -> bool {
+        if self.session.is_some() && ev.session_id != self.session {
+            return false;
         }
-        let field_is = |name: &str, want: &Option<String>| match want {
+        let field_is = |got: Option<&str>, want: &Option<String>| match want {
             None => true,
-            Some(w) => ev.get(name).and_then(Value::as_str) == Some(w.as_str()),
+            Some(w) => got == Some(w.as_str()),
         };
-        field_is("event", &self.event) && field_is("reason_code", &self.reason)
+        field_is(Some(ev.event), &self.event) && field_is(ev.reason_code, &self.reason)
     }
+}
+
+/// One event as the control socket serves it: its JSON line (SPEC.md section 8, without the
+/// newline) and the fields `events` filters on, taken from the same event.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    /// The JSON object, one line.
+    pub line: Arc<str>,
+    /// Its `session_id`.
+    pub session_id: Option<u64>,
+    /// Its `event` name.
+    pub event: &'static str,
+    /// Its `reason_code`, if it has one.
+    pub reason_code: Option<&'static str>,
 }
 
 #[derive(Debug)]
 struct Follower {
     filter: Filter,
-    queue: SyncSender<Arc<Value>>,
+    queue: SyncSender<Arc<EventRecord>>,
 }
 
 #[derive(Debug, Default)]
 struct Events {
-    ring: VecDeque<Arc<Value>>,
+    ring: VecDeque<Arc<EventRecord>>,
     followers: Vec<Follower>,
 }
 
@@ -263,8 +269,8 @@ impl Server {
     /// Records `event` in the ring of recent events and queues it for every follower whose
     /// filter matches. Never blocks: a full follower queue drops the event for that follower
     /// (counted in [`Server::events_dropped`]).
-    pub fn publish(&self, event: &Value) {
-        let event = Arc::new(event.clone());
+    pub fn publish(&self, event: EventRecord) {
+        let event = Arc::new(event);
         let mut ev = lock(&self.shared.events);
         if ev.ring.len() == EVENT_RING {
             ev.ring.pop_front();
@@ -561,7 +567,7 @@ fn serve_events(shared: &Shared, mut stream: UnixStream, filter: Filter, follow:
     // sent twice between the recent ones and the live ones.
     let (recent, queue) = {
         let mut ev = lock(&shared.events);
-        let recent: Vec<Arc<Value>> = ev
+        let recent: Vec<Arc<EventRecord>> = ev
             .ring
             .iter()
             .filter(|e| filter.matches(e))
@@ -575,7 +581,7 @@ fn serve_events(shared: &Shared, mut stream: UnixStream, filter: Filter, follow:
         (recent, queue)
     };
     for e in &recent {
-        if write_line(&mut stream, &e.to_string()).is_err() {
+        if write_line(&mut stream, &e.line).is_err() {
             return; // dropping `queue` unregisters the follower at the next publish
         }
     }
@@ -588,7 +594,7 @@ fn serve_events(shared: &Shared, mut stream: UnixStream, filter: Filter, follow:
     loop {
         match queue.recv_timeout(FOLLOW_POLL) {
             Ok(e) => {
-                if write_line(&mut stream, &e.to_string()).is_err() {
+                if write_line(&mut stream, &e.line).is_err() {
                     return;
                 }
             }

@@ -13,8 +13,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use jumping_control_api::server::Server;
-use jumping_control_api::{client, ApiError, DataplaneStatus, ErrorCode, Payload, Request, Status};
+use jumping_control_api::server::{EventRecord, Server};
+use jumping_control_api::{
+    client, parse_session_id, ApiError, DataplaneStatus, ErrorCode, Payload, Request, Status,
+};
 use serde_json::{json, Value};
 
 fn temp_socket(name: &str) -> PathBuf {
@@ -202,7 +204,8 @@ fn requests_are_answered_and_bad_input_never_reaches_the_loop() {
     h.shutdown();
 }
 
-fn ev(n: u64, session: &str, event: &str, reason: Option<&str>) -> Value {
+/// An event as control publishes it: its line, and the fields followers filter on.
+fn ev(n: u64, session: &str, event: &'static str, reason: Option<&'static str>) -> EventRecord {
     let mut v = json!({
         "ts": "2025-01-01T00:00:00.000Z",
         "event": event,
@@ -212,7 +215,12 @@ fn ev(n: u64, session: &str, event: &str, reason: Option<&str>) -> Value {
     if let Some(r) = reason {
         v["reason_code"] = json!(r);
     }
-    v
+    EventRecord {
+        line: v.to_string().into(),
+        session_id: Some(parse_session_id(session).unwrap()),
+        event,
+        reason_code: reason,
+    }
 }
 
 const S1: &str = "00000000000000a1";
@@ -221,11 +229,11 @@ const S2: &str = "00000000000000b2";
 #[test]
 fn events_recent_and_followed_with_filters() {
     let h = Harness::new("events");
-    h.server.publish(&ev(1, S1, "SESSION_CREATED", None));
+    h.server.publish(ev(1, S1, "SESSION_CREATED", None));
     h.server
-        .publish(&ev(2, S2, "SESSION_STATE_CHANGED", Some("HANDSHAKE_OK")));
+        .publish(ev(2, S2, "SESSION_STATE_CHANGED", Some("HANDSHAKE_OK")));
     h.server
-        .publish(&ev(3, S1, "SESSION_STATE_CHANGED", Some("HANDSHAKE_OK")));
+        .publish(ev(3, S1, "SESSION_STATE_CHANGED", Some("HANDSHAKE_OK")));
 
     // Not following: recent matching ones, then events_end.
     let mut got = Vec::new();
@@ -275,18 +283,18 @@ fn events_recent_and_followed_with_filters() {
     });
     let first = loop {
         h.server
-            .publish(&ev(4, S1, "SESSION_STATE_CHANGED", Some("REATTACH_OK")));
-        h.server.publish(&ev(5, S2, "PATH_SWITCHED", None));
+            .publish(ev(4, S1, "SESSION_STATE_CHANGED", Some("REATTACH_OK")));
+        h.server.publish(ev(5, S2, "PATH_SWITCHED", None));
         h.server
-            .publish(&ev(6, S2, "SESSION_STATE_CHANGED", Some("TRANSPORT_DEAD")));
-        h.server.publish(&marker);
+            .publish(ev(6, S2, "SESSION_STATE_CHANGED", Some("TRANSPORT_DEAD")));
+        h.server.publish(marker.clone());
         if let Ok(v) = rx.recv_timeout(Duration::from_millis(100)) {
             break v;
         }
     };
-    assert_eq!(first, marker);
+    assert_eq!(first, serde_json::from_str::<Value>(&marker.line).unwrap());
     h.server
-        .publish(&ev(11, S2, "SESSION_STATE_CHANGED", Some("REATTACH_OK")));
+        .publish(ev(11, S2, "SESSION_STATE_CHANGED", Some("REATTACH_OK")));
     // Everything received is the marker or event 11, nothing else.
     let mut after = Vec::new();
     loop {
@@ -315,14 +323,14 @@ fn a_follower_that_never_reads_does_not_block_publish() {
     let mut reader = BufReader::new(s.try_clone().unwrap());
     let mut line = String::new();
     while line.is_empty() {
-        h.server.publish(&ev(0, S1, "SESSION_CREATED", None));
+        h.server.publish(ev(0, S1, "SESSION_CREATED", None));
         let _ = reader.read_line(&mut line);
     }
     let big = "x".repeat(200);
     for n in 0..10_000u64 {
         let mut e = ev(n, S1, "POLICY_LIMIT", None);
-        e["padding"] = json!(big);
-        h.server.publish(&e);
+        e.line = format!("{}, \"padding\": \"{big}\"}}", e.line.trim_end_matches('}')).into();
+        h.server.publish(e);
     }
     assert!(h.server.events_dropped() > 0);
     drop(reader);

@@ -762,12 +762,11 @@ impl Daemon {
         let mut journal = std::mem::take(&mut self.journal);
         while let Some(e) = self.gw.poll_event() {
             self.metrics.observe(&e);
-            let v = events::to_json(&e, self.cfg.node_id, self.policy_version);
-            let line: Arc<str> = Arc::from(v.to_string());
-            journal.push_str(&line);
+            let rec = events::record(&e, self.cfg.node_id, self.policy_version);
+            journal.push_str(&rec.line);
             journal.push('\n');
-            self.ctl.publish(&v);
-            self.export.push_line(&line);
+            self.export.push_line(&rec.line);
+            self.ctl.publish(rec);
         }
         if !journal.is_empty() {
             // One write for the turn's lines (stdout is line-buffered: `println!` per event

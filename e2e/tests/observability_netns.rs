@@ -1,7 +1,7 @@
 //! Observability end to end: the events, the logs and what must never be in them.
 //!
 //! The schema test (no root needed) checks `docs/events.schema.json` against every event the
-//! control process's writer (`jumping_control::events::to_json`) can produce, and that it
+//! control process's writer (`jumping_control::events::record`) can produce, and that it
 //! refuses drift: an extra or missing field, a bad id, a transition SPEC.md section 3 does not
 //! list.
 //!
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use base64::Engine as _;
 use jsonschema::Validator;
-use jumping_control::events::to_json;
+use jumping_control::events::record;
 use jumping_e2e::{of, root_or_skip, wait_for, Capture, Net, Proc, Traffic, GATEWAY};
 use jumping_protocol::state::{transition, Trigger};
 use jumping_protocol::{keyfmt, Event, Path, Reason, RejectCode, SecurityKind, SessionId, State};
@@ -257,7 +257,12 @@ fn with(v: &Value, f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Value
     v
 }
 
-/// The schema accepts everything `events::to_json` writes, one event of every kind and shape,
+/// The line `events::record` writes for `e`, parsed.
+fn to_json(e: &Event, node: u8, policy: u64) -> Value {
+    serde_json::from_str(&record(e, node, policy).line).expect("the writer writes JSON")
+}
+
+/// The schema accepts everything `events::record` writes, one event of every kind and shape,
 /// and refuses drift. Runs without root.
 #[test]
 fn the_schema_accepts_every_event_the_writer_produces_and_refuses_drift() {

@@ -292,4 +292,40 @@ impl Event {
             Event::InvalidTransition { .. } => "INVALID_STATE_TRANSITION",
         }
     }
+
+    /// The session the event is about (a security event may concern none).
+    #[must_use]
+    pub const fn session_id(&self) -> Option<SessionId> {
+        match self {
+            Event::Security { session_id, .. } => *session_id,
+            Event::SessionCreated { session_id, .. }
+            | Event::StateChanged { session_id, .. }
+            | Event::PathSwitched { session_id, .. }
+            | Event::ReattachRejected { session_id, .. }
+            | Event::PolicyLimit { session_id, .. }
+            | Event::KeyRotated { session_id, .. }
+            | Event::KeyExpired { session_id, .. }
+            | Event::RekeyDenied { session_id, .. }
+            | Event::SessionTerminated { session_id, .. }
+            | Event::InvalidTransition { session_id, .. } => Some(*session_id),
+        }
+    }
+
+    /// The session's state version after the event (none for a security event).
+    #[must_use]
+    pub const fn version(&self) -> Option<u64> {
+        match self {
+            Event::Security { .. } => None,
+            Event::SessionCreated { version, .. }
+            | Event::StateChanged { version, .. }
+            | Event::PathSwitched { version, .. }
+            | Event::ReattachRejected { version, .. }
+            | Event::PolicyLimit { version, .. }
+            | Event::KeyRotated { version, .. }
+            | Event::KeyExpired { version, .. }
+            | Event::RekeyDenied { version, .. }
+            | Event::SessionTerminated { version, .. }
+            | Event::InvalidTransition { version, .. } => Some(*version),
+        }
+    }
 }
