@@ -106,11 +106,16 @@ impl SessionTable {
             return;
         }
         for id in self.touched.drain(..) {
-            let old = self.scheduled.remove(&id);
-            if let Some(t) = old {
+            let new = self.map.get(&id).and_then(&deadline);
+            // Most touches (a heartbeat, a second touch in the same turn) leave the deadline
+            // where it was: no index work then.
+            if self.scheduled.get(&id) == new.as_ref() {
+                continue;
+            }
+            if let Some(t) = self.scheduled.remove(&id) {
                 self.index.remove(&(t, id));
             }
-            if let Some(t) = self.map.get(&id).and_then(&deadline) {
+            if let Some(t) = new {
                 self.index.insert((t, id));
                 self.scheduled.insert(id, t);
             }
