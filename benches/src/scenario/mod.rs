@@ -385,7 +385,7 @@ fn failover(k: &Knobs) -> Result<Outcome> {
     audit(&rig, &mut out.criteria);
     out.recovery_ms.push(("failover".into(), samples(&r)));
     out.switches.push(("failover".into(), switches_series(&r)));
-    out.measured = json!({"loadgen": summary(&r), "gateway": rig.gateway_usage(),
+    out.measured = json!({"loadgen": summary(&r), "gateway": rig.gateway_usage(), "host_cpu": rig.host_cpu(),
         "gateway_udp": rig.kernel_udp()});
     Ok(out.finish(t0))
 }
@@ -636,6 +636,7 @@ fn nat_churn(k: &Knobs) -> Result<Outcome> {
             lg.signal(nix_usr1())?;
         }
         let r = rig.report(&mut lg, "clients", budget(Duration::from_secs_f64(run_s)))?;
+        let host = rig.host_cpu();
         let c = judge(&rig, &[&r])?;
         out.correctness.add(&c);
         let reasons = termination_reasons(&rig, &[&r]);
@@ -665,11 +666,13 @@ fn nat_churn(k: &Knobs) -> Result<Outcome> {
             &format!("≤ {bound:.0} ms (2 s + the probe interval)"),
             format!(
                 "{p99:.0} ms (rebind → challenge p50 {:.0} / p99 {:.0} ms, → ack p50 {:.0} / \
-                 p99 {:.0} ms)",
+                 p99 {:.0} ms; machine idle {:.0} %, stolen {:.1} %)",
                 step("challenge", "p50"),
                 step("challenge", "p99"),
                 step("ack", "p50"),
-                step("ack", "p99")
+                step("ack", "p99"),
+                host.idle * 100.0,
+                host.steal * 100.0
             ),
             p99 <= bound,
         );
@@ -684,7 +687,7 @@ fn nat_churn(k: &Knobs) -> Result<Outcome> {
         out.switches.push((tag, switches_series(&r)));
         runs.push(
             json!({"every_s": every, "flushes": flushes, "policy": policy, "loadgen": summary(&r),
-            "challenges": r["reattach"]["challenges"], "gateway": rig.gateway_usage(),
+            "challenges": r["reattach"]["challenges"], "gateway": rig.gateway_usage(), "host_cpu": host,
             "gateway_udp": rig.kernel_udp(),
             "correctness": c}),
         );
@@ -838,7 +841,7 @@ fn scale(k: &Knobs) -> Result<Outcome> {
                 "established_in_s": established2_s,
                 "window_s": active_s, "control_cores": cores("control"),
                 "dataplane_cores": cores("dataplane"),
-                "gateway": rig.gateway_usage(), "correctness": c2});
+                "gateway": rig.gateway_usage(), "host_cpu": rig.host_cpu(), "correctness": c2});
         }
     }
     out.measured = json!({ "runs": runs });

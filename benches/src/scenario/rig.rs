@@ -66,6 +66,72 @@ pub struct Usage {
     pub cpu_s: f64,
 }
 
+/// The whole machine's CPU time by kind, from the first line of `/proc/stat` (USER_HZ ticks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostCpu {
+    /// user, nice, system, irq and softirq (guest time is already in user).
+    busy: u64,
+    /// idle and iowait.
+    idle: u64,
+    /// Taken by the hypervisor for other guests while this machine wanted to run.
+    steal: u64,
+}
+
+/// Shares of the machine's CPU time over an interval (they add up to 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct HostShare {
+    /// Running anything (this rig, the load generator, the kernel, anything else).
+    pub busy: f64,
+    /// Idle.
+    pub idle: f64,
+    /// Stolen by the hypervisor: on a shared machine, the noise behind a slow run.
+    pub steal: f64,
+}
+
+impl HostCpu {
+    /// Now (all zero if `/proc/stat` cannot be read).
+    #[must_use]
+    pub fn now() -> HostCpu {
+        Self::parse(&fs::read_to_string("/proc/stat").unwrap_or_default())
+    }
+
+    /// The `cpu ` line of a `/proc/stat` text.
+    #[must_use]
+    pub fn parse(text: &str) -> HostCpu {
+        let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+            return HostCpu::default();
+        };
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0);
+        HostCpu {
+            busy: at(0) + at(1) + at(2) + at(5) + at(6),
+            idle: at(3) + at(4),
+            steal: at(7),
+        }
+    }
+
+    /// The shares of the time from `earlier` to `self`.
+    #[must_use]
+    pub fn since(&self, earlier: &HostCpu) -> HostShare {
+        let busy = self.busy.saturating_sub(earlier.busy) as f64;
+        let idle = self.idle.saturating_sub(earlier.idle) as f64;
+        let steal = self.steal.saturating_sub(earlier.steal) as f64;
+        let all = busy + idle + steal;
+        if all == 0.0 {
+            return HostShare::default();
+        }
+        HostShare {
+            busy: busy / all,
+            idle: idle / all,
+            steal: steal / all,
+        }
+    }
+}
+
 /// Read `/proc/<pid>/status` (VmRSS) and `/proc/<pid>/stat` (utime, stime; in USER_HZ ticks,
 /// 100 per second on Linux).
 #[must_use]
@@ -101,6 +167,8 @@ pub struct Rig {
     /// The impairment relay.
     pub impair: Option<Proc>,
     gateway_public: String,
+    /// The machine's CPU counters when the rig started (see [`Rig::host_cpu`]).
+    host0: HostCpu,
 }
 
 fn path_str(p: &Path) -> String {
@@ -173,6 +241,7 @@ impl Rig {
             echo,
             impair: None,
             gateway_public,
+            host0: HostCpu::now(),
         };
         if let Some(imp) = &o.impair {
             rig.start_impair(imp)?;
@@ -340,6 +409,13 @@ impl Rig {
         m
     }
 
+    /// How the whole machine's CPU time was spent since the rig started: busy, idle, and
+    /// stolen by the hypervisor (runs on a shared machine are comparable only at similar steal).
+    #[must_use]
+    pub fn host_cpu(&self) -> HostShare {
+        HostCpu::now().since(&self.host0)
+    }
+
     /// The gateway namespace's kernel UDP counters (`/proc/net/snmp`): datagrams taken by its
     /// sockets, and those dropped because a socket's receive buffer was full
     /// (`RcvbufErrors`: on AF_XDP that is the control process's socket, which takes every
@@ -479,6 +555,27 @@ mod tests {
         );
         assert_eq!(metric(text, "jumping_handshakes_total", &[]), 12.0);
         assert_eq!(metric(text, "jumping_nothing", &[]), 0.0);
+    }
+
+    #[test]
+    fn host_cpu_shares_from_proc_stat() {
+        let a = HostCpu::parse("cpu  100 0 50 800 20 5 5 20 0 0\ncpu0 1 2 3\n");
+        assert_eq!(
+            a,
+            HostCpu {
+                busy: 160,
+                idle: 820,
+                steal: 20
+            }
+        );
+        let b = HostCpu::parse("intr 1\ncpu  160 0 90 880 20 5 5 40 0 0\n");
+        let s = b.since(&a);
+        assert!((s.busy - 0.5).abs() < 1e-9, "{s:?}");
+        assert!((s.idle - 0.4).abs() < 1e-9, "{s:?}");
+        assert!((s.steal - 0.1).abs() < 1e-9, "{s:?}");
+        assert_eq!(a.since(&a), HostShare::default());
+        assert_eq!(HostCpu::parse("garbage"), HostCpu::default());
+        assert!(HostCpu::now().busy > 0);
     }
 
     #[test]
