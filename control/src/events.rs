@@ -2,23 +2,14 @@
 //! `session_id`, `correlation_id`, `node_id`, `state_version`, `policy_version`, `reason_code`
 //! where one applies, and the event's own fields. Never a payload, key or proof.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use std::sync::Arc;
-
 use jumping_control_api::server::EventRecord;
-use jumping_protocol::{Event, SessionId};
+use jumping_protocol::Event;
 use observe::log::CorrelationId;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
-
-/// The correlation id of a session: stable for its life (derived from the node and the
-/// SessionId, so it survives a control-process restart). Log lines write the same text with
-/// `correlation_id = %CorrelationId(node, id)`.
-#[must_use]
-pub fn correlation_id(node_id: u8, id: SessionId) -> String {
-    CorrelationId(node_id, id).to_string()
-}
 
 /// `PathDead` → `PATH_DEAD`: triggers written like every other code in the events.
 fn upper_snake(name: &str) -> String {
@@ -30,12 +21,6 @@ fn upper_snake(name: &str) -> String {
         out.push(c.to_ascii_uppercase());
     }
     out
-}
-
-/// The current wall-clock time, RFC 3339 with milliseconds.
-#[must_use]
-pub fn timestamp() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 /// `T` written as a JSON string through its `Display` (no intermediate `String`).
@@ -81,6 +66,8 @@ fn write<W: std::io::Write>(
     m.serialize_entry("event", e.name())?;
     let sid = e.session_id();
     m.serialize_entry("session_id", &sid.map(Shown))?;
+    // Stable for the session's life (node and SessionId, so it survives a restart); log
+    // lines write the same text with `correlation_id = %CorrelationId(node, id)`.
     m.serialize_entry(
         "correlation_id",
         &sid.map(|s| Shown(CorrelationId(node_id, s))),
@@ -171,6 +158,7 @@ fn write<W: std::io::Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jumping_protocol::SessionId;
     use jumping_protocol::{Reason, State};
 
     #[test]
